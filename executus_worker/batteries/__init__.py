@@ -1,0 +1,1 @@
+"""batteries package."""

@@ -1,0 +1,206 @@
+"""The data a run is made of: the public request, the run's identity, messages, checkpoints.
+
+Everything here is JSON-only pydantic. ``RunRequest`` is the public wire contract (its JSON
+Schema is what other services validate against), so it rejects unknown fields and is versioned
+by an explicit ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from executus_worker.errors import PayloadError
+
+SCHEMA_VERSION: Literal[1] = 1
+CHECKPOINT_FORMAT_VERSION = 1
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+
+# Run ids become part of Redis keys and log lines: keep them printable and bounded.
+# ':' is allowed because scheduled fires use ``sched:<job>:<iso time>``.
+RunId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:+\-]+$")]
+AgentName = Annotated[str, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9._\-]+$")]
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD = "dead"  # gave up after max_recovery_attempts
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD}
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunLimits(_Strict):
+    max_iterations: int = Field(default=50, ge=1, le=100_000)
+
+
+class RunRequest(_Strict):
+    """What another service sends to start an agent run (the public, versioned payload)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: RunId | None = None
+    agent: AgentName
+    input: dict[str, JsonValue] = Field(default_factory=dict)
+    guild_id: str | None = Field(default=None, max_length=200)
+    model_tier: str | None = Field(default=None, max_length=64)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    limits: RunLimits = Field(default_factory=RunLimits)
+
+    @classmethod
+    def parse(cls, raw: str | bytes | dict[str, Any], *, max_bytes: int) -> RunRequest:
+        """Validate a payload from the wire, enforcing the size cap before parsing."""
+        if isinstance(raw, dict):
+            try:
+                encoded = json.dumps(raw, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise PayloadError(f"run request is not JSON-serialisable: {exc}") from exc
+            size = len(encoded.encode())
+            source: str | bytes | dict[str, Any] = raw
+        else:
+            size = len(raw.encode() if isinstance(raw, str) else raw)
+            source = raw
+        if size > max_bytes:
+            raise PayloadError(f"run request is {size} bytes, over the {max_bytes}-byte limit")
+        try:
+            if isinstance(source, dict):
+                return cls.model_validate(source)
+            return cls.model_validate_json(source)
+        except ValidationError as exc:
+            raise PayloadError(f"invalid run request: {_summarise(exc)}") from exc
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=False)
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+class RunInfo(_Strict):
+    """One execution attempt of a run, as the kernel sees it."""
+
+    run_id: RunId
+    agent: AgentName
+    input: dict[str, JsonValue] = Field(default_factory=dict)
+    guild_id: str | None = None
+    model_tier: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    limits: RunLimits = Field(default_factory=RunLimits)
+    epoch: int = 0  # fencing token of this attempt's claim; 0 for non-durable runs
+    attempt: int = 1
+
+    @classmethod
+    def from_request(
+        cls, request: RunRequest, *, run_id: str, epoch: int = 0, attempt: int = 1
+    ) -> RunInfo:
+        return cls(
+            run_id=run_id,
+            agent=request.agent,
+            input=request.input,
+            guild_id=request.guild_id,
+            model_tier=request.model_tier,
+            metadata=request.metadata,
+            limits=request.limits,
+            epoch=epoch,
+            attempt=attempt,
+        )
+
+
+class ToolCall(_Strict):
+    id: str
+    name: str
+    arguments: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class Message(_Strict):
+    """One transcript entry. Tool results are messages with role ``tool`` and a call id."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class Checkpoint(BaseModel):
+    """A run's durable state after a step.
+
+    ``phase_start`` is the transcript length when the active phase began: a resumed phased run
+    truncates back to it and re-runs the phase from its start.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = CHECKPOINT_FORMAT_VERSION
+    run_id: str
+    epoch: int = 0
+    iteration: int = 0
+    messages: list[Message] = Field(default_factory=list)
+    active_phase: str | None = None
+    phase_start: int = 0
+    completed_phases: list[str] = Field(default_factory=list)
+    phase_outputs: dict[str, JsonValue] = Field(default_factory=dict)
+    critic_state: dict[str, JsonValue] = Field(default_factory=dict)
+    updated_at: float = 0.0
+
+
+class OutcomeKind(enum.StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # shutdown: checkpoint kept for recovery
+    CANCELLED = "cancelled"
+    LOST = "lost"  # ownership lost: this attempt wrote nothing more; the new owner decides
+
+
+class RunOutcome(_Strict):
+    kind: OutcomeKind
+    run_id: str
+    output: JsonValue = None
+    error: str | None = None
+    iterations: int = 0
+
+
+class RunRecord(BaseModel):
+    """The run's record in the store: the source of truth for its status."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    status: RunStatus
+    agent: str
+    request: RunRequest
+    queue: str
+    attempts: int = 0
+    epoch: int = 0
+    owner: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    enqueued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    cancel_requested: bool = False
+    output: JsonValue = None
+    error: str | None = None

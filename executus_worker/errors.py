@@ -1,0 +1,68 @@
+"""One exception root for everything executus_worker raises on purpose.
+
+    ExecutusError
+    ├── ConfigError                 settings, agents file, schedule file
+    ├── PayloadError                a run request that is malformed, wrong-schema or oversized
+    ├── UnknownAgentError           the request names an agent nobody registered
+    ├── CheckpointError
+    │   ├── CorruptCheckpointError  stored bytes that do not decode (names the run and key)
+    │   └── UnsupportedFormatError  a checkpoint written by a newer format version
+    ├── RunNotFoundError            a run id with no run record
+    ├── StoreError                  Redis said something the store did not expect
+    └── ScheduleError               an unparseable cron, unknown timezone or bad job
+
+Stops are *not* here: they derive from BaseException and live in ``core.stop`` (why: see there).
+``OwnershipLost`` is both: it is a stop (a stale owner must unwind through agent code that
+catches ``Exception``) and it is raised by the stores when an epoch check fails.
+"""
+
+from __future__ import annotations
+
+
+class ExecutusError(Exception):
+    """Root of every error executus_worker raises deliberately."""
+
+
+class ConfigError(ExecutusError):
+    """Invalid configuration: settings, the agents file or the schedule file."""
+
+
+class PayloadError(ExecutusError):
+    """A run request that cannot be accepted: not JSON, wrong schema, or over the size cap."""
+
+
+class UnknownAgentError(ExecutusError):
+    """The request names an agent that is not registered on this worker."""
+
+
+class CheckpointError(ExecutusError):
+    """A stored checkpoint that cannot be used."""
+
+    def __init__(self, run_id: str, detail: str) -> None:
+        super().__init__(f"run {run_id!r}: {detail}")
+        self.run_id = run_id
+        self.detail = detail
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The stored checkpoint bytes do not decode into a valid checkpoint."""
+
+
+class UnsupportedFormatError(CheckpointError):
+    """The checkpoint was written with a format version this code cannot read."""
+
+
+class RunNotFoundError(ExecutusError):
+    """No run record exists for this run id (never registered, or expired after retention)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} not found")
+        self.run_id = run_id
+
+
+class StoreError(ExecutusError):
+    """The backing store answered something unexpected."""
+
+
+class ScheduleError(ExecutusError):
+    """A scheduled job that cannot fire: bad cron, unknown timezone or invalid run template."""

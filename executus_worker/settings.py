@@ -1,0 +1,74 @@
+"""The one settings model, read from ``EXECUTUS_*`` environment variables.
+
+Build it explicitly (``Settings()``) where a process starts and pass it down; nothing in the
+package reads the environment at import time and there is no module-level instance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXECUTUS_", extra="ignore", frozen=True)
+
+    redis_url: str = DEFAULT_REDIS_URL
+    broker_url: str | None = None  # defaults to redis_url
+    key_prefix: str = Field(default="executus", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    sweep_interval_s: float = Field(default=30.0, gt=0)
+    # A queued run that no worker claimed within this time is re-published (lost message,
+    # crash between ack and claim). Must exceed the normal queue wait under load.
+    queued_timeout_s: float = Field(default=900.0, gt=0)
+    max_recovery_attempts: int = Field(default=5, ge=1)
+    result_ttl_s: int = Field(default=86_400, ge=1)
+    throttle_ms: int = Field(default=0, ge=0)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
+
+    default_queue: str = "executus"
+    tier_queues: dict[str, str] = Field(default_factory=dict)  # model_tier -> queue
+    # Far above the longest run: crash recovery comes from our lease, not from redelivery.
+    visibility_timeout_s: int = Field(default=4 * 3600, ge=60)
+
+    schedule_file: Path | None = None
+    agents_file: Path | None = None
+
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = urlsplit(value).scheme
+        if scheme not in {"redis", "rediss", "unix", "redis+socket"}:
+            raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
+        return value
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    def queue_for(self, model_tier: str | None) -> str:
+        if model_tier is not None and model_tier in self.tier_queues:
+            return self.tier_queues[model_tier]
+        return self.default_queue
+
+
+def redact_url(url: str) -> str:
+    """A URL safe to log: the password (and a lone token user) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    auth = f"{user}:***@" if parts.password is not None else "***@"
+    return urlunsplit((parts.scheme, auth + host, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,62 @@
+"""Session-wide fixtures: a private real Redis, and hygiene checks.
+
+Tests that need Redis start their own redis-server on a free port (never the shared 6379).
+If none can be started the test is skipped loudly -- except under CI=true, where it fails:
+a durability suite that passes because Redis was missing proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from executus_worker.embedded import EmbeddedRedis
+from executus_worker.errors import ConfigError
+
+
+def _missing_redis(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"CI=true and no real Redis: {reason}", pytrace=False)
+    pytest.skip(f"NO REAL REDIS -- durability tests skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """One private redis-server for the session (loopback, free port, stopped by pid)."""
+    server = EmbeddedRedis()
+    try:
+        server.start()
+    except ConfigError as exc:
+        _missing_redis(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on the private server, flushed before each test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves non-daemon threads running (heartbeats, sweeps, watchdogs)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [
+        t for t in threading.enumerate()
+        if t not in before and t.is_alive() and not t.daemon
+    ]  # fmt: skip
+    assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"

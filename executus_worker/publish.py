@@ -1,0 +1,207 @@
+"""Publish ``executus.run`` messages straight onto the kombu Redis transport, many per round trip.
+
+Why not ``app.send_task``: it costs ~0.7 ms per message (kombu producer, routing, one Redis
+round trip each; measured in shared/research/celery-shutdown.md §7), so re-publishing 10,000
+recovered runs would take ~9 s. The recovery sweep needs well under a second, so this module
+builds the exact message Celery would write and pipelines the LPUSHes, one round trip per batch.
+
+The wire format (Celery task protocol 2, JSON serializer, kombu Redis transport, default
+exchange, priority 0) -- what ``celery worker`` consumes and what other languages may write:
+
+    LPUSH <global_keyprefix><queue> <envelope JSON>
+
+    envelope = {"body": base64(JSON([args, {}, embed])), "content-encoding": "utf-8",
+                "content-type": "application/json", "headers": {... "task": "executus.run",
+                "id": <uuid> ...}, "properties": {"body_encoding": "base64",
+                "delivery_info": {"exchange": "", "routing_key": <queue>}, ...}}
+    args     = [run_id, request_json]   # request_json: the validated RunRequest as a JSON string
+
+The message carries the run id and the request only, never a transcript: state lives in the run
+record, and the worker re-validates the request (it never trusts the wire).
+Nothing here connects at construction; the first publish does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from executus_worker.settings import Settings
+
+TASK_RUN = "executus.run"
+TASK_RECOVER = "executus.recover"
+DEFAULT_BATCH_SIZE = 1000
+
+# Celery's protocol-2 "embed" element: no callbacks, no chain, no chord.
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+@dataclass(frozen=True)
+class RunMessage:
+    """One ``executus.run`` message to publish."""
+
+    run_id: str
+    request_json: str
+    queue: str
+
+
+def build_envelope(
+    task: str,
+    args: Sequence[Any],
+    *,
+    queue: str,
+    task_id: str | None = None,
+    origin: str = "",
+    ignore_result: bool = True,
+) -> str:
+    """The kombu/Celery message JSON for one task, exactly as ``send_task`` would LPUSH it."""
+    task_id = task_id or str(uuid.uuid4())
+    body = json.dumps([list(args), {}, _EMBED], separators=(",", ":"))
+    envelope = {
+        "body": base64.b64encode(body.encode()).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": task,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            # What the worker logs and shows in `inspect`: the run id, never the request
+            # (it may carry user content).
+            "argsrepr": repr(list(args[:1])),
+            "kwargsrepr": "{}",
+            "origin": origin,
+            "ignore_result": ignore_result,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": None,
+            "delivery_mode": 2,  # persistent
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,  # kombu maps priority 0 to the bare queue key
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope, separators=(",", ":"))
+
+
+class BatchPublisher:
+    """Pipelines ``executus.run`` messages onto the broker: one Redis round trip per batch.
+
+    ``global_keyprefix`` must equal the transport option of the same name the workers use
+    (we set none by default); otherwise the messages land on a list no worker reads.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        global_keyprefix: str = "",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._client = client
+        self._keyprefix = global_keyprefix
+        self._batch_size = batch_size
+        self._origin = f"{os.getpid()}@{socket.gethostname()}"
+
+    def publish(self, run_id: str, request_json: str, *, queue: str) -> None:
+        self.publish_many([RunMessage(run_id, request_json, queue)])
+
+    def publish_many(self, messages: Iterable[RunMessage]) -> int:
+        """Publish every message; returns how many. Raises redis errors (nothing is retried:
+        a run whose message was lost stays ``queued`` and the sweep re-publishes it)."""
+        count = 0
+        batch: list[RunMessage] = []
+        for message in messages:
+            batch.append(message)
+            if len(batch) >= self._batch_size:
+                count += self._flush(batch)
+                batch = []
+        if batch:
+            count += self._flush(batch)
+        return count
+
+    def _flush(self, batch: list[RunMessage]) -> int:
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        for message in batch:
+            by_queue[message.queue].append(
+                build_envelope(
+                    TASK_RUN,
+                    [message.run_id, message.request_json],
+                    queue=message.queue,
+                    origin=self._origin,
+                )
+            )
+        # One multi-value LPUSH per queue, all in one non-transactional pipeline: a single
+        # round trip. LPUSH inserts left to right and kombu pops from the right, so the batch
+        # is consumed in the order given.
+        pipe = self._client.pipeline(transaction=False)
+        for queue, envelopes in by_queue.items():
+            pipe.lpush(self._keyprefix + queue, *envelopes)
+        pipe.execute()
+        return len(batch)
+
+
+class CeleryPublisher:
+    """The publisher the client uses: a lazy broker connection from ``Settings``.
+
+    Needs no Celery app and imports no task code, so a producer service stays light.
+    """
+
+    def __init__(self, settings: Settings, *, global_keyprefix: str = "") -> None:
+        self._settings = settings
+        self._keyprefix = global_keyprefix
+        self._client: redis.Redis | None = None
+        self._publisher: BatchPublisher | None = None
+
+    def _batch(self) -> BatchPublisher:
+        if self._publisher is None:
+            self._client = redis.Redis.from_url(self._settings.effective_broker_url)
+            self._publisher = BatchPublisher(self._client, global_keyprefix=self._keyprefix)
+        return self._publisher
+
+    def publish(self, run_id: str, request_json: str, *, queue: str) -> None:
+        self._batch().publish(run_id, request_json, queue=queue)
+
+    def publish_many(self, messages: Iterable[RunMessage]) -> int:
+        return self._batch().publish_many(messages)
+
+    def close(self) -> None:
+        client, self._client, self._publisher = self._client, None, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> CeleryPublisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

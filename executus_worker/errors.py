@@ -4,6 +4,7 @@
     ├── ConfigError                 settings, agents file, schedule file
     ├── PayloadError                a run request that is malformed, wrong-schema or oversized
     ├── UnknownAgentError           the request names an agent nobody registered
+    ├── RunLimitExceeded            a run reached limits.max_iterations without finishing
     ├── CheckpointError
     │   ├── CorruptCheckpointError  stored bytes that do not decode (names the run and key)
     │   └── UnsupportedFormatError  a checkpoint written by a newer format version
@@ -33,6 +34,10 @@ class PayloadError(ExecutusError):
 
 class UnknownAgentError(ExecutusError):
     """The request names an agent that is not registered on this worker."""
+
+
+class RunLimitExceeded(ExecutusError):
+    """A run reached one of its limits (``limits.max_iterations``) without finishing."""
 
 
 class CheckpointError(ExecutusError):

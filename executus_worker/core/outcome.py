@@ -1,0 +1,132 @@
+"""How an attempt ended, and the one write that records it.
+
+The decision table (``classify``), in order:
+
+    ended normally                          -> COMPLETED    complete(checkpoint, output)
+    OwnershipLost (token or a fenced write) -> LOST         nothing: the new owner decides
+    ShutdownRequested                       -> INTERRUPTED  interrupt(last completed step)
+    CancelRequested                         -> CANCELLED    cancel(...)
+    CriticKilled                            -> FAILED       fail(..., reason)
+    Exception while a stop is pending       -> as that stop (a SHUTDOWN makes it INTERRUPTED)
+    any other Exception                     -> FAILED       fail(..., "ExcType: message")
+    the finalize write itself raises        -> LOST         the lease expires; recovery decides
+
+The "exception while a stop is pending" row exists because the way to cut a long step short is
+to raise *into* it (Celery's SoftTimeLimitExceeded is an ``Exception``): a run cut short by a
+shutdown must stay resumable, not be failed. Foreign BaseExceptions (KeyboardInterrupt,
+SystemExit) never reach this module: the executor re-raises them after writing nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pydantic import JsonValue
+
+from executus_worker.core.models import Checkpoint, OutcomeKind, RunInfo, RunOutcome
+from executus_worker.core.ports import Audit, RunCheckpointer
+from executus_worker.core.stop import RunStopped, StopReason, StopToken
+
+log = logging.getLogger(__name__)
+
+_KIND_FOR_STOP = {
+    StopReason.SHUTDOWN: OutcomeKind.INTERRUPTED,
+    StopReason.CANCEL: OutcomeKind.CANCELLED,
+    StopReason.CRITIC: OutcomeKind.FAILED,
+    StopReason.LOST_OWNERSHIP: OutcomeKind.LOST,
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: OutcomeKind
+    error: str | None = None
+
+
+def describe(exc: BaseException) -> str:
+    """``ExcType: message``, the form errors are recorded in."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def classify(exc: BaseException | None, stop: StopToken) -> Verdict:
+    """The outcome for an attempt that ended with ``exc`` (None: it finished)."""
+    if exc is None:
+        return Verdict(OutcomeKind.COMPLETED)
+    if isinstance(exc, RunStopped):
+        cause = exc
+    else:
+        pending = _pending_stop(stop)
+        if pending is None:
+            return Verdict(OutcomeKind.FAILED, describe(exc))
+        log.warning("run raised %s while stop %r was pending", describe(exc), pending.reason)
+        cause = pending
+    kind = _KIND_FOR_STOP[cause.reason]
+    if kind in {OutcomeKind.FAILED, OutcomeKind.LOST}:
+        return Verdict(kind, describe(cause))
+    return Verdict(kind)
+
+
+def _pending_stop(stop: StopToken) -> RunStopped | None:
+    try:
+        stop.check()
+    except RunStopped as pending:
+        return pending
+    return None
+
+
+@dataclass(frozen=True)
+class Finish:
+    run: RunInfo
+    checkpointer: RunCheckpointer
+    stop: StopToken
+    committed: Checkpoint  # the state after the last completed step
+    audit: Audit
+
+
+def finalize(
+    finish: Finish, *, output: JsonValue = None, exc: BaseException | None = None
+) -> RunOutcome:
+    """Classify the ending, make its one write, and report it."""
+    verdict = classify(exc, finish.stop)
+    checkpointer, checkpoint = finish.checkpointer, finish.committed
+    try:
+        if verdict.kind is OutcomeKind.COMPLETED:
+            checkpointer.complete(checkpoint, output)
+        elif verdict.kind is OutcomeKind.INTERRUPTED:
+            checkpointer.interrupt(checkpoint)
+        elif verdict.kind is OutcomeKind.CANCELLED:
+            checkpointer.cancel(checkpoint)
+        elif verdict.kind is OutcomeKind.FAILED:
+            checkpointer.fail(checkpoint, verdict.error or "failed")
+        # LOST: another attempt owns the run now; any write of ours would be fenced anyway.
+    except (Exception, RunStopped) as write_error:
+        log.warning(
+            "run %s: recording %s failed: %s", finish.run.run_id, verdict.kind,
+            describe(write_error),
+        )  # fmt: skip
+        verdict = Verdict(
+            OutcomeKind.LOST, f"recording {verdict.kind} failed: {describe(write_error)}"
+        )
+    outcome = RunOutcome(
+        kind=verdict.kind,
+        run_id=finish.run.run_id,
+        output=output if verdict.kind is OutcomeKind.COMPLETED else None,
+        error=verdict.error,
+        iterations=checkpoint.iteration,
+    )
+    log.info(
+        "run %s %s after %d steps%s", outcome.run_id, outcome.kind, outcome.iterations,
+        f": {outcome.error}" if outcome.error else "",
+    )  # fmt: skip
+    data: dict[str, JsonValue] = {
+        "outcome": outcome.kind.value,
+        "error": outcome.error,
+        "iterations": outcome.iterations,
+    }
+    try:
+        finish.audit.record(finish.run, "run_finished", data)
+    except Exception:
+        log.exception("audit failed for run %s (ignored)", finish.run.run_id)
+    return outcome

@@ -8,7 +8,7 @@ that way. A list is simpler but restarts from its first reply in every new proce
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import JsonValue
@@ -77,7 +77,7 @@ class ScriptedAgent:
     name: str
     model_: Model
     phase_names: Sequence[str] | None = None
-    seeds: dict[str | None, Sequence[Message]] = field(default_factory=dict)
+    seeds: Mapping[str | None, Sequence[Message]] = field(default_factory=dict)
     tools_: Tools = field(default_factory=NoTools)
 
     def phases(self, run: RunInfo) -> Sequence[str] | None:

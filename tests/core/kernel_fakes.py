@@ -76,8 +76,11 @@ class FakeCheckpointer:
         copy = _copy(checkpoint)
         self.store.calls.append((status, copy.iteration, *extra.values()))
         self.store.finals[self.run.run_id] = {
-            "status": status, "messages": copy.messages, "checkpoint": copy, **extra
-        }  # fmt: skip
+            "status": status,
+            "messages": copy.messages,
+            "checkpoint": copy,
+            **extra,
+        }
         self.store.checkpoints.pop(self.run.run_id, None)
 
     def complete(self, checkpoint: Checkpoint, output: JsonValue) -> None:

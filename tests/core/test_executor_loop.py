@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from kernel_fakes import (
     FakeCheckpoints,
@@ -22,7 +23,7 @@ from executus_worker.core.scripted import ScriptedAgent, ScriptedModel, say
 from executus_worker.core.stop import StopReason, StopToken
 
 
-def counter(steps: int = 4, **kw: object) -> RunInfo:
+def counter(steps: int = 4, **kw: Any) -> RunInfo:
     return run_info("demo.counter", input={"steps": steps, "step_s": 0.5}, **kw)
 
 
@@ -55,9 +56,13 @@ def test_phased_runs_phases_in_order_and_outputs_the_phase_outputs() -> None:
     assert outcome.kind is OutcomeKind.COMPLETED
     assert outcome.output == {"plan": "plan done", "work": "work done", "report": "report done"}
     assert checkpoints.store.transcript("run-1") == [
-        "plan step 1", "plan step 2", "work step 1", "work step 2",
-        "report step 1", "report step 2",
-    ]  # fmt: skip
+        "plan step 1",
+        "plan step 2",
+        "work step 1",
+        "work step 2",
+        "report step 1",
+        "report step 2",
+    ]
     final = checkpoints.store.finals["run-1"]["checkpoint"]
     assert final.completed_phases == ["plan", "work", "report"]
 
@@ -100,7 +105,9 @@ def test_max_iterations_fails_the_run_with_a_clear_error() -> None:
     run = run_info(limits=RunLimits(max_iterations=3))
     outcome = execute(agent, run, deps(checkpoints), StopToken())
     assert outcome.kind is OutcomeKind.FAILED
-    assert outcome.error == "RunLimitExceeded: run reached limits.max_iterations=3 without finishing"
+    assert outcome.error == (
+        "RunLimitExceeded: run reached limits.max_iterations=3 without finishing"
+    )
     assert model.calls == 3
     assert checkpoints.store.finals["run-1"]["status"] == "fail"
     assert checkpoints.store.transcript("run-1") == ["again"] * 3
@@ -136,8 +143,11 @@ def test_seed_persona_and_tools_reach_the_model_request() -> None:
         def tools(self, run: RunInfo) -> SkillTools:
             return SkillTools()
 
-    calls = (ToolCall(id="1", name="lookup"), ToolCall(id="2", name="search"),
-             ToolCall(id="3", name="shared"))  # fmt: skip
+    calls = (
+        ToolCall(id="1", name="lookup"),
+        ToolCall(id="2", name="search"),
+        ToolCall(id="3", name="shared"),
+    )
     model = ScriptedModel([say("using tools", tool_calls=calls), say("ok", done=True)])
     seed = (Message(role="user", content="hello"),)
     agent = ScriptedAgent("t", model, seeds={None: seed}, tools_=AgentTools())
@@ -151,8 +161,13 @@ def test_seed_persona_and_tools_reach_the_model_request() -> None:
     assert [m.content for m in first.messages] == ["hello"]
     assert [spec.name for spec in first.tools] == ["lookup", "shared", "search"]
     assert checkpoints.store.transcript("run-1") == [
-        "hello", "using tools", "agent:lookup", "skill:search", "agent:shared", "ok"
-    ]  # fmt: skip
+        "hello",
+        "using tools",
+        "agent:lookup",
+        "skill:search",
+        "agent:shared",
+        "ok",
+    ]
 
 
 def test_critic_watches_every_step_and_its_state_is_checkpointed() -> None:
@@ -160,9 +175,13 @@ def test_critic_watches_every_step_and_its_state_is_checkpointed() -> None:
     execute(CounterAgent(FakeClock()), counter(3), deps(checkpoints, critic=critic), StopToken())
     (watch,) = critic.watches
     assert watch.events == [
-        ("started", 1), ("finished", 1), ("started", 2), ("finished", 2),
-        ("started", 3), ("finished", 3),
-    ]  # fmt: skip
+        ("started", 1),
+        ("finished", 1),
+        ("started", 2),
+        ("finished", 2),
+        ("started", 3),
+        ("finished", 3),
+    ]
     assert watch.closed
     assert checkpoints.store.finals["run-1"]["checkpoint"].critic_state == {"steps": 3}
 
@@ -175,9 +194,7 @@ def test_budget_is_charged_once_per_model_step_and_audit_sees_the_run() -> None:
             charged.append(usage)
 
     audit = RecordingAudit()
-    execute(
-        CounterAgent(FakeClock()), counter(3), deps(budget=Budget(), audit=audit), StopToken()
-    )
+    execute(CounterAgent(FakeClock()), counter(3), deps(budget=Budget(), audit=audit), StopToken())
     assert len(charged) == 3
     assert all(usage.output_tokens == 3 for usage in charged)
     assert audit.names() == ["run_started", "step", "step", "step", "run_finished"]

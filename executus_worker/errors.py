@@ -9,6 +9,8 @@
     │   ├── CorruptCheckpointError  stored bytes that do not decode (names the run and key)
     │   └── UnsupportedFormatError  a checkpoint written by a newer format version
     ├── RunNotFoundError            a run id with no run record
+    ├── WaitTimeout                 Client.wait gave up (also a builtin TimeoutError)
+    ├── PublishError                a registered run whose message the broker did not take
     ├── StoreError                  Redis said something the store did not expect
     └── ScheduleError               an unparseable cron, unknown timezone or bad job
 
@@ -18,6 +20,11 @@ catches ``Exception``) and it is raised by the stores when an epoch check fails.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # core.models imports this module: a runtime import would be circular
+    from executus_worker.core.models import RunRecord
 
 
 class ExecutusError(Exception):
@@ -62,6 +69,35 @@ class RunNotFoundError(ExecutusError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id!r} not found")
+        self.run_id = run_id
+
+
+class WaitTimeout(ExecutusError, TimeoutError):
+    """``Client.wait`` gave up before the run reached a terminal status.
+
+    Also a builtin ``TimeoutError``, so generic timeout handling catches it. ``record`` is the
+    last record seen.
+    """
+
+    def __init__(self, run_id: str, timeout_s: float, record: RunRecord) -> None:
+        super().__init__(f"run {run_id!r} still {record.status.value} after {timeout_s:g}s")
+        self.run_id = run_id
+        self.timeout_s = timeout_s
+        self.record = record
+
+
+class PublishError(ExecutusError):
+    """The run is registered (``queued``) but the broker did not take its message.
+
+    Nothing is lost: the recovery sweep re-publishes a run left ``queued`` longer than
+    ``queued_timeout_s``. Enqueueing the same run id again does not re-publish it.
+    """
+
+    def __init__(self, run_id: str, detail: str) -> None:
+        super().__init__(
+            f"run {run_id!r} is registered but its message was not published ({detail}); "
+            "the recovery sweep will re-publish it"
+        )
         self.run_id = run_id
 
 

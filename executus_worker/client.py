@@ -1,0 +1,282 @@
+"""What other services import to enqueue, inspect, wait for and cancel agent runs.
+
+    from executus_worker.client import Client
+
+    with Client.from_url("redis://127.0.0.1:6379/0") as client:
+        run_id = client.enqueue(agent="demo.counter", input={"steps": 3, "step_s": 0})
+        record = client.wait(run_id, timeout_s=30)   # RunRecord; raises WaitTimeout
+        messages = client.transcript(run_id)
+
+Enqueue order matters: the run is *registered* in Redis (status ``queued``) before its message
+is published, so a crash between the two still leaves a run the recovery sweep re-publishes
+(after ``queued_timeout_s``). Enqueue is idempotent on ``run_id``: a second call with an
+existing id returns the same run and publishes nothing.
+
+Raw enqueue from another language (no Python, no registration): publish Celery task
+``executus.run`` (protocol 2, JSON serializer) with ``args=[run_id, request_json]``, where
+``request_json`` is a JSON *string* that validates against the schema printed by
+``executus-worker schema``, on the queue ``settings.queue_for(model_tier)`` (default
+``executus``). The worker registers such a run on first sight; until then it is not visible to
+``status``/``runs`` and a lost message is not recovered. Prefer this client where you can.
+
+This module never imports ``executus_worker.worker`` or ``executus_worker.batteries`` (an
+architecture test enforces it): a producer service should not pull in the worker's stack.
+Nothing connects until the first call that needs Redis or the broker.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Protocol
+
+import redis
+from pydantic import ValidationError
+
+from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.checkpoint.store import RunStore
+from executus_worker.core.models import Message, RunLimits, RunRecord, RunRequest, RunStatus
+from executus_worker.errors import (
+    ConfigError,
+    PayloadError,
+    PublishError,
+    RunNotFoundError,
+    WaitTimeout,
+)
+from executus_worker.publish import CeleryPublisher
+from executus_worker.settings import Settings
+
+__all__ = ["Client", "EnqueueResult", "PublishError", "Publisher", "WaitTimeout"]
+
+
+class Publisher(Protocol):
+    """Sends one ``executus.run`` message. The Celery-backed default is lazy and task-less."""
+
+    def publish(self, run_id: str, request_json: str, *, queue: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EnqueueResult:
+    """What ``Client.submit`` did: the run, its queue, and whether this call created it."""
+
+    __slots__ = ("created", "record")
+
+    def __init__(self, record: RunRecord, *, created: bool) -> None:
+        self.record = record
+        self.created = created
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    @property
+    def queue(self) -> str:
+        return self.record.queue
+
+
+class Client:
+    """A producer-side handle on the run store and the broker. Not thread-safe to close."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: RunStore | None = None,
+        publisher: Publisher | None = None,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._publisher = publisher
+        self._redis: redis.Redis | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        redis_url: str,
+        *,
+        key_prefix: str | None = None,
+        broker_url: str | None = None,
+        settings: Settings | None = None,
+    ) -> Client:
+        """A client for ``redis_url``; the broker defaults to the same Redis.
+
+        Does not read the environment: other settings come from ``settings`` when given,
+        else the library defaults. ``key_prefix`` defaults to ``settings.key_prefix`` (or
+        ``"executus"``) and must match the workers' ``EXECUTUS_KEY_PREFIX``.
+        """
+        base = settings if settings is not None else Settings.model_construct()
+        fields = base.model_dump()
+        fields["redis_url"] = redis_url
+        if key_prefix is not None:
+            fields["key_prefix"] = key_prefix
+        if broker_url is not None:
+            fields["broker_url"] = broker_url
+        # Every field is passed explicitly, so the environment cannot leak in; validating
+        # here reports a bad URL or prefix now rather than on first use.
+        try:
+            return cls(Settings(**fields))
+        except ValidationError as exc:
+            # Only locations and messages: the rejected value may be a URL with a password.
+            problems = "; ".join(f"{err['loc'][0]}: {err['msg']}" for err in exc.errors())
+            raise ConfigError(f"invalid client settings: {problems}") from None
+
+    # -- connections ---------------------------------------------------------------------
+
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            self._redis = redis.Redis.from_url(self.settings.redis_url)
+            self._store = RedisStore(
+                self._redis,
+                key_prefix=self.settings.key_prefix,
+                result_ttl_s=self.settings.result_ttl_s,
+            )
+        return self._store
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = CeleryPublisher(self.settings)
+        return self._publisher
+
+    def close(self) -> None:
+        """Release Redis and broker connections. The client reconnects if used again."""
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.close()
+        client, self._redis = self._redis, None
+        if client is not None:
+            self._store = None
+            client.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        *,
+        agent: str,
+        input: Mapping[str, Any] | None = None,  # shadows the builtin: the public name in DESIGN.md
+        run_id: str | None = None,
+        guild_id: str | None = None,
+        model_tier: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        limits: RunLimits | Mapping[str, Any] | None = None,
+    ) -> str:
+        """Validate, register (status ``queued``) and publish a run; return its id.
+
+        ``run_id`` defaults to a fresh uuid4 hex. An existing ``run_id`` returns at once and
+        publishes nothing. Raises ``PayloadError`` (nothing registered) for a request that
+        is malformed, wrong-schema or over ``settings.max_payload_bytes``.
+        """
+        payload: dict[str, Any] = {
+            "run_id": run_id if run_id is not None else uuid.uuid4().hex,
+            "agent": agent,
+            "input": dict(input) if input is not None else {},
+            "guild_id": guild_id,
+            "model_tier": model_tier,
+            "metadata": dict(metadata) if metadata is not None else {},
+        }
+        if limits is not None:
+            payload["limits"] = (
+                limits.model_dump() if isinstance(limits, RunLimits) else dict(limits)
+            )
+        return self.submit(payload).run_id
+
+    def submit(self, request: RunRequest | Mapping[str, Any] | str | bytes) -> EnqueueResult:
+        """``enqueue`` for a whole request (a model, a dict or JSON), reporting what happened.
+
+        A request without ``run_id`` gets a uuid4 hex one. ``created`` is False when the run
+        already existed (then nothing was published).
+        """
+        if isinstance(request, RunRequest):
+            raw: dict[str, Any] | str | bytes = request.model_dump(mode="json")
+        elif isinstance(request, Mapping):
+            raw = dict(request)
+        else:
+            raw = request
+        parsed = RunRequest.parse(raw, max_bytes=self.settings.max_payload_bytes)
+        if parsed.run_id is None:
+            # The id is part of the stored and published request, so workers and the record
+            # agree on it; a hex uuid always satisfies the RunId pattern.
+            parsed = parsed.model_copy(update={"run_id": uuid.uuid4().hex})
+        run_id = parsed.run_id
+        assert run_id is not None
+        request_json = parsed.to_json()
+        # The wire form spells out every default, so it can be larger than what the caller
+        # passed; the worker applies the cap to these bytes, so the client must as well.
+        size = len(request_json.encode())
+        if size > self.settings.max_payload_bytes:
+            raise PayloadError(
+                f"run request is {size} bytes as sent, "
+                f"over the {self.settings.max_payload_bytes}-byte limit"
+            )
+        queue = self.settings.queue_for(parsed.model_tier)
+        record, created = self.store.register(parsed, run_id=run_id, queue=queue, now=time.time())
+        if created:
+            try:
+                self.publisher.publish(run_id, request_json, queue=queue)
+            except (redis.RedisError, OSError) as exc:
+                raise PublishError(run_id, str(exc)) from exc
+        return EnqueueResult(record, created=created)
+
+    def status(self, run_id: str) -> RunRecord:
+        """The run's record; ``RunNotFoundError`` if unknown or past its retention."""
+        record = self.store.get(run_id)
+        if record is None:
+            raise RunNotFoundError(run_id)
+        return record
+
+    def transcript(self, run_id: str) -> list[Message]:
+        """The latest checkpointed transcript, or the retained final one."""
+        messages = self.store.transcript(run_id)
+        if not messages:
+            self.status(run_id)  # an unknown run is an error, not an empty transcript
+        return messages
+
+    def wait(
+        self,
+        run_id: str,
+        timeout_s: float,
+        *,
+        poll_s: float = 0.05,
+        max_poll_s: float = 1.0,
+    ) -> RunRecord:
+        """Poll until the run is terminal; return its record or raise ``WaitTimeout``.
+
+        Polls start at ``poll_s`` and back off x1.5 up to ``max_poll_s``, so short runs are
+        seen quickly and long waits cost about one GET per second.
+        """
+        deadline = time.monotonic() + timeout_s
+        delay = poll_s
+        while True:
+            record = self.status(run_id)
+            if record.status.terminal:
+                return record
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(run_id, timeout_s, record)
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, max_poll_s)
+
+    def cancel(self, run_id: str) -> RunRecord:
+        """Cancel a run: queued/interrupted runs end at once, a running one at its next step."""
+        return self.store.request_cancel(run_id, now=time.time())  # RunNotFoundError if unknown
+
+    def runs(self, status: RunStatus | str | None = None, limit: int = 100) -> list[RunRecord]:
+        """Recent runs, optionally of one status (``ValueError`` for an unknown status)."""
+        wanted = RunStatus(status) if status is not None else None
+        return self.store.list_runs(status=wanted, limit=limit)

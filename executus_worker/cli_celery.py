@@ -1,0 +1,61 @@
+"""Command lines for the Celery processes the CLI hands off to (``worker``, ``beat``, ``dev``).
+
+``worker`` and ``beat`` *exec* into Celery instead of running it as a child: the process the
+supervisor (Docker, Kubernetes, systemd) started then *is* Celery's main process, so SIGTERM
+reaches it directly and only it. A wrapper that forwards signals, or an init that signals the
+whole process group, would hit prefork children mid-step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from executus_worker.settings import Settings
+
+CELERY_APP = "executus_worker.worker"
+BEAT_SCHEDULER = "beat.scheduler:ExecutusScheduler"
+POOLS = ("prefork", "threads", "solo")
+
+
+def all_queues(settings: Settings) -> list[str]:
+    """The default queue plus every tier queue, in a stable order without duplicates."""
+    queues = [settings.default_queue]
+    for queue in sorted(set(settings.tier_queues.values())):
+        if queue not in queues:
+            queues.append(queue)
+    return queues
+
+
+def worker_argv(
+    settings: Settings,
+    *,
+    pool: str | None = None,
+    concurrency: int | None = None,
+    queues: Sequence[str] | None = None,
+    hostname: str | None = None,
+    loglevel: str = "INFO",
+    extra: Sequence[str] = (),
+) -> list[str]:
+    argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "--loglevel", loglevel]
+    argv += ["--queues", ",".join(queues or all_queues(settings))]
+    if pool is not None:
+        argv += ["--pool", pool]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
+    if hostname is not None:
+        argv += ["--hostname", hostname]
+    return argv + list(extra)
+
+
+def beat_argv(*, loglevel: str = "INFO", extra: Sequence[str] = ()) -> list[str]:
+    argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "beat"]
+    return [*argv, "--scheduler", BEAT_SCHEDULER, "--loglevel", loglevel, *extra]
+
+
+def exec_celery(argv: Sequence[str]) -> None:
+    """Replace this process with Celery (never returns on success)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], list(argv))  # noqa: S606 -- fixed argv, our own interpreter

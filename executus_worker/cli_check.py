@@ -1,0 +1,141 @@
+"""``executus-worker check``: is this Redis fit to hold runs? (a doctor, in the redbeat spirit).
+
+Each check yields a finding: ``ok``, ``warn`` (works, but a run can be lost or slow) or
+``fail`` (will not work; the command exits non-zero). Values of environment variables are
+never printed -- they may carry passwords -- only their names.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import redis
+
+from executus_worker.checkpoint.keys import KeySchema
+from executus_worker.settings import Settings, redact_url
+
+Level = Literal["ok", "warn", "fail"]
+PING_SAMPLES = 20
+# Celery reads these straight from the environment and lets them beat the app's own config
+# (celery/app/utils.py: broker_url, broker_read_url, ...), so one stray variable silently
+# points a worker or the client at another broker.
+CELERY_URL_OVERRIDES = ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    check: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Finding]:
+    env = os.environ if environ is None else environ
+    findings = list(_celery_env(settings, env))
+    findings += list(_redis_checks("redis", settings.redis_url, settings))
+    if settings.effective_broker_url != settings.redis_url:
+        findings += list(_redis_checks("broker", settings.effective_broker_url, None))
+    return findings
+
+
+def _redis_checks(name: str, url: str, settings: Settings | None) -> Iterator[Finding]:
+    shown = redact_url(url)
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=3, socket_timeout=5, decode_responses=True
+    )
+    try:
+        try:
+            server: dict[str, Any] = client.info("server")
+        except redis.RedisError as exc:
+            yield Finding("fail", name, f"cannot reach {shown}: {exc}")
+            return
+        yield Finding("ok", name, f"Redis {server.get('redis_version', '?')} at {shown}")
+        yield _latency(name, client)
+        yield _eviction(name, client)
+        yield _persistence(name, client)
+        yield _lua(name, client)
+        if settings is not None:
+            yield _active_runs(client, settings)
+    finally:
+        client.close()
+
+
+def _latency(name: str, client: redis.Redis) -> Finding:
+    samples = []
+    for _ in range(PING_SAMPLES):
+        start = time.perf_counter()
+        client.ping()
+        samples.append((time.perf_counter() - start) * 1000)
+    median = statistics.median(samples)
+    detail = f"ping median {median:.2f} ms, max {max(samples):.2f} ms over {PING_SAMPLES}"
+    # Every step costs a checkpoint round trip; past a few ms the store, not the model, dominates.
+    return Finding("ok" if median < 5 else "warn", f"{name}.latency", detail)
+
+
+def _eviction(name: str, client: redis.Redis) -> Finding:
+    check = f"{name}.maxmemory-policy"
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "?")
+    except redis.RedisError as exc:
+        return Finding("warn", check, f"cannot read it ({exc}); it must be noeviction")
+    if policy == "noeviction":
+        return Finding("ok", check, "noeviction")
+    return Finding(
+        "warn", check, f"{policy}: Redis may evict queue, lease or run keys; use noeviction"
+    )
+
+
+def _persistence(name: str, client: redis.Redis) -> Finding:
+    check = f"{name}.persistence"
+    try:
+        info: dict[str, Any] = client.info("persistence")
+        save = client.config_get("save").get("save", "")
+    except redis.RedisError as exc:
+        return Finding("warn", check, f"cannot read it ({exc})")
+    aof = str(info.get("aof_enabled", "0")) == "1"
+    if aof:
+        return Finding("ok", check, "AOF on" + (f", RDB save '{save}'" if save else ""))
+    if save:
+        return Finding("warn", check, f"RDB only (save '{save}'): a crash loses recent runs")
+    return Finding("warn", check, "none: a Redis restart loses every queued run and checkpoint")
+
+
+def _lua(name: str, client: redis.Redis) -> Finding:
+    check = f"{name}.lua"
+    try:
+        # register_script goes through EVALSHA (and falls back to EVAL), the path the store
+        # and kombu use; an ACL that allows EVAL but not EVALSHA is caught here.
+        echoed = client.register_script("return ARGV[1]")(args=["executus"])
+    except redis.RedisError as exc:
+        return Finding("fail", check, f"Lua scripting is not usable: {exc}")
+    if echoed != "executus":
+        return Finding("fail", check, f"Lua script returned {echoed!r}")
+    return Finding("ok", check, "EVAL/EVALSHA work")
+
+
+def _active_runs(client: redis.Redis, settings: Settings) -> Finding:
+    keys = KeySchema(settings.key_prefix)
+    try:
+        active = client.zcard(keys.active)
+    except redis.RedisError as exc:
+        return Finding("warn", "runs", f"cannot read {keys.active}: {exc}")
+    return Finding("ok", "runs", f"{active} active run(s) under prefix {settings.key_prefix!r}")
+
+
+def _celery_env(settings: Settings, env: Mapping[str, str]) -> Iterator[Finding]:
+    names = sorted(k for k in env if k.startswith("CELERY_"))
+    if not names:
+        yield Finding("ok", "env", "no CELERY_* overrides")
+        return
+    for key in CELERY_URL_OVERRIDES:
+        if key in env and env[key] != settings.effective_broker_url:
+            yield Finding("fail", "env", f"{key} is set and overrides EXECUTUS_BROKER_URL")
+    yield Finding("warn", "env", "Celery reads these from the environment: " + ", ".join(names))

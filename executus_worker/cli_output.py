@@ -1,0 +1,83 @@
+"""How the CLI prints runs: short human text by default, one JSON document with ``--json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from executus_worker.core.models import Message, RunRecord
+
+
+def emit_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+def record_document(record: RunRecord, messages: Sequence[Message] | None = None) -> dict[str, Any]:
+    document: dict[str, Any] = record.model_dump(mode="json")
+    if messages is not None:
+        document["transcript"] = [m.model_dump(mode="json") for m in messages]
+    return document
+
+
+def when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def record_text(record: RunRecord) -> str:
+    rows = [
+        ("run", record.run_id),
+        ("status", record.status.value + (" (cancel requested)" if _cancelling(record) else "")),
+        ("agent", record.agent),
+        ("queue", record.queue),
+        ("attempts", str(record.attempts)),
+        ("created", when(record.created_at)),
+        ("started", when(record.started_at)),
+        ("finished", when(record.finished_at)),
+    ]
+    if record.output is not None:
+        rows.append(("output", _compact(record.output)))
+    if record.error:
+        rows.append(("error", record.error))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _cancelling(record: RunRecord) -> bool:
+    return record.cancel_requested and not record.status.terminal
+
+
+def transcript_text(messages: Sequence[Message]) -> str:
+    if not messages:
+        return "(empty transcript)"
+    lines = []
+    for message in messages:
+        content = message.content
+        if message.tool_calls:
+            calls = ", ".join(f"{c.name}({_compact(c.arguments)})" for c in message.tool_calls)
+            content = f"{content} -> {calls}".strip()
+        lines.append(f"[{message.role}] {content}")
+    return "\n".join(lines)
+
+
+def runs_table(records: Sequence[RunRecord]) -> str:
+    if not records:
+        return "(no runs)"
+    header = ("RUN", "STATUS", "AGENT", "QUEUE", "ATTEMPTS", "UPDATED")
+    rows = [header] + [
+        (r.run_id, r.status.value, r.agent, r.queue, str(r.attempts), when(r.updated_at))
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    )

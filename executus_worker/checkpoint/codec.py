@@ -1,0 +1,212 @@
+"""JSON encoding of run records, checkpoint meta and messages. JSON only: never pickle.
+
+Decoding is where stored bytes meet code, so every failure becomes a typed error naming the
+run and the key (``CorruptCheckpointError``, ``UnsupportedFormatError``); a raw
+``ValidationError`` or ``JSONDecodeError`` never escapes this module.
+
+The transcript is decoded in one go: the stored items are joined into one JSON array and
+validated with a single ``validate_json`` call, so loading N messages costs one parse, the same
+as reading the transcript stored as one JSON value (the DESIGN target for resume).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Json, JsonValue, TypeAdapter, ValidationError
+
+from executus_worker.core.models import (
+    CHECKPOINT_FORMAT_VERSION,
+    Checkpoint,
+    Message,
+    RunRecord,
+    RunRequest,
+    RunStatus,
+)
+from executus_worker.errors import CorruptCheckpointError, UnsupportedFormatError
+
+Raw = bytes | str
+
+_MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+
+
+class _Meta(BaseModel):
+    """The checkpoint meta hash as stored: scalars as text, structures as JSON text."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format_version: int
+    epoch: int = 0
+    iteration: int = 0
+    active_phase: Json[str | None] = None
+    phase_start: int = 0
+    completed_phases: Json[list[str]] = []
+    phase_outputs: Json[dict[str, JsonValue]] = {}
+    critic_state: Json[dict[str, JsonValue]] = {}
+    updated_at: float = 0.0
+
+
+def text(value: Raw) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def text_map(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """A Redis hash reply (bytes or str, depending on the client) as ``dict[str, str]``."""
+    return {text(k): text(v) for k, v in raw.items()}
+
+
+def dumps(value: JsonValue) -> str:
+    """Compact JSON for a JSON value (outputs, phase outputs, critic state)."""
+    return pydantic_core.to_json(value).decode()
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        more = exc.error_count() - 1
+        return f"{loc}: {err['msg']}" + (f" (+{more} more)" if more else "")
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def encode_message(message: Message) -> str:
+    # Defaults are left out: most messages carry only a role and content, and every byte is
+    # written once per step and read back on every resume.
+    return message.model_dump_json(exclude_defaults=True)
+
+
+def encode_messages(messages: Sequence[Message]) -> list[str]:
+    return [encode_message(m) for m in messages]
+
+
+def join_items(items: Sequence[Raw]) -> bytes:
+    """LRANGE items -> one JSON array (bytes), ready for a single parse."""
+    return b"[" + b",".join(i.encode() if isinstance(i, str) else i for i in items) + b"]"
+
+
+def decode_messages(run_id: str, key: str, array_json: Raw) -> list[Message]:
+    """Parse a JSON array of messages (``join_items`` output, or the joined Lua reply)."""
+    try:
+        return _MESSAGES.validate_json(array_json)
+    except ValidationError as exc:
+        raise CorruptCheckpointError(
+            run_id, f"unreadable transcript at {key}: {_why(exc)}"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- records
+
+
+def record_fields(request: RunRequest, *, run_id: str, queue: str, now: float) -> dict[str, str]:
+    """The hash fields of a freshly registered run."""
+    stamp = repr(now)
+    return {
+        "run_id": run_id,
+        "status": RunStatus.QUEUED.value,
+        "agent": request.agent,
+        "request": request.to_json(),
+        "queue": queue,
+        "attempts": "0",
+        "epoch": "0",
+        "interrupts": "0",
+        "cancel_requested": "0",
+        "created_at": stamp,
+        "updated_at": stamp,
+        "enqueued_at": stamp,
+    }
+
+
+def decode_record(run_id: str, key: str, raw: Mapping[Any, Any]) -> RunRecord:
+    """A record hash -> RunRecord. Unknown hash fields (internal counters) are ignored."""
+    fields = text_map(raw)
+    try:
+        data: dict[str, Any] = dict(fields)
+        data["request"] = RunRequest.model_validate_json(fields["request"])
+        if "output" in fields:
+            data["output"] = json.loads(fields["output"])
+        return RunRecord.model_validate(data)
+    except (KeyError, ValueError) as exc:  # ValidationError and JSONDecodeError are ValueErrors
+        raise CorruptCheckpointError(
+            run_id, f"unreadable run record at {key}: {_why(exc)}"
+        ) from exc
+
+
+def decode_request(run_id: str, key: str, raw: Raw) -> RunRequest:
+    try:
+        return RunRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise CorruptCheckpointError(run_id, f"unreadable request at {key}: {_why(exc)}") from exc
+
+
+# --------------------------------------------------------------------------- checkpoint meta
+
+
+def meta_fields(checkpoint: Checkpoint, *, epoch: int, now: float) -> dict[str, str]:
+    """The checkpoint meta hash (everything but the messages, which live in their own list)."""
+    return {
+        "format_version": str(CHECKPOINT_FORMAT_VERSION),
+        "epoch": str(epoch),
+        "iteration": str(checkpoint.iteration),
+        "active_phase": dumps(checkpoint.active_phase),
+        "phase_start": str(checkpoint.phase_start),
+        "completed_phases": dumps(list(checkpoint.completed_phases)),
+        "phase_outputs": dumps(checkpoint.phase_outputs),
+        "critic_state": dumps(checkpoint.critic_state),
+        "updated_at": repr(now),
+    }
+
+
+def decode_checkpoint(
+    run_id: str,
+    *,
+    meta_key: str,
+    msgs_key: str,
+    meta: Mapping[Any, Any],
+    messages_json: Raw,
+) -> Checkpoint:
+    """Meta hash + the transcript as one JSON array -> Checkpoint (one parse per part)."""
+    fields = text_map(meta)
+    raw_version = fields.get("format_version")
+    try:
+        version = int(raw_version) if raw_version is not None else -1
+    except ValueError:
+        version = -1
+    if version < 1:
+        raise CorruptCheckpointError(
+            run_id, f"checkpoint meta at {meta_key} has no valid format_version ({raw_version!r})"
+        )
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            run_id,
+            f"checkpoint at {meta_key} has format version {version}; this code reads up to "
+            f"{CHECKPOINT_FORMAT_VERSION} (upgrade the worker)",
+        )
+    try:
+        parsed = _Meta.model_validate(fields)
+    except ValidationError as exc:
+        raise CorruptCheckpointError(
+            run_id, f"unreadable checkpoint meta at {meta_key}: {_why(exc)}"
+        ) from exc
+    messages = decode_messages(run_id, msgs_key, messages_json)
+    # Every part was validated above; constructing skips a second walk over the messages.
+    return Checkpoint.model_construct(
+        format_version=parsed.format_version,
+        run_id=run_id,
+        epoch=parsed.epoch,
+        iteration=parsed.iteration,
+        messages=messages,
+        active_phase=parsed.active_phase,
+        phase_start=parsed.phase_start,
+        completed_phases=parsed.completed_phases,
+        phase_outputs=parsed.phase_outputs,
+        critic_state=parsed.critic_state,
+        updated_at=parsed.updated_at,
+    )

@@ -1,0 +1,344 @@
+"""MemoryStore: the RunStore in one process, with the same guarantees as RedisStore.
+
+Product code, not a test double: the demo, our tests and users' own tests run on it. It keeps
+the same stored shapes as Redis (a record "hash" of strings, the transcript as a list of JSON
+strings, a meta "hash") and goes through the same codec, so decoding rules and error types are
+identical. Lease and retention expiry follow an injectable ``clock`` so tests can expire a
+lease without sleeping; the ``now`` arguments are only recorded, as in Redis.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import JsonValue
+
+from executus_worker.checkpoint import codec
+from executus_worker.checkpoint.store import (
+    ClaimResult,
+    ClaimStatus,
+    RenewStatus,
+    Requeued,
+    SweepBatch,
+)
+from executus_worker.core.models import Checkpoint, Message, RunRecord, RunRequest, RunStatus
+from executus_worker.core.stop import OwnershipLost
+from executus_worker.errors import CorruptCheckpointError, RunNotFoundError
+
+_TERMINAL = {s.value for s in RunStatus if s.terminal}
+
+
+@dataclass
+class _Run:
+    rec: dict[str, str]
+    msgs: list[str] = field(default_factory=list)
+    ckpt: dict[str, str] | None = None
+    lease: tuple[str, float] | None = None  # ("owner:epoch", deadline on the store clock)
+    expires_at: float | None = None  # retention deadline of a finished run (store clock)
+
+
+class MemoryStore:
+    """In-process RunStore. Thread-safe (one lock); ``clock`` drives lease and TTL expiry."""
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, result_ttl_s: int = 86_400
+    ) -> None:
+        self._clock = clock
+        self._result_ttl_s = result_ttl_s
+        self._lock = threading.RLock()
+        self._runs: dict[str, _Run] = {}
+        self._active: dict[str, float] = {}  # run_id -> created_at (the index order)
+        self._done: dict[str, float] = {}  # run_id -> finished_at
+
+    # ------------------------------------------------------------------------ internals
+
+    def _get(self, run_id: str) -> _Run | None:
+        run = self._runs.get(run_id)
+        if run is not None and run.expires_at is not None and self._clock() >= run.expires_at:
+            del self._runs[run_id]
+            self._done.pop(run_id, None)
+            return None
+        return run
+
+    def _lease_live(self, run: _Run) -> bool:
+        if run.lease is not None and self._clock() >= run.lease[1]:
+            run.lease = None
+        return run.lease is not None
+
+    def _decode(self, run_id: str, run: _Run) -> RunRecord:
+        return codec.decode_record(run_id, f"memory:{run_id}:rec", run.rec)
+
+    def _fence(self, run_id: str, epoch: int) -> _Run:
+        run = self._get(run_id)
+        status = run.rec.get("status") if run else None
+        stored = run.rec.get("epoch") if run else None
+        if run is None or status != RunStatus.RUNNING.value or stored != str(epoch):
+            raise OwnershipLost(
+                f"run {run_id} is {status} at epoch {stored}; this writer holds epoch {epoch}"
+            )
+        return run
+
+    def _splice(self, run_id: str, run: _Run, base_len: int, new: Sequence[Message]) -> None:
+        if len(run.msgs) < base_len:
+            raise CorruptCheckpointError(
+                run_id,
+                f"memory:{run_id}:msgs: transcript has {len(run.msgs)} messages, "
+                f"the writer expected at least {base_len}",
+            )
+        del run.msgs[base_len:]
+        run.msgs.extend(codec.encode_messages(new))
+
+    def _finalize(self, run_id: str, run: _Run, status: str, now: float, ttl_s: int) -> None:
+        run.rec.update(status=status, finished_at=repr(now), updated_at=repr(now))
+        run.rec.pop("owner", None)
+        run.lease = None
+        run.ckpt = None
+        run.expires_at = self._clock() + ttl_s
+        self._active.pop(run_id, None)
+        self._done[run_id] = now
+        horizon = now - ttl_s
+        for old in [k for k, v in self._done.items() if v < horizon]:
+            del self._done[old]
+
+    # ------------------------------------------------------------------------ records
+
+    def register(
+        self, request: RunRequest, *, run_id: str, queue: str, now: float
+    ) -> tuple[RunRecord, bool]:
+        with self._lock:
+            existing = self._get(run_id)
+            if existing is not None:
+                return self._decode(run_id, existing), False
+            run = _Run(rec=codec.record_fields(request, run_id=run_id, queue=queue, now=now))
+            self._runs[run_id] = run
+            self._active[run_id] = now
+            self._done.pop(run_id, None)
+            return self._decode(run_id, run), True
+
+    def get(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            run = self._get(run_id)
+            return None if run is None else self._decode(run_id, run)
+
+    def claim(
+        self, run_id: str, *, owner: str, lease_ttl_s: float, max_attempts: int, now: float
+    ) -> ClaimResult:
+        with self._lock:
+            run = self._get(run_id)
+            status = run.rec.get("status") if run else None
+            if run is None or status not in {"queued", "interrupted", "running"}:
+                return ClaimResult(ClaimStatus.GONE)
+            reason = run.rec.get("last_reason", "unknown")
+            if status == "running":
+                if self._lease_live(run):
+                    return ClaimResult(ClaimStatus.BUSY)
+                reason = "lease expired while running (worker lost)"
+            if run.rec.get("cancel_requested") == "1":
+                self._finalize(run_id, run, "cancelled", now, self._result_ttl_s)
+                return self._claim_result(ClaimStatus.CANCELLED, run_id, run)
+            attempts = int(run.rec.get("attempts", "0"))
+            # Clean shutdown interrupts are not failures (same rule as the Lua claim).
+            failures = attempts - int(run.rec.get("interrupts", "0"))
+            if failures + 1 > max_attempts:
+                run.rec["error"] = f"gave up after {attempts} attempts: {reason}"
+                self._finalize(run_id, run, "dead", now, self._result_ttl_s)
+                return self._claim_result(ClaimStatus.DEAD, run_id, run)
+            epoch = int(run.rec.get("epoch", "0")) + 1
+            run.rec.update(
+                status="running",
+                epoch=str(epoch),
+                attempts=str(attempts + 1),
+                owner=owner,
+                started_at=repr(now),
+                updated_at=repr(now),
+                last_reason=reason,
+            )
+            run.lease = (f"{owner}:{epoch}", self._clock() + lease_ttl_s)
+            return self._claim_result(ClaimStatus.CLAIMED, run_id, run)
+
+    def _claim_result(self, status: ClaimStatus, run_id: str, run: _Run) -> ClaimResult:
+        record = self._decode(run_id, run)
+        return ClaimResult(status, epoch=record.epoch, attempts=record.attempts, record=record)
+
+    def renew(self, run_id: str, *, owner: str, epoch: int, lease_ttl_s: float) -> RenewStatus:
+        value = f"{owner}:{epoch}"
+        with self._lock:
+            run = self._get(run_id)
+            if run is None:
+                return RenewStatus.LOST
+            if self._lease_live(run):
+                if run.lease is None or run.lease[0] != value:
+                    return RenewStatus.LOST
+            elif (
+                run.rec.get("status") != "running"
+                or run.rec.get("epoch") != str(epoch)
+                or run.rec.get("owner") != owner
+            ):
+                return RenewStatus.LOST
+            # A lapsed lease nobody took over is taken back (see the Lua RENEW for why).
+            run.lease = (value, self._clock() + lease_ttl_s)
+            if run.rec.get("cancel_requested") == "1":
+                return RenewStatus.CANCEL
+            return RenewStatus.OK
+
+    def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
+        with self._lock:
+            run = self._get(run_id)
+            if run is None or "status" not in run.rec:
+                raise RunNotFoundError(run_id)
+            status = run.rec["status"]
+            if status not in _TERMINAL:
+                run.rec.update(cancel_requested="1", updated_at=repr(now))
+                if status != "running" or not self._lease_live(run):
+                    self._finalize(run_id, run, "cancelled", now, self._result_ttl_s)
+            return self._decode(run_id, run)
+
+    def list_runs(self, *, status: RunStatus | None = None, limit: int = 100) -> list[RunRecord]:
+        with self._lock:
+            found: list[RunRecord] = []
+            for run_id in list(self._active) + list(self._done):
+                run = self._get(run_id)
+                if run is None:
+                    continue
+                try:
+                    record = self._decode(run_id, run)
+                except CorruptCheckpointError:
+                    continue
+                if status is None or record.status == status:
+                    found.append(record)
+            found.sort(key=lambda r: r.created_at, reverse=True)
+            return found[: max(limit, 0)]
+
+    def sweep(
+        self, *, now: float, queued_timeout_s: float, cursor: int = 0, batch: int = 1000
+    ) -> SweepBatch:
+        with self._lock:
+            ordered = sorted(self._active, key=lambda k: (self._active[k], k))
+            page = ordered[cursor : cursor + batch]
+            requeued: list[Requeued] = []
+            errors: list[tuple[str, str]] = []
+            removed = 0
+            for run_id in page:
+                run = self._get(run_id)
+                outcome = self._requeue_if_orphan(run_id, run, now, queued_timeout_s)
+                if isinstance(outcome, Requeued):
+                    requeued.append(outcome)
+                elif outcome is not None:
+                    kind, why = outcome
+                    if kind == "removed":
+                        removed += 1
+                        self._active.pop(run_id, None)
+                    errors.append((run_id, why))
+            next_cursor = 0 if len(page) < batch else cursor + len(page) - removed
+            return SweepBatch(requeued, errors, scanned=len(page), cursor=next_cursor)
+
+    def _requeue_if_orphan(  # noqa: PLR0911 -- one return per branch of the Lua REQUEUE
+        self, run_id: str, run: _Run | None, now: float, queued_timeout_s: float
+    ) -> Requeued | tuple[str, str] | None:
+        """The Lua REQUEUE script, in Python: a Requeued, ("removed"|"bad", why), or None."""
+        if run is None:
+            return ("removed", "indexed as active but has no record")
+        status = run.rec.get("status")
+        if status is None:
+            return ("bad", "skipped unreadable record: record has no status")
+        if status in _TERMINAL:
+            return ("removed", f"terminal ({status}) but still indexed as active")
+        try:
+            request = codec.decode_request(run_id, f"memory:{run_id}:rec", run.rec["request"])
+            queue = run.rec["queue"]
+        except (CorruptCheckpointError, KeyError) as exc:
+            return ("bad", f"skipped unreadable record: {exc}")
+        if status == "running":
+            if self._lease_live(run):
+                return None
+            run.rec["last_reason"] = "lease expired while running (worker lost)"
+        elif status == "queued":
+            if now - float(run.rec.get("enqueued_at", "0")) < queued_timeout_s:
+                return None
+        elif status != "interrupted":
+            return ("bad", f"skipped unreadable record: unknown status {status}")
+        run.rec.update(status="queued", enqueued_at=repr(now), updated_at=repr(now))
+        run.rec.pop("owner", None)
+        return Requeued(run_id, queue, request, RunStatus(status))
+
+    # ------------------------------------------------------------------------ checkpoints
+
+    def load_checkpoint(self, run_id: str) -> Checkpoint | None:
+        with self._lock:
+            run = self._get(run_id)
+            if run is None or run.ckpt is None:
+                return None
+            meta, items = dict(run.ckpt), list(run.msgs)
+        return codec.decode_checkpoint(
+            run_id,
+            meta_key=f"memory:{run_id}:ckpt",
+            msgs_key=f"memory:{run_id}:msgs",
+            meta=meta,
+            messages_json=codec.join_items(items),
+        )
+
+    def save_checkpoint(
+        self,
+        run_id: str,
+        *,
+        epoch: int,
+        base_len: int,
+        new_messages: Sequence[Message],
+        checkpoint: Checkpoint,
+        now: float,
+    ) -> None:
+        meta = codec.meta_fields(checkpoint, epoch=epoch, now=now)
+        with self._lock:
+            run = self._fence(run_id, epoch)
+            self._splice(run_id, run, base_len, new_messages)
+            run.ckpt = {**(run.ckpt or {}), **meta}
+            run.rec["updated_at"] = repr(now)
+
+    def finish(
+        self,
+        run_id: str,
+        *,
+        epoch: int,
+        status: RunStatus,
+        output: JsonValue,
+        error: str | None,
+        base_len: int,
+        new_messages: Sequence[Message],
+        now: float,
+        result_ttl_s: int,
+    ) -> None:
+        if not status.terminal:
+            raise ValueError(f"finish needs a terminal status, not {status.value!r}")
+        encoded_output = codec.dumps(output)
+        with self._lock:
+            run = self._fence(run_id, epoch)
+            self._splice(run_id, run, base_len, new_messages)
+            run.rec["output"] = encoded_output
+            if error is None:
+                run.rec.pop("error", None)
+            else:
+                run.rec["error"] = error
+            self._finalize(run_id, run, status.value, now, result_ttl_s)
+
+    def interrupt(self, run_id: str, *, epoch: int, now: float) -> None:
+        with self._lock:
+            run = self._fence(run_id, epoch)
+            run.rec.update(
+                status="interrupted",
+                updated_at=repr(now),
+                last_reason="interrupted (worker shutdown)",
+                interrupts=str(int(run.rec.get("interrupts", "0")) + 1),
+            )
+            run.rec.pop("owner", None)
+            run.lease = None
+
+    def transcript(self, run_id: str) -> list[Message]:
+        with self._lock:
+            run = self._get(run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            items = list(run.msgs)
+        return codec.decode_messages(run_id, f"memory:{run_id}:msgs", codec.join_items(items))

@@ -1,0 +1,218 @@
+"""RedisStore: the RunStore on Redis, one atomic Lua script per state transition.
+
+The constructor only stores its arguments and registers the script objects (no round trip);
+redis-py sends EVALSHA and falls back to loading a script on NOSCRIPT, so a Redis restart or a
+``SCRIPT FLUSH`` is handled without our help. Every redis-py error leaves as ``StoreError``;
+script errors that mean something become ``OwnershipLost`` or ``CorruptCheckpointError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import redis
+from pydantic import JsonValue
+from redis.commands.core import Script
+
+from executus_worker.checkpoint import codec, redis_index, scripts
+from executus_worker.checkpoint.keys import KeySchema
+from executus_worker.checkpoint.store import (
+    ClaimResult,
+    ClaimStatus,
+    RenewStatus,
+    SweepBatch,
+)
+from executus_worker.core.models import Checkpoint, Message, RunRecord, RunRequest, RunStatus
+from executus_worker.core.stop import OwnershipLost
+from executus_worker.errors import CorruptCheckpointError, RunNotFoundError, StoreError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESULT_TTL_S = 86_400
+
+
+class RedisStore:
+    """RunStore on Redis. Thread-safe to the extent the given client is (redis-py pools are)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str = "executus",
+        result_ttl_s: int = DEFAULT_RESULT_TTL_S,
+    ) -> None:
+        self._r = client
+        self.keys = KeySchema(key_prefix)
+        # Used where the protocol gives no TTL: a claim or cancel that ends a run.
+        self._result_ttl_s = result_ttl_s
+        self._s: dict[str, Script] = {
+            name: client.register_script(src) for name, src in scripts.WITH_LIB.items()
+        }
+
+    # ------------------------------------------------------------------------ plumbing
+
+    def _run(self, name: str, run_id: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self._s[name](keys=list(keys), args=list(args))
+        except redis.ResponseError as exc:
+            self._raise_script_error(run_id, exc)
+        except redis.RedisError as exc:
+            raise StoreError(f"redis {name} for run {run_id!r} failed: {exc}") from exc
+
+    def _raise_script_error(self, run_id: str, exc: redis.ResponseError) -> NoReturn:
+        message = str(exc)
+        if "EXECUTUS_FENCED" in message:
+            raise OwnershipLost(message.split("EXECUTUS_FENCED", 1)[1].strip()) from exc
+        if "EXECUTUS_SHORT" in message:
+            detail = message.split("EXECUTUS_SHORT", 1)[1].strip()
+            raise CorruptCheckpointError(run_id, f"{self.keys.msgs(run_id)}: {detail}") from exc
+        raise StoreError(f"redis script error for run {run_id!r}: {exc}") from exc
+
+    def _record(self, run_id: str, flat: Sequence[Any]) -> RunRecord:
+        it = iter(flat)
+        return codec.decode_record(run_id, self.keys.rec(run_id), dict(zip(it, it, strict=True)))
+
+    # ------------------------------------------------------------------------ records
+
+    def register(
+        self, request: RunRequest, *, run_id: str, queue: str, now: float
+    ) -> tuple[RunRecord, bool]:
+        fields = codec.record_fields(request, run_id=run_id, queue=queue, now=now)
+        flat = [x for pair in fields.items() for x in pair]
+        reply = self._run("register", run_id, self.keys.run(run_id).all(), [run_id, now, *flat])
+        if int(reply[0]) == 1:
+            return codec.decode_record(run_id, self.keys.rec(run_id), fields), True
+        return self._record(run_id, reply[1]), False
+
+    def get(self, run_id: str) -> RunRecord | None:
+        try:
+            raw = self._r.hgetall(self.keys.rec(run_id))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis HGETALL for run {run_id!r} failed: {exc}") from exc
+        if not raw:
+            return None
+        return codec.decode_record(run_id, self.keys.rec(run_id), raw)
+
+    def claim(
+        self, run_id: str, *, owner: str, lease_ttl_s: float, max_attempts: int, now: float
+    ) -> ClaimResult:
+        args = [run_id, now, owner, _ms(lease_ttl_s), max_attempts, self._result_ttl_s]
+        reply = self._run("claim", run_id, self.keys.run(run_id).all(), args)
+        status = ClaimStatus(codec.text(reply[0]))
+        if len(reply) < 2:
+            return ClaimResult(status)
+        record = self._record(run_id, reply[1])
+        return ClaimResult(status, epoch=record.epoch, attempts=record.attempts, record=record)
+
+    def renew(self, run_id: str, *, owner: str, epoch: int, lease_ttl_s: float) -> RenewStatus:
+        keys = [self.keys.rec(run_id), self.keys.lease(run_id)]
+        args = [f"{owner}:{epoch}", _ms(lease_ttl_s), str(epoch), owner]
+        return RenewStatus(codec.text(self._run("renew", run_id, keys, args)))
+
+    def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
+        args = [run_id, now, self._result_ttl_s]
+        reply = self._run("cancel", run_id, self.keys.run(run_id).all(), args)
+        if codec.text(reply[0]) == "missing":
+            raise RunNotFoundError(run_id)
+        return self._record(run_id, reply[1])
+
+    def list_runs(self, *, status: RunStatus | None = None, limit: int = 100) -> list[RunRecord]:
+        return redis_index.list_runs(self._r, self.keys, status=status, limit=limit)
+
+    def sweep(
+        self, *, now: float, queued_timeout_s: float, cursor: int = 0, batch: int = 1000
+    ) -> SweepBatch:
+        return redis_index.sweep(
+            self._r,
+            self.keys,
+            self._s["requeue"],
+            now=now,
+            queued_timeout_s=queued_timeout_s,
+            cursor=cursor,
+            batch=batch,
+        )
+
+    # ------------------------------------------------------------------------ checkpoints
+
+    def load_checkpoint(self, run_id: str) -> Checkpoint | None:
+        keys = [self.keys.ckpt(run_id), self.keys.msgs(run_id)]
+        reply = self._run("load", run_id, keys, [])
+        if not reply:
+            return None
+        meta_flat, body = reply
+        it = iter(meta_flat)
+        return codec.decode_checkpoint(
+            run_id,
+            meta_key=keys[0],
+            msgs_key=keys[1],
+            meta=dict(zip(it, it, strict=True)),
+            messages_json=_array(body),
+        )
+
+    def save_checkpoint(
+        self,
+        run_id: str,
+        *,
+        epoch: int,
+        base_len: int,
+        new_messages: Sequence[Message],
+        checkpoint: Checkpoint,
+        now: float,
+    ) -> None:
+        meta = codec.meta_fields(checkpoint, epoch=epoch, now=now)
+        meta_flat = [x for pair in meta.items() for x in pair]
+        args = [run_id, now, str(epoch), base_len, len(meta_flat), *meta_flat]
+        args.extend(codec.encode_messages(new_messages))
+        self._run("save", run_id, self.keys.run(run_id).all(), args)
+
+    def finish(
+        self,
+        run_id: str,
+        *,
+        epoch: int,
+        status: RunStatus,
+        output: JsonValue,
+        error: str | None,
+        base_len: int,
+        new_messages: Sequence[Message],
+        now: float,
+        result_ttl_s: int,
+    ) -> None:
+        if not status.terminal:
+            raise ValueError(f"finish needs a terminal status, not {status.value!r}")
+        args = [
+            run_id,
+            now,
+            str(epoch),
+            base_len,
+            status.value,
+            codec.dumps(output),
+            "0" if error is None else "1",
+            error or "",
+            int(result_ttl_s),
+            *codec.encode_messages(new_messages),
+        ]
+        self._run("finish", run_id, self.keys.run(run_id).all(), args)
+
+    def interrupt(self, run_id: str, *, epoch: int, now: float) -> None:
+        self._run("interrupt", run_id, self.keys.run(run_id).all(), [run_id, now, str(epoch)])
+
+    def transcript(self, run_id: str) -> list[Message]:
+        keys = [self.keys.rec(run_id), self.keys.msgs(run_id)]
+        exists, body = self._run("transcript", run_id, keys, [])
+        messages = codec.decode_messages(run_id, keys[1], _array(body))
+        if not messages and not int(exists):
+            raise RunNotFoundError(run_id)
+        return messages
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _array(body: bytes | str) -> bytes:
+    """The comma-joined items from a Lua reply, wrapped into one JSON array."""
+    raw = body.encode() if isinstance(body, str) else body
+    return b"[" + raw + b"]"

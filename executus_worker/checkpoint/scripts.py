@@ -1,0 +1,264 @@
+"""Lua source for RedisStore. Every state transition is one script, so each is atomic.
+
+Conventions shared by every per-run script:
+
+- ``KEYS`` = rec, lease, ckpt, msgs, active, done (``RunKeys.all()``), ``ARGV[1]`` = run id,
+  ``ARGV[2]`` = now (wall-clock seconds).
+- Redis does not roll a script back when it errors half-way, so every check that can fail runs
+  before the first write.
+- Errors the store maps to typed exceptions start with ``EXECUTUS_``: ``EXECUTUS_FENCED``
+  becomes ``OwnershipLost``, ``EXECUTUS_SHORT`` becomes ``CorruptCheckpointError``.
+
+Redis Cluster: the four per-run keys share the ``{run:<id>}`` hash tag, but the scripts that
+also touch the global ``runs:active`` / ``runs:done`` indexes (register, claim, finish,
+request_cancel, sweep) cross slots, so the store supports plain (single-shard) Redis only.
+"""
+
+from __future__ import annotations
+
+# Shared helpers, prepended to the scripts that need them.
+_LIB = r"""
+local unpack = unpack or table.unpack
+local TERMINAL = {completed = true, failed = true, cancelled = true, dead = true}
+
+-- RPUSH ARGV[from..] in chunks: Lua's unpack() is limited to a few thousand values.
+local function append(key, from)
+  local n = #ARGV
+  local i = from
+  while i <= n do
+    local j = math.min(i + 999, n)
+    redis.call('RPUSH', key, unpack(ARGV, i, j))
+    i = j + 1
+  end
+end
+
+-- nil if the caller (epoch) still owns the run, else the error reply to return.
+local function fence(epoch)
+  local r = redis.call('HMGET', KEYS[1], 'status', 'epoch')
+  if r[1] ~= 'running' or r[2] ~= epoch then
+    return redis.error_reply('EXECUTUS_FENCED run ' .. ARGV[1] .. ' is ' .. tostring(r[1]) ..
+      ' at epoch ' .. tostring(r[2]) .. '; this writer holds epoch ' .. epoch)
+  end
+  return nil
+end
+
+-- nil if the stored transcript has at least base_len messages, else the error reply.
+local function check_len(base_len)
+  local len = redis.call('LLEN', KEYS[4])
+  if len < base_len then
+    return redis.error_reply('EXECUTUS_SHORT transcript has ' .. len ..
+      ' messages, the writer expected at least ' .. base_len)
+  end
+  return nil
+end
+
+-- Keep the first base_len messages and append ARGV[from..]. LTRIM costs O(removed) and RPUSH
+-- O(appended): a save never pays for the length of the transcript.
+local function splice(base_len, from)
+  if redis.call('LLEN', KEYS[4]) > base_len then
+    if base_len == 0 then
+      redis.call('DEL', KEYS[4])
+    else
+      redis.call('LTRIM', KEYS[4], 0, base_len - 1)
+    end
+  end
+  append(KEYS[4], from)
+end
+
+-- Terminal transition: drop lease and checkpoint, put a TTL on every per-run key that stays,
+-- move the id from the active index to the done index (trimmed to the retention window).
+local function finalize(status, now, ttl)
+  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now, 'updated_at', now)
+  redis.call('HDEL', KEYS[1], 'owner')
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[4], ttl)
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZADD', KEYS[6], now, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (tonumber(now) - ttl))
+end
+"""
+
+# ARGV: run_id, now, field1, value1, ...   -> {1} created | {0, record}
+REGISTER = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+-- Leftovers of an earlier run with this id whose record already expired.
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+return {1}
+"""
+
+# ARGV: run_id, now, owner, lease_ttl_ms, max_attempts, result_ttl_s
+#   -> {outcome, record} with outcome claimed | busy | gone | cancelled | dead
+CLAIM = r"""
+local now, owner = ARGV[2], ARGV[3]
+local r = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'interrupts', 'epoch',
+  'cancel_requested', 'last_reason')
+local status = r[1]
+if not status or not (status == 'queued' or status == 'interrupted' or status == 'running') then
+  return {'gone'}
+end
+local reason = r[6] or 'unknown'
+if status == 'running' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
+  reason = 'lease expired while running (worker lost)'
+end
+if r[5] == '1' then
+  finalize('cancelled', now, tonumber(ARGV[6]))
+  return {'cancelled', redis.call('HGETALL', KEYS[1])}
+end
+local attempts = tonumber(r[2]) or 0
+-- Clean shutdown interrupts are not failures: a long run that lives through many deploys must
+-- not be declared dead; only attempts that ended without a clean stop count.
+local failures = attempts - (tonumber(r[3]) or 0)
+if failures + 1 > tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[1], 'error', 'gave up after ' .. attempts .. ' attempts: ' .. reason)
+  finalize('dead', now, tonumber(ARGV[6]))
+  return {'dead', redis.call('HGETALL', KEYS[1])}
+end
+local epoch = (tonumber(r[4]) or 0) + 1
+redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', epoch, 'attempts', attempts + 1,
+  'owner', owner, 'started_at', now, 'updated_at', now, 'last_reason', reason)
+redis.call('SET', KEYS[2], owner .. ':' .. epoch, 'PX', ARGV[4])
+return {'claimed', redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: rec, lease. ARGV: owner:epoch, lease_ttl_ms, epoch, owner -> ok | cancel | lost
+RENEW = r"""
+local cur = redis.call('GET', KEYS[2])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+else
+  if cur then return 'lost' end
+  local r = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'owner')
+  if r[1] ~= 'running' or r[2] ~= ARGV[3] or r[3] ~= ARGV[4] then return 'lost' end
+  -- Our lease lapsed (a long pause) but nobody claimed the run since: the epoch still fences
+  -- every write, so taking the lease back is safe and spares a healthy run a restart.
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel' end
+return 'ok'
+"""
+
+# ARGV: run_id, now, epoch, base_len, n_meta_argv, meta field/value pairs..., messages...
+#   -> new transcript length
+SAVE = r"""
+local base_len, n_meta = tonumber(ARGV[4]), tonumber(ARGV[5])
+local err = fence(ARGV[3]) or check_len(base_len)
+if err then return err end
+splice(base_len, 6 + n_meta)
+redis.call('HSET', KEYS[3], unpack(ARGV, 6, 5 + n_meta))
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+return redis.call('LLEN', KEYS[4])
+"""
+
+# ARGV: run_id, now, epoch, base_len, status, output_json, has_error, error, result_ttl_s,
+#       messages...
+FINISH = r"""
+local base_len = tonumber(ARGV[4])
+local err = fence(ARGV[3]) or check_len(base_len)
+if err then return err end
+splice(base_len, 10)
+redis.call('HSET', KEYS[1], 'output', ARGV[6])
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[1], 'error', ARGV[8])
+else
+  redis.call('HDEL', KEYS[1], 'error')
+end
+finalize(ARGV[5], ARGV[2], tonumber(ARGV[9]))
+return 1
+"""
+
+# ARGV: run_id, now, epoch
+INTERRUPT = r"""
+local err = fence(ARGV[3])
+if err then return err end
+redis.call('HSET', KEYS[1], 'status', 'interrupted', 'updated_at', ARGV[2],
+  'last_reason', 'interrupted (worker shutdown)')
+redis.call('HINCRBY', KEYS[1], 'interrupts', 1)
+redis.call('HDEL', KEYS[1], 'owner')
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# ARGV: run_id, now, result_ttl_s -> {'missing'} | {'ok', record}
+CANCEL = r"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if not TERMINAL[status] then
+  redis.call('HSET', KEYS[1], 'cancel_requested', 1, 'updated_at', ARGV[2])
+  -- Not started, stopped cleanly, or its owner is gone (no lease): nobody will act on the
+  -- flag soon, so the run ends now. A live owner sees the flag at its next lease renewal.
+  if status ~= 'running' or redis.call('EXISTS', KEYS[2]) == 0 then
+    finalize('cancelled', ARGV[2], tonumber(ARGV[3]))
+  end
+end
+return {'ok', redis.call('HGETALL', KEYS[1])}
+"""
+
+# One sweep step for one indexed run. ARGV: run_id, now, queued_timeout_s
+#   -> {'requeued', previous_status, queue, request_json} | {'skip'} | {'removed', why}
+#    | {'bad', why}
+REQUEUE = r"""
+local kind = redis.call('TYPE', KEYS[1])
+kind = type(kind) == 'table' and kind.ok or kind
+if kind == 'none' then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  return {'removed', 'indexed as active but has no record'}
+end
+if kind ~= 'hash' then return {'bad', 'record key holds a ' .. kind} end
+local r = redis.call('HMGET', KEYS[1], 'status', 'queue', 'request', 'enqueued_at')
+local status, now = r[1], tonumber(ARGV[2])
+if not status then return {'bad', 'record has no status'} end
+if TERMINAL[status] then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  return {'removed', 'terminal (' .. status .. ') but still indexed as active'}
+end
+if not r[2] or not r[3] then return {'bad', 'record has no queue or request'} end
+if not pcall(cjson.decode, r[3]) then return {'bad', 'request is not valid JSON'} end
+local reason = nil
+if status == 'running' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {'skip'} end
+  reason = 'lease expired while running (worker lost)'
+elseif status == 'queued' then
+  -- The CAS that makes concurrent sweeps safe: a run requeued a moment ago looks fresh here.
+  if now - (tonumber(r[4]) or 0) < tonumber(ARGV[3]) then return {'skip'} end
+elseif status ~= 'interrupted' then
+  return {'bad', 'unknown status ' .. status}
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
+redis.call('HDEL', KEYS[1], 'owner')
+if reason then redis.call('HSET', KEYS[1], 'last_reason', reason) end
+return {'requeued', status, r[2], r[3]}
+"""
+
+# KEYS: ckpt, msgs -> false | {meta_flat, transcript_as_json_array_body}
+# The join happens server-side so the client parses one bulk string, not N (see codec.py).
+LOAD = r"""
+local meta = redis.call('HGETALL', KEYS[1])
+if #meta == 0 then return false end
+return {meta, table.concat(redis.call('LRANGE', KEYS[2], 0, -1), ',')}
+"""
+
+# KEYS: rec, msgs -> {record_exists, transcript_as_json_array_body}
+TRANSCRIPT = r"""
+return {redis.call('EXISTS', KEYS[1]), table.concat(redis.call('LRANGE', KEYS[2], 0, -1), ',')}
+"""
+
+# Scripts that use the helpers get them prepended; the rest are sent as written.
+WITH_LIB = {
+    "register": _LIB + REGISTER,
+    "claim": _LIB + CLAIM,
+    "renew": RENEW,
+    "save": _LIB + SAVE,
+    "finish": _LIB + FINISH,
+    "interrupt": _LIB + INTERRUPT,
+    "cancel": _LIB + CANCEL,
+    "requeue": _LIB + REQUEUE,
+    "load": LOAD,
+    "transcript": TRANSCRIPT,
+}

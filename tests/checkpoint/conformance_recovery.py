@@ -1,0 +1,252 @@
+"""Conformance spec, part two: leases, cancel, the recovery sweep, listing and bad bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from executus_worker.checkpoint.store import ClaimStatus, RenewStatus, RunStore
+from executus_worker.core.models import CHECKPOINT_FORMAT_VERSION, RunStatus
+from executus_worker.errors import (
+    CorruptCheckpointError,
+    RunNotFoundError,
+    UnsupportedFormatError,
+)
+
+from .conformance import LEASE_S, NOW, claimed, finish, msgs, registered, request, save
+from .conftest import Backend
+
+TIMEOUT_S = 900.0
+
+# --------------------------------------------------------------------------- leases
+
+
+def test_renew_extends_own_lease_and_reports_cancel(store: RunStore) -> None:
+    """renew is OK for the owner, CANCEL once a cancel is requested, LOST for anyone else."""
+    epoch = claimed(store, registered(store))
+    assert store.renew("r1", owner="w1", epoch=epoch, lease_ttl_s=LEASE_S) is RenewStatus.OK
+    assert store.renew("r1", owner="w2", epoch=epoch, lease_ttl_s=LEASE_S) is RenewStatus.LOST
+    assert store.renew("r1", owner="w1", epoch=epoch + 1, lease_ttl_s=1) is RenewStatus.LOST
+    store.request_cancel("r1", now=NOW)
+    assert store.renew("r1", owner="w1", epoch=epoch, lease_ttl_s=LEASE_S) is RenewStatus.CANCEL
+
+
+def test_renew_takes_back_a_lapsed_lease_nobody_claimed(store: RunStore, backend: Backend) -> None:
+    """An owner whose lease lapsed but whose epoch is still current gets its lease back."""
+    epoch = claimed(store, registered(store))
+    backend.expire_lease("r1")
+    assert store.renew("r1", owner="w1", epoch=epoch, lease_ttl_s=LEASE_S) is RenewStatus.OK
+    result = store.claim("r1", owner="w2", lease_ttl_s=LEASE_S, max_attempts=5, now=NOW)
+    assert result.status is ClaimStatus.BUSY
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def test_cancel_of_a_queued_run_is_terminal_at_once(store: RunStore) -> None:
+    """Cancelling a queued run makes it cancelled immediately; a later claim gets GONE."""
+    registered(store)
+    record = store.request_cancel("r1", now=NOW + 1)
+    assert record.status is RunStatus.CANCELLED and record.finished_at == NOW + 1
+    assert store.claim("r1", owner="w", lease_ttl_s=1, max_attempts=5, now=NOW).status == "gone"
+    assert store.list_runs(status=RunStatus.QUEUED) == []
+
+
+def test_cancel_of_an_interrupted_run_deletes_its_checkpoint(store: RunStore) -> None:
+    """Cancelling an interrupted run ends it and deletes its checkpoint, keeping the transcript."""
+    epoch = claimed(store, registered(store))
+    save(store, "r1", epoch, 0, msgs(2))
+    store.interrupt("r1", epoch=epoch, now=NOW)
+    assert store.request_cancel("r1", now=NOW).status is RunStatus.CANCELLED
+    assert store.load_checkpoint("r1") is None
+    assert store.transcript("r1") == msgs(2)
+
+
+def test_cancel_of_a_running_run_sets_the_flag_only(store: RunStore) -> None:
+    """A running run with a live owner only gets cancel_requested; the owner finishes it."""
+    epoch = claimed(store, registered(store))
+    record = store.request_cancel("r1", now=NOW)
+    assert record.status is RunStatus.RUNNING and record.cancel_requested
+    finish(store, "r1", epoch, RunStatus.CANCELLED)
+    after = store.get("r1")
+    assert after is not None and after.status is RunStatus.CANCELLED
+
+
+def test_cancel_of_a_running_run_whose_owner_is_gone_ends_it(
+    store: RunStore, backend: Backend
+) -> None:
+    """A running run with no live lease (its worker died) is cancelled at once."""
+    claimed(store, registered(store))
+    backend.expire_lease("r1")
+    assert store.request_cancel("r1", now=NOW).status is RunStatus.CANCELLED
+
+
+def test_cancel_of_a_finished_run_changes_nothing(store: RunStore) -> None:
+    """Cancelling a completed run returns it unchanged; an unknown run raises."""
+    epoch = claimed(store, registered(store))
+    finish(store, "r1", epoch, RunStatus.COMPLETED, output="done")
+    record = store.request_cancel("r1", now=NOW + 50)
+    assert (record.status, record.output, record.cancel_requested) == ("completed", "done", False)
+    with pytest.raises(RunNotFoundError):
+        store.request_cancel("nope", now=NOW)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _requeued(store: RunStore, now: float = NOW + 10) -> dict[str, RunStatus]:
+    batch = store.sweep(now=now, queued_timeout_s=TIMEOUT_S)
+    return {r.run_id: r.previous_status for r in batch.requeued}
+
+
+def test_sweep_requeues_interrupted_and_orphaned_runs_once(
+    store: RunStore, backend: Backend
+) -> None:
+    """Interrupted runs and runs whose lease expired go back to queued, once."""
+    store.interrupt("a", epoch=claimed(store, registered(store, "a")), now=NOW)
+    claimed(store, registered(store, "b"))
+    backend.expire_lease("b")
+    claimed(store, registered(store, "live"))
+    registered(store, "fresh")
+    batch = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S)
+    assert {r.run_id: r.previous_status for r in batch.requeued} == {
+        "a": RunStatus.INTERRUPTED,
+        "b": RunStatus.RUNNING,
+    }
+    assert batch.errors == [] and batch.scanned == 4 and batch.cursor == 0
+    sample = next(r for r in batch.requeued if r.run_id == "a")
+    assert (sample.queue, sample.request) == ("executus", request())
+    for run_id in ("a", "b"):
+        record = store.get(run_id)
+        assert record is not None and record.status is RunStatus.QUEUED
+        assert record.enqueued_at == NOW + 10
+    assert _requeued(store, NOW + 11) == {}
+
+
+def test_sweep_republishes_a_queued_run_only_after_the_timeout(store: RunStore) -> None:
+    """A queued run nobody claimed is requeued once queued_timeout_s has passed."""
+    registered(store, now=NOW)
+    assert _requeued(store, NOW + TIMEOUT_S - 1) == {}
+    assert _requeued(store, NOW + TIMEOUT_S) == {"r1": RunStatus.QUEUED}
+    assert _requeued(store, NOW + TIMEOUT_S + 1) == {}
+
+
+def test_two_sweeps_requeue_each_run_once(store: RunStore) -> None:
+    """Two sweeps over the same interrupted runs requeue each run exactly once in total."""
+    for i in range(20):
+        store.interrupt(f"r{i}", epoch=claimed(store, registered(store, f"r{i}")), now=NOW)
+    first = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S, batch=7)
+    second = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S, batch=1000)
+    ids = [r.run_id for r in first.requeued + second.requeued]
+    assert len(first.requeued) == 7
+    assert sorted(ids) == sorted(f"r{i}" for i in range(20))
+
+
+def test_sweep_reports_a_bad_record_and_requeues_the_rest(
+    store: RunStore, backend: Backend
+) -> None:
+    """An unreadable record is reported in errors and skipped; the other runs are requeued."""
+    for run_id in ("a", "b", "c"):
+        store.interrupt(run_id, epoch=claimed(store, registered(store, run_id)), now=NOW)
+    backend.set_record_field("b", "request", "{not json")
+    batch = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S)
+    assert sorted(r.run_id for r in batch.requeued) == ["a", "c"]
+    assert [run_id for run_id, _ in batch.errors] == ["b"]
+
+
+def test_sweep_drops_index_entries_of_finished_or_missing_runs(
+    store: RunStore, backend: Backend
+) -> None:
+    """A finished or unknown run still in the active index is removed from it and reported."""
+    epoch = claimed(store, registered(store, "done", now=NOW))
+    finish(store, "done", epoch, RunStatus.COMPLETED)
+    backend.index_as_active("done", NOW)
+    backend.index_as_active("ghost", NOW + 1)
+    store.interrupt("x", epoch=claimed(store, registered(store, "x", now=NOW + 2)), now=NOW)
+    batch = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S)
+    assert sorted(run_id for run_id, _ in batch.errors) == ["done", "ghost"]
+    assert [r.run_id for r in batch.requeued] == ["x"]
+    again = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S)
+    assert (again.errors, again.scanned) == ([], 1)
+
+
+def test_sweep_pages_through_the_index_with_a_cursor(store: RunStore) -> None:
+    """Paging with the returned cursor visits every run once and ends with cursor 0."""
+    for i in range(25):
+        run_id = f"r{i:02d}"
+        registered(store, run_id, now=NOW + i)
+        store.interrupt(run_id, epoch=claimed(store, run_id), now=NOW)
+    seen: list[str] = []
+    cursor, pages = 0, 0
+    while True:
+        batch = store.sweep(now=NOW + 100, queued_timeout_s=TIMEOUT_S, cursor=cursor, batch=10)
+        seen += [r.run_id for r in batch.requeued]
+        pages += 1
+        cursor = batch.cursor
+        if cursor == 0:
+            break
+    assert pages == 3
+    assert seen == [f"r{i:02d}" for i in range(25)]
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_list_runs_filters_by_status_newest_first(store: RunStore) -> None:
+    """list_runs filters by status, returns newest first and honours the limit."""
+    for i in range(5):
+        registered(store, f"q{i}", now=NOW + i)
+    epoch = claimed(store, registered(store, "c", now=NOW + 10))
+    finish(store, "c", epoch, RunStatus.COMPLETED)
+    queued = store.list_runs(status=RunStatus.QUEUED, limit=3)
+    assert [r.run_id for r in queued] == ["q4", "q3", "q2"]
+    assert [r.run_id for r in store.list_runs(status=RunStatus.COMPLETED)] == ["c"]
+    everything = store.list_runs()
+    assert [r.run_id for r in everything] == ["c", "q4", "q3", "q2", "q1", "q0"]
+
+
+def test_list_runs_skips_an_unreadable_record(store: RunStore, backend: Backend) -> None:
+    """One corrupt record does not break listing the others."""
+    registered(store, "a")
+    registered(store, "b", now=NOW + 1)
+    backend.set_record_field("a", "status", "exploded")
+    assert [r.run_id for r in store.list_runs()] == ["b"]
+
+
+# --------------------------------------------------------------------------- bad bytes
+
+
+def test_corrupt_record_raises_a_typed_error_naming_the_run(
+    store: RunStore, backend: Backend
+) -> None:
+    """A record with undecodable fields raises CorruptCheckpointError naming the run."""
+    registered(store, "bad-run")
+    backend.set_record_field("bad-run", "request", "\x00garbage")
+    with pytest.raises(CorruptCheckpointError, match="bad-run") as info:
+        store.get("bad-run")
+    assert info.value.run_id == "bad-run" and "rec" in info.value.detail
+
+
+def test_corrupt_checkpoint_raises_a_typed_error_naming_run_and_key(
+    store: RunStore, backend: Backend
+) -> None:
+    """Broken meta or a broken message raises CorruptCheckpointError naming run and key."""
+    epoch = claimed(store, registered(store))
+    save(store, "r1", epoch, 0, msgs(3))
+    backend.set_message("r1", 1, '{"role": "nobody"')
+    with pytest.raises(CorruptCheckpointError, match="r1") as info:
+        store.load_checkpoint("r1")
+    assert "msgs" in info.value.detail
+    save(store, "r1", epoch, 0, msgs(3))
+    backend.set_meta_field("r1", "completed_phases", "[1, 2")
+    with pytest.raises(CorruptCheckpointError, match="r1") as info:
+        store.load_checkpoint("r1")
+    assert "ckpt" in info.value.detail
+
+
+def test_newer_format_version_raises_unsupported_format(store: RunStore, backend: Backend) -> None:
+    """A checkpoint written by a newer format version raises UnsupportedFormatError."""
+    epoch = claimed(store, registered(store))
+    save(store, "r1", epoch, 0, msgs(1))
+    backend.set_meta_field("r1", "format_version", str(CHECKPOINT_FORMAT_VERSION + 1))
+    with pytest.raises(UnsupportedFormatError, match="r1"):
+        store.load_checkpoint("r1")

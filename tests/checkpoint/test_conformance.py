@@ -1,0 +1,4 @@
+"""Runs the conformance spec on every backend of the ``backend`` fixture (see conftest)."""
+
+from .conformance import *  # noqa: F403
+from .conformance_recovery import *  # noqa: F403

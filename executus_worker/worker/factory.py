@@ -1,0 +1,160 @@
+"""``create_app(settings) -> Celery``: configuration, routing, tasks and the worker-signal hooks.
+
+Celery's signals are process-global, so every hook first checks that the worker being started
+runs *this* app (``worker_init`` records it); an app built in a test or a client never reacts
+to anything. Nothing is connected to Redis here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Exchange, Queue
+
+from executus_worker.publish import TASK_RUN
+from executus_worker.settings import Settings, redact_url
+from executus_worker.worker.recovery import RecoveryLoop
+from executus_worker.worker.runtime import Runtime
+from executus_worker.worker.shutdown import ShutdownCoordinator
+from executus_worker.worker.tasks import register_tasks
+
+log = logging.getLogger(__name__)
+
+# Celery lets these environment variables override app.conf silently.
+_OVERRIDING_ENV = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_BROKER_READ_URL")
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("executus_worker", set_as_current=False)
+    app.conf.update(_config(settings))
+    _warn_env_overrides()
+    hooks = WorkerHooks(app, settings)
+    register_tasks(app, hooks.runtime)
+    hooks.connect()
+    return app
+
+
+def _config(settings: Settings) -> dict[str, Any]:
+    queues = dict.fromkeys([settings.default_queue, *settings.tier_queues.values()])
+    return {
+        "broker_url": settings.effective_broker_url,
+        # A worker that starts before Redis keeps retrying instead of exiting (Celery 6 will
+        # stop retrying at startup unless told to).
+        "broker_connection_retry_on_startup": True,
+        # JSON only: pickle lets anyone who can write to the broker run code. Messages carry
+        # a run id and a request, never a transcript.
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "result_accept_content": ["json"],
+        # Ack after the task, requeue when the child dies: a killed child's run comes back
+        # at once (its claim sorts out whether anyone still owns it).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # With acks_late, prefetched messages wait unacked behind a long run with their
+        # visibility clock running; hold no more than there are slots.
+        "worker_prefetch_multiplier": 1,
+        # The default (False) redelivers a running task after a broker blip *while it keeps
+        # running*: two concurrent executions (research K1/K2).
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Far above the longest run: past it the broker redelivers a still-running message.
+        # Crash recovery comes from our lease and sweep, not from redelivery.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        # Our run record is the truth; no result backend round trips per run.
+        "task_ignore_result": True,
+        # A plain `celery worker` serves every queue; a dedicated pool narrows it with -Q.
+        "task_default_queue": settings.default_queue,
+        "task_queues": [Queue(name, Exchange(name, "direct"), routing_key=name) for name in queues],
+        "task_routes": (_Router(settings),),
+    }
+
+
+def _warn_env_overrides() -> None:
+    for name in _OVERRIDING_ENV:
+        value = os.environ.get(name)
+        if value:
+            log.warning(
+                "%s=%s is set and overrides the EXECUTUS_* broker settings; unset it",
+                name,
+                redact_url(value),
+            )
+
+
+class _Router:
+    """Routes ``executus.run`` by the request's model_tier (settings.tier_queues)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def __call__(
+        self, name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
+    ) -> dict[str, str] | None:
+        if name != TASK_RUN:
+            return None
+        raw = args[1] if isinstance(args, list | tuple) and len(args) > 1 else None
+        try:
+            request = json.loads(raw) if isinstance(raw, str | bytes) else raw
+        except ValueError:
+            request = None
+        tier = request.get("model_tier") if isinstance(request, dict) else None
+        return {"queue": self._settings.queue_for(tier if isinstance(tier, str) else None)}
+
+
+class WorkerHooks:
+    """The worker-signal receivers. Inert until ``worker_init`` starts a worker of our app."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.shutdown = ShutdownCoordinator(grace_s=settings.shutdown_grace_s)
+        self.runtime = Runtime(settings, drain=self.shutdown.drain)
+        self.recovery = RecoveryLoop(
+            self.runtime.recovery,
+            interval_s=settings.sweep_interval_s,
+            drain=self.shutdown.drain,
+        )
+        self.active = False  # set in the MainProcess; prefork children inherit it
+
+    def connect(self) -> None:
+        # weak=False: the receivers are bound methods of this object, kept alive by Celery.
+        signals.worker_init.connect(self.on_worker_init, weak=False)
+        signals.worker_process_init.connect(self.on_process_init, weak=False)
+        signals.worker_ready.connect(self.on_worker_ready, weak=False)
+        signals.worker_shutting_down.connect(self.on_shutting_down, weak=False)
+
+    def on_worker_init(self, sender: Any = None, **kwargs: Any) -> None:
+        if getattr(sender, "app", None) is not self.app:
+            return
+        self.active = True
+        self.shutdown.on_worker_init(sender)
+        s = self.settings
+        log.info(
+            "executus worker: redis=%s broker=%s prefix=%s lease=%.1fs sweep=%.1fs grace=%.1fs",
+            redact_url(s.redis_url),
+            redact_url(s.effective_broker_url),
+            s.key_prefix,
+            s.lease_ttl_s,
+            s.sweep_interval_s,
+            s.shutdown_grace_s,
+        )
+
+    def on_process_init(self, **kwargs: Any) -> None:
+        if self.active:
+            self.shutdown.on_process_init()
+
+    def on_worker_ready(self, sender: Any = None, **kwargs: Any) -> None:
+        """MainProcess, broker connected: start the sweeps and the shutdown escalation."""
+        if not self.active:
+            return
+        # A thread, not work in this handler: the handler blocks the consumer.
+        self.recovery.start()
+        self.shutdown.start_escalation()
+
+    def on_shutting_down(self, how: str = "Warm", **kwargs: Any) -> None:
+        """Inside the MainProcess signal handler: flag and forward only, never block."""
+        if self.active:
+            self.shutdown.on_shutting_down(how)

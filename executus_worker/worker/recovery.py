@@ -1,0 +1,201 @@
+"""Recovery: find interrupted and orphaned runs, move them back to ``queued``, re-publish them.
+
+It re-enqueues and never runs anything inline: the run claims itself when its message arrives,
+so a duplicate (two sweeps, a broker redelivery) is harmless -- the claim drops it.
+
+Every worker runs the sweep in a MainProcess daemon thread, once at boot (``worker_ready``) and
+then every ``sweep_interval_s`` until shutdown. Not as a Celery task: a recover task queues
+behind long runs that hold every pool slot and can be starved for a whole run
+(shared/research/celery-shutdown.md §6, measured 16 s late). The ``executus.recover`` task
+exists for operators and beat, and calls the same ``Recovery.sweep``.
+
+Two layers stop a herd of booting workers from doing the work N times: a short scan lock
+(SET NX PX, released by compare-and-delete on a random token, so a sweep that outlived its
+lock never deletes the next holder's), and the store's per-run compare-and-set, which moves a
+run back to ``queued`` only once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import redis
+
+from executus_worker.checkpoint.store import Requeued, RunStore
+from executus_worker.publish import RunMessage
+from executus_worker.worker.shutdown import DrainToken
+
+log = logging.getLogger(__name__)
+
+_RELEASE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Publisher(Protocol):
+    def publish_many(self, messages: Iterable[RunMessage]) -> int: ...
+
+
+class ScanLock:
+    """A best-effort mutual exclusion for sweeps; correctness never depends on it."""
+
+    def __init__(self, client: redis.Redis, key: str, *, ttl_ms: int = 30_000) -> None:
+        self._client = client
+        self._key = key
+        self._ttl_ms = ttl_ms
+        self._release = client.register_script(_RELEASE_IF_OWNER)
+
+    def acquire(self, token: str) -> bool:
+        return bool(self._client.set(self._key, token, nx=True, px=self._ttl_ms))
+
+    def release(self, token: str) -> bool:
+        return bool(self._release(keys=[self._key], args=[token]))
+
+
+@dataclass
+class SweepReport:
+    skipped_locked: bool = False
+    scanned: int = 0
+    requeued: int = 0
+    published: int = 0
+    publish_failed: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "skipped_locked": self.skipped_locked,
+            "scanned": self.scanned,
+            "requeued": self.requeued,
+            "published": self.published,
+            "publish_failed": self.publish_failed,
+            "errors": len(self.errors),
+            "elapsed_s": round(self.elapsed_s, 4),
+        }
+
+
+class Recovery:
+    def __init__(
+        self,
+        store: RunStore,
+        publisher: Publisher,
+        *,
+        queued_timeout_s: float,
+        lock: ScanLock | None = None,
+        batch: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._queued_timeout_s = queued_timeout_s
+        self._lock = lock
+        self._batch = batch
+        self._clock = clock
+
+    def sweep(self) -> SweepReport:
+        """Walk the active index once; re-publish every run the store moved back to queued."""
+        started = time.perf_counter()
+        token = uuid.uuid4().hex
+        if self._lock is not None and not self._lock.acquire(token):
+            # Another worker is sweeping right now, and its sweep covers every run.
+            return SweepReport(skipped_locked=True)
+        report = SweepReport()
+        try:
+            self._walk(report)
+        finally:
+            if self._lock is not None:
+                self._lock.release(token)
+            report.elapsed_s = time.perf_counter() - started
+        if report.requeued or report.errors or report.publish_failed:
+            log.info("recovery sweep: %s", report.as_dict())
+        return report
+
+    def _walk(self, report: SweepReport) -> None:
+        cursor = 0
+        seen: set[int] = set()
+        while True:
+            batch = self._store.sweep(
+                now=self._clock(),
+                queued_timeout_s=self._queued_timeout_s,
+                cursor=cursor,
+                batch=self._batch,
+            )
+            report.scanned += batch.scanned
+            for run_id, what in batch.errors:
+                # One bad record must not stop the others: report it and go on.
+                log.error("recovery: skipped run %s: %s", run_id, what)
+            report.errors.extend(batch.errors)
+            report.requeued += len(batch.requeued)
+            self._publish(batch.requeued, report)
+            if batch.cursor == 0 or batch.cursor in seen:
+                return  # walked to the end (or a store that went round in circles)
+            seen.add(batch.cursor)
+            cursor = batch.cursor
+
+    def _publish(self, requeued: Sequence[Requeued], report: SweepReport) -> None:
+        if not requeued:
+            return
+        messages = [RunMessage(r.run_id, r.request.to_json(), r.queue) for r in requeued]
+        try:
+            report.published += self._publisher.publish_many(messages)
+        except Exception:
+            # The runs are `queued` without a message now; the queued-timeout path of a later
+            # sweep re-publishes them. Say so loudly: that is queued_timeout_s of delay.
+            report.publish_failed += len(messages)
+            log.exception(
+                "recovery: publishing %d requeued runs failed; a later sweep retries them "
+                "after the queued timeout",
+                len(messages),
+            )
+
+
+class RecoveryLoop:
+    """The MainProcess daemon thread: a boot sweep, then one every ``interval_s`` until drain."""
+
+    def __init__(
+        self,
+        recovery: Callable[[], Recovery],
+        *,
+        interval_s: float,
+        drain: DrainToken,
+        jitter: float = 0.1,
+    ) -> None:
+        self._recovery_factory = recovery
+        self._interval_s = interval_s
+        self._drain = drain
+        self._jitter = jitter
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="executus-recovery", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        recovery: Recovery | None = None
+        while not self._drain.requested():
+            try:
+                recovery = recovery or self._recovery_factory()
+                recovery.sweep()
+            except Exception:
+                log.exception("recovery sweep failed; retrying in %.1fs", self._interval_s)
+            # Jitter de-synchronises workers that booted together, so their sweeps rarely
+            # even meet the lock.
+            spread = self._interval_s * self._jitter
+            if self._drain.wait(self._interval_s + random.uniform(-spread, spread)):
+                return

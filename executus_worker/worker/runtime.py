@@ -1,0 +1,119 @@
+"""The composition root: builds the Redis client, store, agent registry and Deps from Settings.
+
+Everything is built on first use *in the process that uses it*: a prefork child builds its own
+after the fork (redis-py pools must not be shared across a fork), and the MainProcess builds
+the recovery side only when the worker is ready. Nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import redis
+
+from executus_worker.batteries.audit import LoggingAudit
+from executus_worker.checkpoint.handle import StoreCheckpointerFactory
+from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.core.agents import AgentRegistry
+from executus_worker.core.executor import execute
+from executus_worker.core.ports import Deps
+from executus_worker.core.stop import StopToken
+from executus_worker.publish import BatchPublisher
+from executus_worker.settings import Settings
+from executus_worker.worker.recovery import Recovery, ScanLock
+from executus_worker.worker.runs import RunHandler
+
+log = logging.getLogger(__name__)
+
+# A call that cannot reach Redis must fail, not hang: the heartbeat and the shutdown path
+# both depend on getting control back.
+_SOCKET_TIMEOUT_S = 10.0
+_SCAN_LOCK_TTL_MS = 30_000
+
+
+def scan_lock_key(key_prefix: str) -> str:
+    return f"{key_prefix}:recover:lock"
+
+
+def redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=_SOCKET_TIMEOUT_S,
+        health_check_interval=30,
+    )
+
+
+class Runtime:
+    """Per-process singletons for one worker, rebuilt if the process forked since."""
+
+    def __init__(self, settings: Settings, *, drain: StopToken) -> None:
+        self.settings = settings
+        self._drain = drain
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._client: redis.Redis | None = None
+        self._broker: redis.Redis | None = None
+        self._handler: RunHandler | None = None
+
+    def _fresh(self) -> None:
+        # Called with the lock held. After a fork the inherited objects belong to the parent.
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._client = self._broker = None
+            self._handler = None
+
+    def client(self) -> redis.Redis:
+        with self._lock:
+            self._fresh()
+            if self._client is None:
+                self._client = redis_client(self.settings.redis_url)
+            return self._client
+
+    def store(self) -> RedisStore:
+        s = self.settings
+        return RedisStore(self.client(), key_prefix=s.key_prefix, result_ttl_s=s.result_ttl_s)
+
+    def handler(self) -> RunHandler:
+        store = self.store()
+        with self._lock:
+            self._fresh()
+            if self._handler is None:
+                self._handler = self._build_handler(store)
+            return self._handler
+
+    def _build_handler(self, store: RedisStore) -> RunHandler:
+        s = self.settings
+        registry = AgentRegistry.with_builtins(agents_file=s.agents_file)
+        deps = Deps(
+            checkpoints=StoreCheckpointerFactory(
+                store, throttle_ms=s.throttle_ms, result_ttl_s=s.result_ttl_s
+            ),
+            # Ids and outcomes only (never inputs), at DEBUG: the worker log stays readable.
+            audit=LoggingAudit(level=logging.DEBUG),
+        )
+        log.info("run handler ready in pid %d (agents: %s)", os.getpid(), registry.names())
+        return RunHandler(
+            store=store,
+            agents=registry,
+            deps=deps,
+            settings=s,
+            drain=self._drain,
+            execute=execute,
+        )
+
+    def recovery(self) -> Recovery:
+        s = self.settings
+        client = self.client()
+        with self._lock:
+            if self._broker is None:
+                self._broker = redis_client(s.effective_broker_url)
+            broker = self._broker
+        return Recovery(
+            self.store(),
+            BatchPublisher(broker),
+            queued_timeout_s=s.queued_timeout_s,
+            lock=ScanLock(client, scan_lock_key(s.key_prefix), ttl_ms=_SCAN_LOCK_TTL_MS),
+        )

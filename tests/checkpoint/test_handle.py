@@ -1,0 +1,233 @@
+"""RunHandle: incremental saves, the throttle, forced flushes and the terminal calls.
+
+All on MemoryStore with a fake clock: nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from executus_worker.checkpoint.handle import RunHandle, StoreCheckpointerFactory
+from executus_worker.checkpoint.memory import MemoryStore
+from executus_worker.core.models import Checkpoint, Message, RunInfo, RunStatus
+from executus_worker.core.ports import CheckpointerFactory, RunCheckpointer
+from executus_worker.core.stop import OwnershipLost
+from executus_worker.errors import StoreError
+
+from .conformance import msgs, request
+from .conftest import FakeClock
+
+
+class SpyStore(MemoryStore):
+    """MemoryStore that records what each save/finish sent and can fail the next saves."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.sent: list[tuple[str, int, int]] = []  # (call, base_len, new message count)
+        self.fail_next = 0
+
+    def save_checkpoint(self, run_id: str, **kw: Any) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise StoreError("redis went away")
+        self.sent.append(("save", kw["base_len"], len(kw["new_messages"])))
+        super().save_checkpoint(run_id, **kw)
+
+    def finish(self, run_id: str, **kw: Any) -> None:
+        self.sent.append(("finish", kw["base_len"], len(kw["new_messages"])))
+        super().finish(run_id, **kw)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_700_000_000.0)
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> SpyStore:
+    return SpyStore(clock)
+
+
+def begin(store: SpyStore, clock: FakeClock, throttle_ms: int = 0, run_id: str = "r1") -> RunHandle:
+    if store.get(run_id) is None:
+        store.register(request(), run_id=run_id, queue="executus", now=clock.now())
+    claim = store.claim(run_id, owner="w", lease_ttl_s=30, max_attempts=5, now=clock.now())
+    return RunHandle(store, run_id, claim.epoch, throttle_ms=throttle_ms, clock=clock)
+
+
+def step(cp: Checkpoint, text: str) -> Checkpoint:
+    cp.messages.append(Message(role="assistant", content=text))
+    cp.iteration += 1
+    return cp
+
+
+def test_handle_and_factory_satisfy_the_ports(store: SpyStore, clock: FakeClock) -> None:
+    factory: CheckpointerFactory = StoreCheckpointerFactory(store, throttle_ms=5, clock=clock)
+    handle: RunCheckpointer | None = factory.begin(RunInfo(run_id="r1", agent="a", epoch=3))
+    assert isinstance(handle, RunHandle)
+    assert (handle.run_id, handle.epoch, handle.throttle_ms) == ("r1", 3, 5)
+
+
+def test_factory_gives_no_handle_to_an_unclaimed_run(store: SpyStore) -> None:
+    assert StoreCheckpointerFactory(store).begin(RunInfo(run_id="r1", agent="a")) is None
+
+
+def test_each_save_sends_only_messages_after_persisted_len(
+    store: SpyStore, clock: FakeClock
+) -> None:
+    handle = begin(store, clock)
+    cp = Checkpoint(run_id="r1", messages=msgs(3))
+    assert handle.save(cp) and handle.persisted_len == 3
+    assert handle.save(step(cp, "x")) and handle.save(step(cp, "y"))
+    assert store.sent == [("save", 0, 3), ("save", 3, 1), ("save", 4, 1)]
+
+
+def test_throttle_skips_saves_inside_the_window(store: SpyStore, clock: FakeClock) -> None:
+    handle = begin(store, clock, throttle_ms=1_000)
+    cp = Checkpoint(run_id="r1")
+    assert handle.save(step(cp, "1"))
+    clock.advance(0.5)
+    assert not handle.save(step(cp, "2"))
+    clock.advance(0.499)
+    assert not handle.save(step(cp, "3"))
+    clock.advance(0.001)
+    assert handle.save(step(cp, "4"))
+    assert store.sent == [("save", 0, 1), ("save", 1, 3)]
+
+
+def test_force_always_writes(store: SpyStore, clock: FakeClock) -> None:
+    handle = begin(store, clock, throttle_ms=60_000)
+    cp = Checkpoint(run_id="r1")
+    assert handle.save(step(cp, "1"))
+    assert not handle.save(step(cp, "2"))
+    assert handle.save(step(cp, "3"), force=True)
+    assert store.transcript("r1") == cp.messages
+
+
+def test_a_failed_save_is_retried_at_the_next_step(store: SpyStore, clock: FakeClock) -> None:
+    handle = begin(store, clock, throttle_ms=1_000)
+    cp = Checkpoint(run_id="r1")
+    assert handle.save(step(cp, "1"))
+    clock.advance(2)
+    store.fail_next = 1
+    assert not handle.save(step(cp, "2"))
+    assert handle.persisted_len == 1
+    # The failure did not move the throttle window: the very next step writes, with both.
+    clock.advance(0.001)
+    assert handle.save(step(cp, "3"))
+    assert store.sent == [("save", 0, 1), ("save", 1, 2)]
+    assert store.transcript("r1") == cp.messages
+
+
+def test_a_failed_forced_save_raises(store: SpyStore, clock: FakeClock) -> None:
+    handle = begin(store, clock)
+    store.fail_next = 1
+    with pytest.raises(StoreError):
+        handle.save(Checkpoint(run_id="r1", messages=msgs(1)), force=True)
+
+
+def test_ownership_lost_propagates_from_save(store: SpyStore, clock: FakeClock) -> None:
+    handle = begin(store, clock)
+    store.interrupt("r1", epoch=handle.epoch, now=clock.now())
+    begin(store, clock)  # a new owner claims the run
+    with pytest.raises(OwnershipLost):
+        handle.save(Checkpoint(run_id="r1", messages=msgs(1)))
+
+
+def test_interrupt_flushes_the_throttled_state_first(store: SpyStore, clock: FakeClock) -> None:
+    handle = begin(store, clock, throttle_ms=60_000)
+    cp = Checkpoint(run_id="r1")
+    handle.save(step(cp, "1"))
+    handle.save(step(cp, "2"))
+    handle.save(step(cp, "3"))
+    handle.interrupt(cp)
+    record = store.get("r1")
+    assert record is not None and record.status is RunStatus.INTERRUPTED
+    loaded = store.load_checkpoint("r1")
+    assert loaded is not None and loaded.messages == cp.messages and loaded.iteration == 3
+
+
+def test_complete_sends_the_unsaved_tail(store: SpyStore, clock: FakeClock) -> None:
+    handle = begin(store, clock, throttle_ms=60_000)
+    cp = Checkpoint(run_id="r1")
+    handle.save(step(cp, "1"))
+    handle.save(step(cp, "2"))
+    handle.complete(step(cp, "3"), output="done 3")
+    assert store.sent[-1] == ("finish", 1, 2)
+    record = store.get("r1")
+    assert record is not None and (record.status, record.output) == ("completed", "done 3")
+    assert [m.content for m in store.transcript("r1")] == ["1", "2", "3"]
+    assert store.load_checkpoint("r1") is None
+
+
+@pytest.mark.parametrize(
+    ("call", "status"),
+    [("fail", RunStatus.FAILED), ("cancel", RunStatus.CANCELLED)],
+)
+def test_fail_and_cancel_finish_the_run(
+    store: SpyStore, clock: FakeClock, call: str, status: RunStatus
+) -> None:
+    handle = begin(store, clock)
+    cp = step(Checkpoint(run_id="r1"), "1")
+    if call == "fail":
+        handle.fail(cp, "boom")
+    else:
+        handle.cancel(cp)
+    record = store.get("r1")
+    assert record is not None and record.status is status
+    assert record.error == ("boom" if call == "fail" else None)
+    assert store.transcript("r1") == cp.messages
+
+
+def _resumed(store: SpyStore, clock: FakeClock, stored: Sequence[Message]) -> RunHandle:
+    first = begin(store, clock)
+    first.save(Checkpoint(run_id="r1", messages=list(stored), phase_start=4))
+    first.interrupt(Checkpoint(run_id="r1", messages=list(stored), phase_start=4))
+    store.sent.clear()
+    return begin(store, clock)
+
+
+def test_load_sets_persisted_len_and_resume_appends(store: SpyStore, clock: FakeClock) -> None:
+    handle = _resumed(store, clock, msgs(6))
+    cp = handle.load()
+    assert cp is not None and handle.persisted_len == 6
+    handle.save(step(cp, "7"))
+    assert store.sent == [("save", 6, 1)]
+
+
+def test_phased_resume_truncates_to_the_phase_start(store: SpyStore, clock: FakeClock) -> None:
+    handle = _resumed(store, clock, msgs(6))
+    cp = handle.load()
+    assert cp is not None
+    del cp.messages[cp.phase_start :]  # the phase re-runs from its start
+    step(cp, "redo 5")
+    handle.save(step(cp, "redo 6"))
+    handle.save(step(cp, "redo 7"))
+    assert store.sent == [("save", 4, 2), ("save", 6, 1)]
+    contents = [m.content for m in store.transcript("r1")]
+    assert contents == ["step 1", "step 2", "step 3", "step 4", "redo 5", "redo 6", "redo 7"]
+
+
+def test_a_shorter_transcript_is_trimmed(store: SpyStore, clock: FakeClock) -> None:
+    handle = _resumed(store, clock, msgs(6))
+    cp = handle.load()
+    assert cp is not None
+    del cp.messages[4:]
+    handle.save(cp)
+    assert store.sent == [("save", 4, 0)]
+    assert store.transcript("r1") == msgs(4)
+
+
+def test_a_rebuilt_but_equal_list_resends_nothing(store: SpyStore, clock: FakeClock) -> None:
+    handle = begin(store, clock)
+    handle.save(Checkpoint(run_id="r1", messages=msgs(5)))
+    handle.save(Checkpoint(run_id="r1", messages=[m.model_copy() for m in msgs(5)]))
+    assert store.sent == [("save", 0, 5), ("save", 5, 0)]
+
+
+def test_load_without_checkpoint_starts_empty(store: SpyStore, clock: FakeClock) -> None:
+    handle = begin(store, clock)
+    assert handle.load() is None and handle.persisted_len == 0

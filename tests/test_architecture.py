@@ -165,21 +165,37 @@ PROBE = textwrap.dedent(
 
     ENV_READS, SOCKETS, THREADS, SIGNALS = [], [], [], []
 
+    import importlib.util
+    # Frames from the packages under test (or pydantic-settings acting for them) are "ours".
+    OURS = ["/pydantic_settings/"] + [
+        loc.rstrip("/") + "/"
+        for root in sys.argv[1:]
+        for loc in importlib.util.find_spec(root).submodule_search_locations
+    ]
+
     def ours():
         stack = traceback.extract_stack()[:-2]
-        return [f"{f.filename}:{f.lineno}" for f in stack if "/executus_worker/" in f.filename
-                or "/beat/" in f.filename]
+        return [f"{f.filename}:{f.lineno}" for f in stack if any(o in f.filename for o in OURS)]
+
+    def direct_caller_is_ours():
+        # Third-party modules may scan the environment while we import them (croniter calls
+        # platform.architecture(), which copies os.environ): only our own scans count.
+        for frame in reversed(traceback.extract_stack()[:-2]):
+            name = frame.filename
+            if name == "<string>" or "_collections_abc" in name or name.endswith("/os.py"):
+                continue
+            return any(o in name for o in OURS)
+        return False
 
     class SpyEnv(type(os.environ)):
         def __getitem__(self, key):
-            if str(key).startswith("EXECUTUS_"):
+            if str(key).startswith("EXECUTUS_") and direct_caller_is_ours():
                 ENV_READS.append((key, ours()))
             return super().__getitem__(key)
 
         def __iter__(self):
-            where = ours()
-            if where:
-                ENV_READS.append(("<scan>", where))
+            if direct_caller_is_ours():
+                ENV_READS.append(("<scan>", ours()))
             return super().__iter__()
 
     spy = SpyEnv(os.environ._data, os.environ.encodekey, os.environ.decodekey,
@@ -258,6 +274,7 @@ def test_the_import_probe_catches_side_effects(tmp_path: Path) -> None:
         "SOCK = socket.socket()\n"
         "threading.Thread(target=lambda: None).start()\n"
         "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\n"
+        "import platform; platform.architecture()  # a third-party-style scan: not ours\n"
     )
     report = probe_imports(["noisy_probe_pkg"], tmp_path)
     assert [read[0] for read in report["env"]] == ["EXECUTUS_REDIS_URL"]  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ from executus_worker.core.models import Message, OutcomeKind, RunInfo, RunOutcom
 from executus_worker.core.ports import Deps
 from executus_worker.core.stop import StopReason, StopToken
 from executus_worker.embedded import EmbeddedRedis, redis_answers
-from executus_worker.errors import ExecutusError
+from executus_worker.errors import ConfigError, ExecutusError
 from executus_worker.settings import redact_url
 
 LOCAL_HOST, LOCAL_PORT = "127.0.0.1", 6379
@@ -90,10 +90,14 @@ def resolve_redis(
 def run_demo(redis_url: str | None, out: TextIO) -> int:
     """Run the demo, printing to ``out``.
 
-    Returns 0 if every transcript came out exact, 1 if not, 2 if Redis cannot be reached.
+    Returns 0 if every transcript came out exact, 1 if not, 2 if there is no usable Redis.
     """
     started = time.monotonic()
-    resolved = resolve_redis(redis_url)
+    try:
+        resolved = resolve_redis(redis_url)
+    except ConfigError as exc:  # no Redis configured, none local, no redis-server to start
+        print(f"No Redis for the demo: {exc}", file=out)
+        return 2
     prefix = f"executus-demo-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(resolved.url, socket_timeout=5)
     keys = KeySchema(prefix)

@@ -9,7 +9,9 @@ import re
 import pytest
 import redis
 
-from executus_worker.demo import LOCAL_HOST, LOCAL_PORT, resolve_redis, run_demo
+from executus_worker import demo
+from executus_worker.demo import LOCAL_HOST, LOCAL_PORT, ResolvedRedis, resolve_redis, run_demo
+from executus_worker.errors import ConfigError
 
 
 @pytest.mark.redis
@@ -90,3 +92,13 @@ def test_without_any_redis_the_demo_starts_and_stops_an_embedded_one(
         server.stop()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_no_redis_at_all_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    def nothing(redis_url: str | None) -> ResolvedRedis:
+        raise ConfigError("no redis-server found: install Redis")
+
+    monkeypatch.setattr(demo, "resolve_redis", nothing)
+    out = io.StringIO()
+    assert run_demo(None, out) == 2
+    assert "No Redis for the demo: no redis-server found" in out.getvalue()

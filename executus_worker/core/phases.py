@@ -72,7 +72,11 @@ class RunState:
     # -- phases ------------------------------------------------------------------------
 
     def rewind_to_phase_start(self) -> bool:
-        """Drop the interrupted phase's partial messages. True if anything was dropped."""
+        """Drop the interrupted phase's partial messages. True if anything was dropped.
+
+        ``iteration`` is not rewound: it counts steps executed, re-runs included, so
+        ``limits.max_iterations`` bounds the work a run does however often it is resumed.
+        """
         start = min(self.phase_start, len(self.transcript))
         dropped = len(self.transcript) > start
         del self.transcript[start:]

@@ -26,8 +26,11 @@ _STORE_RETRIES = 12
 
 
 def register_tasks(app: Celery, runtime: Runtime) -> None:
+    # shared=False: each app's tasks close over that app's runtime; Celery's default would
+    # hand the first app's callables to every later app built in the same process.
     @app.task(
         name=TASK_RUN,
+        shared=False,
         bind=True,
         typing=False,
         # Our run record holds status and output; a result backend would only duplicate it.
@@ -51,7 +54,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
                 exc=exc, countdown=_STORE_RETRY_COUNTDOWN_S, max_retries=_STORE_RETRIES
             ) from exc
 
-    @app.task(name=TASK_RECOVER, ignore_result=True)
+    @app.task(name=TASK_RECOVER, shared=False, ignore_result=True)
     def recover() -> dict[str, object]:
         """The same sweep the workers run in their MainProcess; for beat and operators."""
         return runtime.recovery().sweep().as_dict()

@@ -1,0 +1,109 @@
+"""The app factory: configuration, routing, tasks, env-override warnings and the lazy app."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from celery import Celery
+
+from executus_worker.publish import TASK_RECOVER, TASK_RUN
+from executus_worker.settings import Settings
+from executus_worker.worker.factory import WorkerHooks, create_app
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        redis_url="redis://127.0.0.1:1/0",
+        visibility_timeout_s=7200,
+        tier_queues={"fast": "executus-fast", "big": "executus-big"},
+    )
+
+
+def test_the_app_is_configured_for_durable_json_runs(settings: Settings) -> None:
+    conf = create_app(settings).conf
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
+    assert conf.broker_transport_options == {"visibility_timeout": 7200}
+    assert conf.broker_connection_retry_on_startup is True
+    assert conf.task_ignore_result is True
+    assert conf.task_default_queue == "executus"
+    assert [q.name for q in conf.task_queues] == ["executus", "executus-fast", "executus-big"]
+
+
+def test_both_tasks_are_registered_with_their_public_names(settings: Settings) -> None:
+    app = create_app(settings)
+    run = app.tasks[TASK_RUN]
+    assert run.acks_late and run.reject_on_worker_lost and run.ignore_result
+    assert TASK_RECOVER in app.tasks
+
+
+@pytest.mark.parametrize(
+    ("tier", "queue"), [("fast", "executus-fast"), ("unknown", "executus"), (None, "executus")]
+)
+def test_a_run_is_routed_by_its_model_tier(
+    settings: Settings, tier: str | None, queue: str
+) -> None:
+    app = create_app(settings)
+    request = json.dumps({"agent": "demo.counter", "model_tier": tier})
+    route = app.amqp.router.route({}, TASK_RUN, args=("r1", request), kwargs={})
+    assert route["queue"].name == queue
+
+
+def test_an_explicit_queue_wins_over_the_tier_route(settings: Settings) -> None:
+    app = create_app(settings)
+    request = json.dumps({"agent": "demo.counter", "model_tier": "fast"})
+    route = app.amqp.router.route({"queue": "other"}, TASK_RUN, args=("r1", request), kwargs={})
+    assert route["queue"].name == "other"
+
+
+def test_celery_env_overrides_are_warned_about_without_secrets(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://user:hunter2@elsewhere:6379/0")
+    with caplog.at_level(logging.WARNING, logger="executus_worker.worker.factory"):
+        create_app(settings)
+    assert "CELERY_BROKER_URL" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+def test_hooks_ignore_a_worker_of_another_app(settings: Settings) -> None:
+    hooks = WorkerHooks(create_app(settings), settings)
+    hooks.on_worker_init(sender=SimpleNamespace(app=Celery(set_as_current=False)))
+    assert not hooks.active
+    hooks.on_shutting_down(how="Warm")
+    assert not hooks.shutdown.drain.requested()
+
+
+def _python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_importing_the_worker_package_builds_no_app_and_starts_nothing() -> None:
+    out = _python(
+        "import threading, executus_worker.worker as w, executus_worker.worker.tasks, "
+        "executus_worker.worker.recovery, executus_worker.worker.runtime;"
+        "print('app' in vars(w), threading.active_count())"
+    )
+    assert out == "False 1"
+
+
+def test_the_lazy_app_is_what_celery_dash_a_finds() -> None:
+    out = _python(
+        "from celery.app.utils import find_app; import executus_worker.worker as w;"
+        "a = find_app('executus_worker.worker'); print(type(a).__name__, a is w.app,"
+        " a.conf.task_default_queue)"
+    )
+    assert out == "Celery True executus"

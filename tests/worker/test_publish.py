@@ -1,0 +1,120 @@
+"""The batch publisher writes what Celery writes, one round trip per batch."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection, Consumer, Queue
+
+from executus_worker.core.models import RunRequest
+from executus_worker.publish import (
+    TASK_RUN,
+    BatchPublisher,
+    CeleryPublisher,
+    RunMessage,
+    build_envelope,
+)
+from executus_worker.settings import Settings
+
+
+def decode(raw: bytes) -> tuple[dict[str, Any], list[Any]]:
+    envelope = json.loads(raw)
+    body = json.loads(base64.b64decode(envelope["body"]))
+    return envelope, body
+
+
+class CountingRedis(fakeredis.FakeRedis):
+    round_trips = 0
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = super().pipeline(*args, **kwargs)
+        original = pipe.execute
+
+        def execute(*a: Any, **kw: Any) -> Any:
+            CountingRedis.round_trips += 1
+            return original(*a, **kw)
+
+        pipe.execute = execute
+        return pipe
+
+
+def messages(n: int, queue: str = "executus") -> list[RunMessage]:
+    return [
+        RunMessage(f"r{i}", RunRequest(run_id=f"r{i}", agent="demo.counter").to_json(), queue)
+        for i in range(n)
+    ]
+
+
+def test_the_envelope_carries_run_id_and_request_only() -> None:
+    envelope, body = decode(build_envelope(TASK_RUN, ["r1", '{"agent":"a"}'], queue="q").encode())
+    assert body[0] == ["r1", '{"agent":"a"}']
+    assert body[1] == {}
+    assert envelope["headers"]["task"] == TASK_RUN
+    assert envelope["headers"]["argsrepr"] == "['r1']"  # never the request in logs
+    assert envelope["properties"]["delivery_info"] == {"exchange": "", "routing_key": "q"}
+    assert envelope["content-type"] == "application/json"
+
+
+def test_each_batch_is_one_round_trip_and_order_is_kept() -> None:
+    client = CountingRedis()
+    CountingRedis.round_trips = 0
+    publisher = BatchPublisher(client, batch_size=1000)
+    assert publisher.publish_many(messages(2500)) == 2500
+    assert CountingRedis.round_trips == 3
+    first = client.rpop("executus")
+    assert first is not None
+    assert decode(first)[1][0][0] == "r0"  # kombu pops from the right: first in, first out
+
+
+def test_messages_go_to_their_own_queues_under_the_global_prefix() -> None:
+    client = fakeredis.FakeRedis()
+    publisher = BatchPublisher(client, global_keyprefix="pfx:")
+    publisher.publish_many(messages(2, "a") + messages(3, "b"))
+    assert (client.llen("pfx:a"), client.llen("pfx:b")) == (2, 3)
+
+
+def test_the_client_publisher_connects_only_when_it_publishes() -> None:
+    publisher = CeleryPublisher(Settings(redis_url="redis://127.0.0.1:1/0"))
+    publisher.close()  # never connected: nothing to do, no error
+
+
+@pytest.mark.redis
+def test_the_envelope_matches_what_celery_send_task_writes(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.delete("cmp")
+    app = Celery("cmp", broker=redis_url, set_as_current=False)
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    app.send_task(TASK_RUN, args=["r1", "{}"], queue="cmp", ignore_result=True)
+    theirs = json.loads(client.rpop("cmp") or b"")
+    ours = json.loads(build_envelope(TASK_RUN, ["r1", "{}"], queue="cmp"))
+    assert set(ours) == set(theirs)
+    assert set(ours["headers"]) == set(theirs["headers"])
+    assert set(ours["properties"]) - {"reply_to"} <= set(theirs["properties"])
+    assert base64.b64decode(ours["body"]) and json.loads(
+        base64.b64decode(ours["body"])
+    ) == json.loads(base64.b64decode(theirs["body"]))
+    app.close()
+
+
+@pytest.mark.redis
+def test_kombu_consumes_a_batch_published_message(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.delete("kq")
+    BatchPublisher(client).publish_many(messages(1, "kq"))
+    received: list[tuple[Any, dict[str, Any]]] = []
+    with Connection(redis_url) as conn:
+
+        def on_message(message: Any) -> None:
+            received.append((message.decode(), dict(message.headers)))
+            message.ack()
+
+        with Consumer(conn, [Queue("kq")], on_message=on_message, accept=["json"]):
+            conn.drain_events(timeout=5)
+    ((body, headers),) = received
+    assert body[0][0] == "r0" and headers["task"] == TASK_RUN

@@ -31,6 +31,7 @@ from executus_worker.cli_output import (
 )
 from executus_worker.client import Client, WaitTimeout
 from executus_worker.core.models import RunStatus
+from executus_worker.demo import run_demo
 from executus_worker.errors import ExecutusError
 from executus_worker.schema import run_request_schema_json
 from executus_worker.settings import Settings
@@ -331,6 +332,40 @@ def check(as_json: bool, strict: bool) -> None:
     failing = {"fail", "warn"} if strict else {"fail"}
     if any(f.level in failing for f in findings):
         sys.exit(1)
+
+
+@main.command()
+@json_option
+def recover(as_json: bool) -> None:
+    """Run one recovery sweep now: re-publish interrupted and orphaned runs."""
+    # The worker stack (Celery included) is imported only by the command that needs it.
+    from executus_worker.core.stop import StopToken  # noqa: PLC0415
+    from executus_worker.worker.runtime import Runtime  # noqa: PLC0415
+
+    report = Runtime(load_settings(), drain=StopToken()).recovery().sweep()
+    if as_json:
+        emit_json(report.as_dict())
+    elif report.skipped_locked:
+        click.echo("another sweep is running right now; it covers every run")
+    else:
+        click.echo(
+            f"scanned {report.scanned}, requeued {report.requeued}, published "
+            f"{report.published} in {report.elapsed_s:.3f}s"
+            + (f"; {len(report.errors)} bad record(s) skipped" if report.errors else "")
+        )
+    if report.publish_failed or report.errors:
+        for run_id, what in report.errors[:10]:
+            click.echo(f"  {run_id}: {what}", err=True)
+        if report.publish_failed:
+            click.echo(f"Error: {report.publish_failed} run(s) not published", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--redis-url", default=None, help="Default: EXECUTUS_REDIS_URL, local, embedded.")
+def demo(redis_url: str | None) -> None:
+    """Interrupt two demo runs mid-flight, show their checkpoints, resume them exactly."""
+    sys.exit(run_demo(redis_url, sys.stdout))
 
 
 @main.command()

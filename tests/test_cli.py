@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import redis
 from click.testing import CliRunner, Result
 
 from executus_worker import cli
+from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.embedded import free_port
 
 pytestmark = pytest.mark.redis
@@ -250,3 +252,30 @@ def test_beat_execs_celery_beat_with_the_executus_scheduler(
     [argv] = exec_calls
     assert argv[5] == "beat"
     assert argv[argv.index("--scheduler") + 1] == "beat.scheduler:ExecutusScheduler"
+
+
+# -- recover, demo -------------------------------------------------------------------------
+
+
+def test_recover_republishes_an_interrupted_run(
+    env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    run_id = ok_json(["enqueue", "demo.counter"], env)["run_id"]
+    store = RedisStore(redis_client)
+    claim = store.claim(run_id, owner="gone", lease_ttl_s=30, max_attempts=5, now=time.time())
+    store.interrupt(run_id, epoch=claim.epoch, now=time.time())
+
+    report = ok_json(["recover"], env)
+
+    assert (report["requeued"], report["published"], report["publish_failed"]) == (1, 1, 0)
+    assert ok_json(["status", run_id], env)["status"] == "queued"
+    assert redis_client.llen("executus") == 2  # the enqueue's message and the sweep's
+    human = run(["recover"], env)
+    assert human.exit_code == 0
+    assert "requeued 0" in human.stdout
+
+
+def test_demo_runs_against_the_given_redis(redis_url: str) -> None:
+    result = run(["demo", "--redis-url", redis_url])
+    assert result.exit_code == 0, result.output
+    assert "All transcripts exact" in result.stdout

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from executus_worker import cli
 from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.client import Client
 from executus_worker.embedded import free_port
 
 pytestmark = pytest.mark.redis
@@ -279,3 +284,41 @@ def test_demo_runs_against_the_given_redis(redis_url: str) -> None:
     result = run(["demo", "--redis-url", redis_url])
     assert result.exit_code == 0, result.output
     assert "All transcripts exact" in result.stdout
+
+
+# -- dev (real processes) ------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_dev_serves_runs_and_stops_every_child_on_sigterm(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    env = {**os.environ, "EXECUTUS_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "executus_worker.cli", "dev", "-c", "2", "-l", "WARNING"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = [proc.stdout.readline() for _ in range(3)]
+        assert "Ctrl-C stops everything" in banner[2], banner
+        pids = [int(p) for p in re.findall(r"pid (\d+)", banner[0])]
+        assert len(pids) == 2  # worker and beat
+        with Client.from_url(redis_url) as client:
+            run_id = client.enqueue(agent="demo.counter", input={"steps": 2, "step_s": 0})
+            assert client.wait(run_id, timeout_s=60).status.value == "completed"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert "dev: stopped" in proc.stdout.read()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from executus_worker.core.models import RunRecord, RunRequest
 from executus_worker.errors import ScheduleError
+from executus_worker.schedules.admin import RunLookup
 from executus_worker.schedules.catalog import CatalogEntry, JobCatalog
 from executus_worker.schedules.cron import Schedule
 from executus_worker.schedules.model import JobSpec, OverlapPolicy
@@ -36,12 +37,6 @@ class Enqueuer(Protocol):
     """Registers and publishes a run; idempotent on ``run_id``. True if this call created it."""
 
     def enqueue(self, request: RunRequest, run_id: str) -> bool: ...
-
-
-class RunLookup(Protocol):
-    """Reads a run record (``RunStore.get``), to see if a job's previous run is still active."""
-
-    def get(self, run_id: str) -> RunRecord | None: ...
 
 
 @dataclass

@@ -24,10 +24,11 @@ Nothing here connects at construction; the first publish does.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
+import re
 import socket
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -65,16 +66,49 @@ def build_envelope(
     ignore_result: bool = True,
 ) -> str:
     """The kombu/Celery message JSON for one task, exactly as ``send_task`` would LPUSH it."""
-    task_id = task_id or str(uuid.uuid4())
+    task_id = task_id or _unique_id()
     body = json.dumps([list(args), {}, _EMBED], separators=(",", ":"))
+    values = {
+        "id": json.dumps(task_id),
+        "body": '"' + base64.b64encode(body.encode()).decode("ascii") + '"',
+        # What the worker logs and shows in `inspect`: the run id, never the request (it may
+        # carry user content).
+        "argsrepr": json.dumps(repr(list(args[:1]))),
+        "tag": '"' + _unique_id() + '"',
+    }
+    return "".join(
+        values[piece[1:]] if piece[:1] == _SLOT else piece
+        for piece in _template(task, queue, origin, ignore_result)
+    )
+
+
+def _unique_id() -> str:
+    """A random UUID-shaped id from the OS RNG: 5x cheaper than ``str(uuid.uuid4())``, and
+    still unique across forked processes (which share any userspace RNG state)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# A slot marker that json.dumps leaves alone and no literal piece can start with.
+_SLOT = "\x00"
+
+
+@functools.lru_cache(maxsize=64)
+def _template(task: str, queue: str, origin: str, ignore_result: bool) -> tuple[str, ...]:
+    """The envelope rendered once per (task, queue), split around its per-message slots.
+
+    Rendering the whole dict with json.dumps per message was most of the cost of a 10,000-run
+    recovery (~25 us of ~40 us per message); filling four slots into cached text is not.
+    """
+    slot = {name: f"@@{name}@@" for name in ("id", "body", "argsrepr", "tag")}
     envelope = {
-        "body": base64.b64encode(body.encode()).decode("ascii"),
+        "body": slot["body"],
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
             "lang": "py",
             "task": task,
-            "id": task_id,
+            "id": slot["id"],
             "shadow": None,
             "eta": None,
             "expires": None,
@@ -82,11 +116,9 @@ def build_envelope(
             "group_index": None,
             "retries": 0,
             "timelimit": [None, None],
-            "root_id": task_id,
+            "root_id": slot["id"],
             "parent_id": None,
-            # What the worker logs and shows in `inspect`: the run id, never the request
-            # (it may carry user content).
-            "argsrepr": repr(list(args[:1])),
+            "argsrepr": slot["argsrepr"],
             "kwargsrepr": "{}",
             "origin": origin,
             "ignore_result": ignore_result,
@@ -95,16 +127,19 @@ def build_envelope(
             "stamps": {},
         },
         "properties": {
-            "correlation_id": task_id,
+            "correlation_id": slot["id"],
             "reply_to": None,
             "delivery_mode": 2,  # persistent
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,  # kombu maps priority 0 to the bare queue key
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": slot["tag"],
         },
     }
-    return json.dumps(envelope, separators=(",", ":"))
+    rendered = json.dumps(envelope, separators=(",", ":"))
+    pieces = re.split(r'"@@(id|body|argsrepr|tag)@@"', rendered)
+    # re.split alternates literal text and captured slot names: mark the names.
+    return tuple(p if i % 2 == 0 else _SLOT + p for i, p in enumerate(pieces))
 
 
 class BatchPublisher:

@@ -4,9 +4,13 @@ Decoding is where stored bytes meet code, so every failure becomes a typed error
 run and the key (``CorruptCheckpointError``, ``UnsupportedFormatError``); a raw
 ``ValidationError`` or ``JSONDecodeError`` never escapes this module.
 
-The transcript is decoded in one go: the stored items are joined into one JSON array and
-validated with a single ``validate_json`` call, so loading N messages costs one parse, the same
-as reading the transcript stored as one JSON value (the DESIGN target for resume).
+The transcript is decoded in one go. In Redis it is stored as one string of compact JSON
+messages joined by ``"\\n,"`` (compact JSON never holds a raw newline, so the newline marks
+message boundaries for the rare truncation), which makes ``"[" + value + "]"`` a JSON array:
+a load is one GET and one ``validate_json``, the same cost as reading the transcript stored as
+one JSON value (the DESIGN target for resume). An append is still O(new messages): ``APPEND``.
+Measured alternatives (bench/RESULTS.md): a Redis list read with LRANGE costs ~1.7x, because
+redis-py parses N bulk strings; joining the list server-side in Lua costs ~3x.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from executus_worker.errors import CorruptCheckpointError, UnsupportedFormatErro
 Raw = bytes | str
 
 _MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+SEPARATOR = "\n,"
 
 
 class _Meta(BaseModel):
@@ -47,6 +52,7 @@ class _Meta(BaseModel):
     phase_outputs: Json[dict[str, JsonValue]] = {}
     critic_state: Json[dict[str, JsonValue]] = {}
     updated_at: float = 0.0
+    msg_count: int | None = None
 
 
 def text(value: Raw) -> str:
@@ -87,8 +93,23 @@ def encode_messages(messages: Sequence[Message]) -> list[str]:
     return [encode_message(m) for m in messages]
 
 
+def append_payload(messages: Sequence[Message], *, base_len: int) -> str:
+    """What a save APPENDs after the first ``base_len`` stored messages ("" for none)."""
+    if not messages:
+        return ""
+    body = SEPARATOR.join(encode_message(m) for m in messages)
+    return SEPARATOR + body if base_len > 0 else body
+
+
+def wrap_stored(value: Raw | None) -> bytes:
+    """The stored transcript string (or None: no messages) -> one JSON array."""
+    if not value:
+        return b"[]"
+    return b"[" + (value.encode() if isinstance(value, str) else value) + b"]"
+
+
 def join_items(items: Sequence[Raw]) -> bytes:
-    """LRANGE items -> one JSON array (bytes), ready for a single parse."""
+    """Separately stored messages (MemoryStore) -> one JSON array, ready for a single parse."""
     return b"[" + b",".join(i.encode() if isinstance(i, str) else i for i in items) + b"]"
 
 
@@ -196,6 +217,11 @@ def decode_checkpoint(
             run_id, f"unreadable checkpoint meta at {meta_key}: {_why(exc)}"
         ) from exc
     messages = decode_messages(run_id, msgs_key, messages_json)
+    if parsed.msg_count is not None and parsed.msg_count != len(messages):
+        raise CorruptCheckpointError(
+            run_id,
+            f"{msgs_key} holds {len(messages)} messages but {meta_key} counts {parsed.msg_count}",
+        )
     # Every part was validated above; constructing skips a second walk over the messages.
     return Checkpoint.model_construct(
         format_version=parsed.format_version,

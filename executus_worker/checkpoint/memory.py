@@ -294,7 +294,7 @@ class MemoryStore:
         with self._lock:
             run = self._fence(run_id, epoch)
             self._splice(run_id, run, base_len, new_messages)
-            run.ckpt = {**(run.ckpt or {}), **meta}
+            run.ckpt = {**(run.ckpt or {}), **meta, "msg_count": str(len(run.msgs))}
             run.rec["updated_at"] = repr(now)
 
     def finish(

@@ -9,11 +9,12 @@ script errors that mean something become ``OwnershipLost`` or ``CorruptCheckpoin
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import redis
 from pydantic import JsonValue
+from redis.client import Pipeline
 from redis.commands.core import Script
 
 from executus_worker.checkpoint import codec, redis_index, scripts
@@ -137,18 +138,13 @@ class RedisStore:
     # ------------------------------------------------------------------------ checkpoints
 
     def load_checkpoint(self, run_id: str) -> Checkpoint | None:
-        keys = [self.keys.ckpt(run_id), self.keys.msgs(run_id)]
-        reply = self._run("load", run_id, keys, [])
-        if not reply:
+        ckpt, msgs = self.keys.ckpt(run_id), self.keys.msgs(run_id)
+        # MULTI/EXEC: meta and transcript from the same instant, in one round trip.
+        meta, body = self._read(run_id, lambda p: (p.hgetall(ckpt), p.get(msgs)))
+        if not meta:
             return None
-        meta_flat, body = reply
-        it = iter(meta_flat)
         return codec.decode_checkpoint(
-            run_id,
-            meta_key=keys[0],
-            msgs_key=keys[1],
-            meta=dict(zip(it, it, strict=True)),
-            messages_json=_array(body),
+            run_id, meta_key=ckpt, msgs_key=msgs, meta=meta, messages_json=codec.wrap_stored(body)
         )
 
     def save_checkpoint(
@@ -162,9 +158,9 @@ class RedisStore:
         now: float,
     ) -> None:
         meta = codec.meta_fields(checkpoint, epoch=epoch, now=now)
-        meta_flat = [x for pair in meta.items() for x in pair]
-        args = [run_id, now, str(epoch), base_len, len(meta_flat), *meta_flat]
-        args.extend(codec.encode_messages(new_messages))
+        payload = codec.append_payload(new_messages, base_len=base_len)
+        args = [run_id, now, str(epoch), base_len, len(new_messages), payload]
+        args.extend(x for pair in meta.items() for x in pair)
         self._run("save", run_id, self.keys.run(run_id).all(), args)
 
     def finish(
@@ -187,12 +183,13 @@ class RedisStore:
             now,
             str(epoch),
             base_len,
+            len(new_messages),
+            codec.append_payload(new_messages, base_len=base_len),
             status.value,
             codec.dumps(output),
             "0" if error is None else "1",
             error or "",
             int(result_ttl_s),
-            *codec.encode_messages(new_messages),
         ]
         self._run("finish", run_id, self.keys.run(run_id).all(), args)
 
@@ -200,19 +197,20 @@ class RedisStore:
         self._run("interrupt", run_id, self.keys.run(run_id).all(), [run_id, now, str(epoch)])
 
     def transcript(self, run_id: str) -> list[Message]:
-        keys = [self.keys.rec(run_id), self.keys.msgs(run_id)]
-        exists, body = self._run("transcript", run_id, keys, [])
-        messages = codec.decode_messages(run_id, keys[1], _array(body))
-        if not messages and not int(exists):
+        rec, msgs = self.keys.rec(run_id), self.keys.msgs(run_id)
+        exists, body = self._read(run_id, lambda p: (p.exists(rec), p.get(msgs)))
+        if not exists and not body:
             raise RunNotFoundError(run_id)
-        return messages
+        return codec.decode_messages(run_id, msgs, codec.wrap_stored(body))
+
+    def _read(self, run_id: str, build: Callable[[Pipeline], object]) -> list[Any]:
+        try:
+            pipe = self._r.pipeline(transaction=True)
+            build(pipe)
+            return list(pipe.execute())
+        except redis.RedisError as exc:
+            raise StoreError(f"redis read for run {run_id!r} failed: {exc}") from exc
 
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
-
-
-def _array(body: bytes | str) -> bytes:
-    """The comma-joined items from a Lua reply, wrapped into one JSON array."""
-    raw = body.encode() if isinstance(body, str) else body
-    return b"[" + raw + b"]"

@@ -21,17 +21,6 @@ _LIB = r"""
 local unpack = unpack or table.unpack
 local TERMINAL = {completed = true, failed = true, cancelled = true, dead = true}
 
--- RPUSH ARGV[from..] in chunks: Lua's unpack() is limited to a few thousand values.
-local function append(key, from)
-  local n = #ARGV
-  local i = from
-  while i <= n do
-    local j = math.min(i + 999, n)
-    redis.call('RPUSH', key, unpack(ARGV, i, j))
-    i = j + 1
-  end
-end
-
 -- nil if the caller (epoch) still owns the run, else the error reply to return.
 local function fence(epoch)
   local r = redis.call('HMGET', KEYS[1], 'status', 'epoch')
@@ -42,27 +31,39 @@ local function fence(epoch)
   return nil
 end
 
--- nil if the stored transcript has at least base_len messages, else the error reply.
-local function check_len(base_len)
-  local len = redis.call('LLEN', KEYS[4])
-  if len < base_len then
-    return redis.error_reply('EXECUTUS_SHORT transcript has ' .. len ..
+-- (stored message count, nil) or (nil, error reply) if fewer than base_len are stored.
+local function stored_count(base_len)
+  local count = tonumber(redis.call('HGET', KEYS[3], 'msg_count') or '0')
+  if count < base_len then
+    return nil, redis.error_reply('EXECUTUS_SHORT transcript has ' .. count ..
       ' messages, the writer expected at least ' .. base_len)
   end
-  return nil
+  return count, nil
 end
 
--- Keep the first base_len messages and append ARGV[from..]. LTRIM costs O(removed) and RPUSH
--- O(appended): a save never pays for the length of the transcript.
-local function splice(base_len, from)
-  if redis.call('LLEN', KEYS[4]) > base_len then
-    if base_len == 0 then
-      redis.call('DEL', KEYS[4])
-    else
-      redis.call('LTRIM', KEYS[4], 0, base_len - 1)
+-- The transcript is one string of compact JSON messages joined by "\n," (compact JSON never
+-- contains a raw newline), so "[" .. value .. "]" is a JSON array: a load is one GET and one
+-- parse. Keep the first base_len messages, then APPEND the payload (already prefixed with the
+-- separator when base_len > 0). APPEND costs O(payload): a save never pays for the transcript.
+local function splice(base_len, count, payload)
+  if base_len == 0 then
+    redis.call('DEL', KEYS[4])
+  elseif count > base_len then
+    -- A rewritten tail (a phased resume re-runs its phase): cut after message base_len.
+    -- O(transcript), but only on this rare path; plain appends never get here.
+    local s = redis.call('GET', KEYS[4]) or ''
+    local pos = 0
+    for _ = 1, base_len do
+      pos = string.find(s, '\n,', pos + 1, true)
+      if not pos then
+        return redis.error_reply('EXECUTUS_SHORT transcript holds fewer messages than its ' ..
+          'msg_count says')
+      end
     end
+    redis.call('SET', KEYS[4], string.sub(s, 1, pos - 1))
   end
-  append(KEYS[4], from)
+  if payload ~= '' then redis.call('APPEND', KEYS[4], payload) end
+  return nil
 end
 
 -- Terminal transition: drop lease and checkpoint, put a TTL on every per-run key that stays,
@@ -144,32 +145,43 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel' e
 return 'ok'
 """
 
-# ARGV: run_id, now, epoch, base_len, n_meta_argv, meta field/value pairs..., messages...
-#   -> new transcript length
+# ARGV: run_id, now, epoch, base_len, new_count, payload, meta field/value pairs...
+#   -> new transcript length (messages)
 SAVE = r"""
-local base_len, n_meta = tonumber(ARGV[4]), tonumber(ARGV[5])
-local err = fence(ARGV[3]) or check_len(base_len)
+local base_len = tonumber(ARGV[4])
+local err = fence(ARGV[3])
 if err then return err end
-splice(base_len, 6 + n_meta)
-redis.call('HSET', KEYS[3], unpack(ARGV, 6, 5 + n_meta))
+local count, short = stored_count(base_len)
+if short then return short end
+err = splice(base_len, count, ARGV[6])
+if err then return err end
+local total = base_len + tonumber(ARGV[5])
+redis.call('HSET', KEYS[3], 'msg_count', total, unpack(ARGV, 7))
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-return redis.call('LLEN', KEYS[4])
+return total
 """
 
-# ARGV: run_id, now, epoch, base_len, status, output_json, has_error, error, result_ttl_s,
-#       messages...
+# ARGV: run_id, now, epoch, base_len, new_count, payload, status, output_json, has_error,
+#       error, result_ttl_s
 FINISH = r"""
 local base_len = tonumber(ARGV[4])
-local err = fence(ARGV[3]) or check_len(base_len)
+local err = fence(ARGV[3])
 if err then return err end
-splice(base_len, 10)
-redis.call('HSET', KEYS[1], 'output', ARGV[6])
-if ARGV[7] == '1' then
-  redis.call('HSET', KEYS[1], 'error', ARGV[8])
+local count, short = stored_count(base_len)
+if short then return short end
+err = splice(base_len, count, ARGV[6])
+if err then return err end
+-- APPEND grows strings greedily (up to 2x); rewrite the retained transcript at its exact size
+-- once, so a day of retention does not hold the slack.
+local final = redis.call('GET', KEYS[4])
+if final then redis.call('SET', KEYS[4], final) end
+redis.call('HSET', KEYS[1], 'output', ARGV[8])
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[1], 'error', ARGV[10])
 else
   redis.call('HDEL', KEYS[1], 'error')
 end
-finalize(ARGV[5], ARGV[2], tonumber(ARGV[9]))
+finalize(ARGV[7], ARGV[2], tonumber(ARGV[11]))
 return 1
 """
 
@@ -236,19 +248,6 @@ if reason then redis.call('HSET', KEYS[1], 'last_reason', reason) end
 return {'requeued', status, r[2], r[3]}
 """
 
-# KEYS: ckpt, msgs -> false | {meta_flat, transcript_as_json_array_body}
-# The join happens server-side so the client parses one bulk string, not N (see codec.py).
-LOAD = r"""
-local meta = redis.call('HGETALL', KEYS[1])
-if #meta == 0 then return false end
-return {meta, table.concat(redis.call('LRANGE', KEYS[2], 0, -1), ',')}
-"""
-
-# KEYS: rec, msgs -> {record_exists, transcript_as_json_array_body}
-TRANSCRIPT = r"""
-return {redis.call('EXISTS', KEYS[1]), table.concat(redis.call('LRANGE', KEYS[2], 0, -1), ',')}
-"""
-
 # Scripts that use the helpers get them prepended; the rest are sent as written.
 WITH_LIB = {
     "register": _LIB + REGISTER,
@@ -259,6 +258,4 @@ WITH_LIB = {
     "interrupt": _LIB + INTERRUPT,
     "cancel": _LIB + CANCEL,
     "requeue": _LIB + REQUEUE,
-    "load": LOAD,
-    "transcript": TRANSCRIPT,
 }

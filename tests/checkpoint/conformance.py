@@ -186,6 +186,17 @@ def test_base_len_below_stored_truncates_then_appends(store: RunStore) -> None:
     assert store.transcript("r1") == []
 
 
+def test_message_text_that_looks_like_a_separator_survives_truncation(store: RunStore) -> None:
+    """Newlines, commas and brackets inside messages never confuse message boundaries."""
+    epoch = claimed(store, registered(store))
+    tricky = [Message(role="user", content=c) for c in ("a\n,b", "\n,\n,", "],[", '"\\n,"')]
+    save(store, "r1", epoch, 0, tricky)
+    save(store, "r1", epoch, 2, msgs(1))
+    assert store.transcript("r1") == [*tricky[:2], *msgs(1)]
+    loaded = store.load_checkpoint("r1")
+    assert loaded is not None and loaded.messages == [*tricky[:2], *msgs(1)]
+
+
 def test_base_len_beyond_stored_is_corrupt(store: RunStore) -> None:
     """A save expecting more stored messages than exist raises CorruptCheckpointError."""
     epoch = claimed(store, registered(store))

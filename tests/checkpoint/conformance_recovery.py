@@ -241,6 +241,10 @@ def test_corrupt_checkpoint_raises_a_typed_error_naming_run_and_key(
     with pytest.raises(CorruptCheckpointError, match="r1") as info:
         store.load_checkpoint("r1")
     assert "ckpt" in info.value.detail
+    save(store, "r1", epoch, 0, msgs(3))
+    backend.set_meta_field("r1", "msg_count", "4")
+    with pytest.raises(CorruptCheckpointError, match="counts 4"):
+        store.load_checkpoint("r1")
 
 
 def test_newer_format_version_raises_unsupported_format(store: RunStore, backend: Backend) -> None:

@@ -13,6 +13,7 @@ import fakeredis
 import pytest
 import redis
 
+from executus_worker.checkpoint.codec import SEPARATOR
 from executus_worker.checkpoint.memory import MemoryStore
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import RunStore
@@ -110,14 +111,20 @@ class RedisBackend(Backend):
     def set_meta_field(self, run_id: str, field: str, value: str) -> None:
         self.client.hset(self.keys.ckpt(run_id), field, value)
 
+    def _items(self, run_id: str) -> list[str]:
+        raw = self.client.get(self.keys.msgs(run_id))
+        return raw.decode().split(SEPARATOR) if raw else []
+
     def set_message(self, run_id: str, index: int, raw: str) -> None:
-        self.client.lset(self.keys.msgs(run_id), index, raw)
+        items = self._items(run_id)
+        items[index] = raw
+        self.client.set(self.keys.msgs(run_id), SEPARATOR.join(items))
 
     def index_as_active(self, run_id: str, score: float) -> None:
         self.client.zadd(self.keys.active, {run_id: score})
 
     def stored_len(self, run_id: str) -> int:
-        return int(self.client.llen(self.keys.msgs(run_id)))
+        return len(self._items(run_id))
 
     def keys_without_ttl(self) -> list[str] | None:
         indexes = {self.keys.active, self.keys.done}

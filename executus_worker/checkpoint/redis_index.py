@@ -45,7 +45,10 @@ def sweep(
             return SweepBatch(requeued=[], errors=[], scanned=0, cursor=0)
         pipe = client.pipeline(transaction=False)
         for run_id in ids:
-            requeue(keys=keys.run(run_id).all(), args=[run_id, now, queued_timeout_s], client=pipe)
+            rec, lease = keys.rec(run_id), keys.lease(run_id)
+            requeue(
+                keys=[rec, lease, keys.active], args=[run_id, now, queued_timeout_s], client=pipe
+            )
         # One bad record must not stop the others: collect per-command errors instead.
         replies = pipe.execute(raise_on_error=False)
     except redis.RedisError as exc:

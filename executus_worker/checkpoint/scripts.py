@@ -212,14 +212,15 @@ end
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
 
-# One sweep step for one indexed run. ARGV: run_id, now, queued_timeout_s
+# One sweep step for one indexed run. KEYS: rec, lease, active (only these: the sweep packs
+# 10,000 of these calls, and every argument costs client time). ARGV: run_id, now, timeout_s
 #   -> {'requeued', previous_status, queue, request_json} | {'skip'} | {'removed', why}
 #    | {'bad', why}
 REQUEUE = r"""
 local kind = redis.call('TYPE', KEYS[1])
 kind = type(kind) == 'table' and kind.ok or kind
 if kind == 'none' then
-  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
   return {'removed', 'indexed as active but has no record'}
 end
 if kind ~= 'hash' then return {'bad', 'record key holds a ' .. kind} end
@@ -227,7 +228,7 @@ local r = redis.call('HMGET', KEYS[1], 'status', 'queue', 'request', 'enqueued_a
 local status, now = r[1], tonumber(ARGV[2])
 if not status then return {'bad', 'record has no status'} end
 if TERMINAL[status] then
-  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
   return {'removed', 'terminal (' .. status .. ') but still indexed as active'}
 end
 if not r[2] or not r[3] then return {'bad', 'record has no queue or request'} end

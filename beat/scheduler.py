@@ -141,9 +141,8 @@ class ExecutusScheduler(Scheduler):
 
     @property
     def info(self) -> str:
-        if self._parts is None:
-            return "    . executus jobs: (not loaded)"
-        return f"    . executus jobs, sweep every {self._parts.sweep.interval_s:g}s"
+        # Celery prints this in its banner from a lazy instance, before anything is built.
+        return "    . executus jobs: EXECUTUS_SCHEDULE_FILE + Redis; recovery sweep"
 
 
 def _warn_if_evicting(client: redis.Redis) -> None:

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from beat_world import FailingEnqueuer, World
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from beat_world import FailingEnqueuer, World
 
 from beat.ticker import Ticker
 from executus_worker.core.models import RunStatus

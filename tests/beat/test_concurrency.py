@@ -1,0 +1,181 @@
+"""Several beats at once, and beats that die mid-tick: one run per fire, at most one lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from beat_world import PREFIX, World
+
+from beat.enqueue import ClientEnqueuer
+from beat.ticker import Ticker
+from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.client import Client
+from executus_worker.core.models import RunRequest
+from executus_worker.schedules.timing import fire_run_id
+from executus_worker.settings import Settings
+
+pytestmark = pytest.mark.redis
+
+NOON = datetime(2026, 5, 1, 12, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class SimulatedKill(BaseException):
+    """What a tick sees of SIGKILL: nothing after this point runs (not even except Exception)."""
+
+
+def _wait_for(condition: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.002)
+
+
+def test_three_beats_ticking_concurrently_create_exactly_one_run_per_fire(
+    world: World, redis_url: str
+) -> None:
+    fires = 25
+    world.add("minutely", "* * * * *", overlap="allow")
+    stop = threading.Event()
+    tickers: list[Ticker] = []
+    connections: list[redis.Redis] = []
+    for _ in range(3):
+        conn = redis.Redis.from_url(redis_url)
+        connections.append(conn)
+        settings = Settings(redis_url=redis_url, key_prefix=PREFIX)
+        client = Client(
+            settings, store=RedisStore(conn, key_prefix=PREFIX), publisher=world.publisher
+        )
+        tickers.append(world.ticker(ClientEnqueuer(client), client=conn))
+
+    def loop(ticker: Ticker) -> None:
+        while not stop.is_set():
+            ticker.tick()
+
+    threads = [
+        threading.Thread(target=loop, args=(t,), name=f"beat-{i}") for i, t in enumerate(tickers)
+    ]
+    world.clock.set(NOON - timedelta(seconds=30))
+    for thread in threads:
+        thread.start()
+    try:
+        _wait_for(lambda: world.store.state("minutely").next_fire == "2026-05-01T12:00:00Z")
+        for k in range(fires):
+            nominal = NOON + timedelta(minutes=k)
+            world.clock.set(nominal + timedelta(seconds=1))
+            _wait_for(lambda n=nominal: world.runs.get(fire_run_id("minutely", n)) is not None)
+            time.sleep(0.005)  # let the other beats see the due fire too
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        for conn in connections:
+            conn.close()
+
+    expected = [fire_run_id("minutely", NOON + timedelta(minutes=k)) for k in range(fires)]
+    assert world.run_ids() == expected
+    assert sorted(world.publisher.sent) == expected  # one message each, none twice
+    assert sum(t.stats.fired for t in tickers) == fires
+    assert sum(t.stats.duplicates for t in tickers) == 0
+    assert all(t.stats.ticks > fires for t in tickers)  # every beat really took part
+    assert world.store.state("minutely").fires == fires
+
+
+def test_a_beat_killed_between_reserve_and_enqueue_loses_that_fire_and_never_doubles_it(
+    world: World,
+) -> None:
+    world.add("j", "*/5 * * * *", overlap="allow")
+    world.ticker().tick()
+
+    class KilledMidTick:
+        def enqueue(self, request: RunRequest, run_id: str) -> bool:
+            raise SimulatedKill
+
+    world.clock.set(NOON + timedelta(seconds=1))
+    with pytest.raises(SimulatedKill):
+        world.ticker(KilledMidTick()).tick()
+    state = world.store.state("j")
+    assert state.next_fire == "2026-05-01T12:05:00Z"  # reserved before the enqueue
+    assert (state.last_run_id, state.last_outcome) == ("sched:j:2026-05-01T12:00:00Z", "reserved")
+
+    # The replacement beat (and a retried tick) at the same moment: the fire is not redone.
+    survivor = world.ticker()
+    survivor.tick()
+    survivor.tick()
+    assert world.run_ids() == []
+    world.clock.set(NOON + timedelta(minutes=5, seconds=1))
+    survivor.tick()
+    assert world.run_ids() == ["sched:j:2026-05-01T12:05:00Z"]
+    assert world.publisher.sent == ["sched:j:2026-05-01T12:05:00Z"]
+
+
+KILLED_BEAT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import redis
+    from beat.enqueue import ClientEnqueuer
+    from beat.ticker import Ticker
+    from executus_worker.checkpoint.redis_store import RedisStore
+    from executus_worker.client import Client
+    from executus_worker.schedules.catalog import JobCatalog
+    from executus_worker.schedules.store import ScheduleStore
+    from executus_worker.settings import Settings
+
+    url, prefix, now = sys.argv[1], sys.argv[2], float(sys.argv[3])
+
+    class DiesOnPublish:
+        # Registration happened; the process dies before the message is sent.
+        def publish(self, run_id, request_json, *, queue):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def close(self):
+            pass
+
+    conn = redis.Redis.from_url(url)
+    store = ScheduleStore(conn, key_prefix=prefix)
+    runs = RedisStore(conn, key_prefix=prefix)
+    settings = Settings(redis_url=url, key_prefix=prefix)
+    client = Client(settings, store=runs, publisher=DiesOnPublish())
+    ticker = Ticker(catalog=JobCatalog(store), store=store, runs=runs,
+                    enqueuer=ClientEnqueuer(client), clock=lambda: now)
+    ticker.tick()
+    print("survived", flush=True)
+    """
+)
+
+
+def test_a_beat_process_sigkilled_mid_enqueue_leaves_one_run_and_no_second_fire(
+    world: World, redis_url: str
+) -> None:
+    world.add("j", "*/5 * * * *", overlap="allow")
+    world.ticker().tick()
+    now = (NOON + timedelta(seconds=1)).timestamp()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXECUTUS_")}
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_BEAT, redis_url, PREFIX, str(now)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == -9, result.stderr
+    assert "survived" not in result.stdout
+
+    world.clock.set(NOON + timedelta(seconds=2))
+    for _ in range(3):  # other beats, retried ticks
+        world.ticker().tick()
+    # Registered (status queued) but never published: the recovery sweep re-publishes such
+    # runs after queued_timeout_s. What matters here: one record, no second publish.
+    assert world.run_ids() == ["sched:j:2026-05-01T12:00:00Z"]
+    assert world.publisher.sent == []
+    world.clock.set(NOON + timedelta(minutes=5, seconds=1))
+    world.ticker().tick()
+    assert world.run_ids() == ["sched:j:2026-05-01T12:00:00Z", "sched:j:2026-05-01T12:05:00Z"]
+    assert world.publisher.sent == ["sched:j:2026-05-01T12:05:00Z"]

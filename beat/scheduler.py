@@ -152,5 +152,5 @@ def _warn_if_evicting(client: redis.Redis) -> None:
         policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
     except redis.RedisError:
         return  # CONFIG is often forbidden by ACLs; the ops docs cover the setting
-    if policy not in (None, "noeviction", b"noeviction"):
+    if policy not in (None, "noeviction"):
         log.warning("beat: Redis maxmemory-policy is %r; use noeviction (ops/redis.conf)", policy)

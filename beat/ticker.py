@@ -90,11 +90,8 @@ class Ticker:
             log.exception("schedules: could not load jobs; retrying in %.0fs", self.max_sleep_s)
             return self.max_sleep_s
         self._report_file_error(catalog.file_error)
-        self._schedules = {
-            key: schedule
-            for key, schedule in self._schedules.items()
-            if any(e.spec is not None and e.spec.schedule_key == key for e in live)
-        }
+        in_use = {entry.spec.schedule_key for entry in live if entry.spec is not None}
+        self._schedules = {k: s for k, s in self._schedules.items() if k in in_use}
         sleep_s = self.max_sleep_s
         for entry in live:
             try:

@@ -172,3 +172,17 @@ def test_celery_beat_process_runs_jobs_and_the_sweep_without_a_local_file(
 
 def _spec(name: str, cron: str) -> JobSpec:
     return JobSpec.model_validate({"name": name, "cron": cron, "run": {"agent": "demo.counter"}})
+
+
+def test_an_evicting_redis_is_warned_about(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+    redis_client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        app = Celery("beat-test", set_as_current=False, broker=redis_url)
+        sched = ExecutusScheduler(app, settings=Settings(redis_url=redis_url), sweep=lambda: None)
+        sched.close()
+    finally:
+        redis_client.config_set("maxmemory-policy", before)
+    assert "maxmemory-policy is 'allkeys-lru'" in caplog.text

@@ -286,6 +286,13 @@ def test_demo_runs_against_the_given_redis(redis_url: str) -> None:
     assert "All transcripts exact" in result.stdout
 
 
+def test_schedules_group_is_wired_in(env: dict[str, str]) -> None:
+    added = run(["schedules", "add", "hourly", "--cron", "@hourly", "--agent", "demo.counter"], env)
+    assert added.exit_code == 0, added.output
+    listed = json.loads(run(["schedules", "ls", "--json"], env).stdout)
+    assert [job["name"] for job in listed["jobs"]] == ["hourly"]
+
+
 # -- dev (real processes) ------------------------------------------------------------------
 
 

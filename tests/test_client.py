@@ -14,10 +14,16 @@ from typing import Any
 import pytest
 import redis
 
-from executus_worker.client import Client, PublishError, WaitTimeout
+from executus_worker.client import Client, JobSpec, PublishError, WaitTimeout
 from executus_worker.core.models import Message, RunRequest, RunStatus
 from executus_worker.embedded import free_port
-from executus_worker.errors import ConfigError, ExecutusError, PayloadError, RunNotFoundError
+from executus_worker.errors import (
+    ConfigError,
+    ExecutusError,
+    PayloadError,
+    RunNotFoundError,
+    ScheduleError,
+)
 from executus_worker.settings import Settings
 
 pytestmark = pytest.mark.redis
@@ -291,3 +297,37 @@ def test_a_broker_failure_after_registration_is_a_publish_error(
         # Registered first, so the sweep owns it now; a retry neither fails nor re-sends.
         assert c.status("orphan").status is RunStatus.QUEUED
         assert c.enqueue(agent="demo.counter", run_id="orphan") == "orphan"
+
+
+# -- schedules -----------------------------------------------------------------------------
+
+
+def test_schedules_round_trip_through_redis(client: Client) -> None:
+    job = {"name": "nightly", "cron": "0 3 * * *", "run": {"agent": "demo.counter"}}
+    spec = client.add_schedule(job)
+    assert spec.name == "nightly"
+
+    [view] = client.schedules()
+    assert (view.name, view.source, view.state) == ("nightly", "redis", "active")
+    assert view.cron == spec.cron
+    assert view.next_fire
+
+    assert client.pause_schedule("nightly") is True
+    assert client.schedules()[0].state == "paused"
+    assert client.resume_schedule("nightly") is True
+    assert client.schedules()[0].state == "active"
+
+    client.remove_schedule("nightly")
+    assert client.schedules() == []
+
+
+def test_add_schedule_rejects_bad_jobs_and_duplicates(client: Client) -> None:
+    with pytest.raises(ScheduleError, match="cron"):
+        client.add_schedule({"name": "bad", "cron": "not a cron", "run": {"agent": "a"}})
+    job = JobSpec(name="j", cron="@hourly", run=RunRequest(agent="demo.counter"))
+    client.add_schedule(job)
+    with pytest.raises(ScheduleError, match="exists"):
+        client.add_schedule(job)
+    client.add_schedule(job.model_copy(update={"cron": "@daily"}), replace=True)
+    with pytest.raises(ScheduleError, match="no job"):
+        client.remove_schedule("missing")

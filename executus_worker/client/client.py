@@ -1,28 +1,4 @@
-"""What other services import to enqueue, inspect, wait for and cancel agent runs.
-
-    from executus_worker.client import Client
-
-    with Client.from_url("redis://127.0.0.1:6379/0") as client:
-        run_id = client.enqueue(agent="demo.counter", input={"steps": 3, "step_s": 0})
-        record = client.wait(run_id, timeout_s=30)   # RunRecord; raises WaitTimeout
-        messages = client.transcript(run_id)
-
-Enqueue order matters: the run is *registered* in Redis (status ``queued``) before its message
-is published, so a crash between the two still leaves a run the recovery sweep re-publishes
-(after ``queued_timeout_s``). Enqueue is idempotent on ``run_id``: a second call with an
-existing id returns the same run and publishes nothing.
-
-Raw enqueue from another language (no Python, no registration): publish Celery task
-``executus.run`` (protocol 2, JSON serializer) with ``args=[run_id, request_json]``, where
-``request_json`` is a JSON *string* that validates against the schema printed by
-``executus-worker schema``, on the queue ``settings.queue_for(model_tier)`` (default
-``executus``). The worker registers such a run on first sight; until then it is not visible to
-``status``/``runs`` and a lost message is not recovered. Prefer this client where you can.
-
-This module never imports ``executus_worker.worker`` or ``executus_worker.batteries`` (an
-architecture test enforces it): a producer service should not pull in the worker's stack.
-Nothing connects until the first call that needs Redis or the broker.
-"""
+"""``Client``: enqueue, inspect, wait for and cancel runs; manage schedules (see the package)."""
 
 from __future__ import annotations
 
@@ -30,51 +6,29 @@ import time
 import uuid
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 from pydantic import ValidationError
 
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import RunStore
+from executus_worker.client.ports import EnqueueResult, Publisher
 from executus_worker.core.models import Message, RunLimits, RunRecord, RunRequest, RunStatus
 from executus_worker.errors import (
     ConfigError,
     PayloadError,
     PublishError,
     RunNotFoundError,
+    ScheduleError,
     WaitTimeout,
 )
 from executus_worker.publish import CeleryPublisher
+from executus_worker.schedules.admin import JobView, ScheduleAdmin
+from executus_worker.schedules.model import JobSpec
+from executus_worker.schedules.source_toml import validation_problems
+from executus_worker.schedules.store import ScheduleStore
 from executus_worker.settings import Settings
-
-__all__ = ["Client", "EnqueueResult", "PublishError", "Publisher", "WaitTimeout"]
-
-
-class Publisher(Protocol):
-    """Sends one ``executus.run`` message. The Celery-backed default is lazy and task-less."""
-
-    def publish(self, run_id: str, request_json: str, *, queue: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class EnqueueResult:
-    """What ``Client.submit`` did: the run, its queue, and whether this call created it."""
-
-    __slots__ = ("created", "record")
-
-    def __init__(self, record: RunRecord, *, created: bool) -> None:
-        self.record = record
-        self.created = created
-
-    @property
-    def run_id(self) -> str:
-        return self.record.run_id
-
-    @property
-    def queue(self) -> str:
-        return self.record.queue
 
 
 class Client:
@@ -91,6 +45,7 @@ class Client:
         self._store = store
         self._publisher = publisher
         self._redis: redis.Redis | None = None
+        self._admin: ScheduleAdmin | None = None
 
     @classmethod
     def from_url(
@@ -125,16 +80,31 @@ class Client:
 
     # -- connections ---------------------------------------------------------------------
 
+    def _client(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.settings.redis_url)
+        return self._redis
+
     @property
     def store(self) -> RunStore:
         if self._store is None:
-            self._redis = redis.Redis.from_url(self.settings.redis_url)
             self._store = RedisStore(
-                self._redis,
+                self._client(),
                 key_prefix=self.settings.key_prefix,
                 result_ttl_s=self.settings.result_ttl_s,
             )
         return self._store
+
+    @property
+    def schedule_admin(self) -> ScheduleAdmin:
+        """The schedules facade (``list()`` also reports a broken schedule file)."""
+        if self._admin is None:
+            self._admin = ScheduleAdmin(
+                ScheduleStore(self._client(), key_prefix=self.settings.key_prefix),
+                schedule_file=self.settings.schedule_file,
+                runs=self.store,
+            )
+        return self._admin
 
     @property
     def publisher(self) -> Publisher:
@@ -149,7 +119,10 @@ class Client:
             publisher.close()
         client, self._redis = self._redis, None
         if client is not None:
-            self._store = None
+            # Both were built on this connection (an injected store is kept).
+            self._admin = None
+            if isinstance(self._store, RedisStore):
+                self._store = None
             client.close()
 
     def __enter__(self) -> Client:
@@ -280,3 +253,38 @@ class Client:
         """Recent runs, optionally of one status (``ValueError`` for an unknown status)."""
         wanted = RunStatus(status) if status is not None else None
         return self.store.list_runs(status=wanted, limit=limit)
+
+    # -- schedules (delegating to executus_worker.schedules) ------------------------------
+
+    def add_schedule(self, job: JobSpec | Mapping[str, Any], *, replace: bool = False) -> JobSpec:
+        """Store a runtime cron job; beats pick it up on their next pass (no restart).
+
+        ``ScheduleError`` for an invalid job, an existing name (unless ``replace``) or a name
+        the schedule file owns.
+        """
+        spec = job if isinstance(job, JobSpec) else _job_spec(job)
+        self.schedule_admin.add(spec, replace=replace)
+        return spec
+
+    def remove_schedule(self, name: str) -> None:
+        self.schedule_admin.remove(name)
+
+    def schedules(self) -> list[JobView]:
+        """Every job, from the schedule file and from Redis, with its next and last fire."""
+        views, _file_error = self.schedule_admin.list()
+        return views
+
+    def pause_schedule(self, name: str) -> bool:
+        """Pause a job (file jobs too); True if it was active before."""
+        return self.schedule_admin.pause(name)
+
+    def resume_schedule(self, name: str) -> bool:
+        return self.schedule_admin.resume(name)
+
+
+def _job_spec(job: Mapping[str, Any]) -> JobSpec:
+    try:
+        return JobSpec.model_validate(dict(job))
+    except ValidationError as exc:
+        where = f"job {job.get('name', '?')}"
+        raise ScheduleError("; ".join(validation_problems(exc, where=where))) from None

@@ -1,0 +1,87 @@
+"""Agents the e2e tests register through ``EXECUTUS_AGENTS_FILE`` (imported by the *worker*).
+
+``e2e.counter`` and ``e2e.phased`` are the demo agents with every model step logged to a Redis
+list -- start and end, with the attempt's epoch and the process id -- so a test can prove who
+ran which step when (one owner at a time, which steps re-ran). ``e2e.poison`` SIGKILLs its own
+process on every step: a run that crashes its worker on every attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Sequence
+
+import redis
+
+from executus_worker.core.demo_agents import CounterAgent, PhasedAgent
+from executus_worker.core.models import Message, RunInfo
+from executus_worker.core.ports import Agent, Model, ModelReply, ModelRequest, Tools
+
+_clients: dict[int, redis.Redis] = {}
+
+
+def _log(event: dict[str, object]) -> None:
+    pid = os.getpid()
+    client = _clients.get(pid)
+    if client is None:  # one client per process: prefork children must not share sockets
+        client = _clients[pid] = redis.Redis.from_url(os.environ["EXECUTUS_REDIS_URL"])
+    client.rpush(f"{os.environ['EXECUTUS_KEY_PREFIX']}:e2e:steps", json.dumps(event))
+
+
+class _LoggedModel:
+    def __init__(self, inner: Model, run: RunInfo) -> None:
+        self._inner = inner
+        self._run = run
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        base = {"run": self._run.run_id, "epoch": self._run.epoch, "pid": os.getpid()}
+        _log({**base, "ev": "start", "phase": request.phase, "t": time.time()})
+        reply = self._inner.complete(request)
+        content = reply.message.content if reply.message else ""
+        _log({**base, "ev": "end", "phase": request.phase, "msg": content, "t": time.time()})
+        return reply
+
+
+class _Logged:
+    def __init__(self, inner: Agent, name: str) -> None:
+        self._inner = inner
+        self.name = name
+
+    def phases(self, run: RunInfo) -> Sequence[str] | None:
+        return self._inner.phases(run)
+
+    def model(self, run: RunInfo) -> Model:
+        return _LoggedModel(self._inner.model(run), run)
+
+    def tools(self, run: RunInfo) -> Tools:
+        return self._inner.tools(run)
+
+    def seed(self, run: RunInfo, phase: str | None) -> Sequence[Message]:
+        return self._inner.seed(run, phase)
+
+
+class _PoisonModel:
+    def complete(self, request: ModelRequest) -> ModelReply:
+        _log({"run": request.run.run_id, "epoch": request.run.epoch, "ev": "poison"})
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+
+class _Poison(_Logged):
+    def model(self, run: RunInfo) -> Model:
+        return _PoisonModel()
+
+
+def counter() -> Agent:
+    return _Logged(CounterAgent(), "e2e.counter")
+
+
+def phased() -> Agent:
+    return _Logged(PhasedAgent(), "e2e.phased")
+
+
+def poison() -> Agent:
+    return _Poison(CounterAgent(), "e2e.poison")

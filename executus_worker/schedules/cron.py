@@ -55,7 +55,22 @@ def load_zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ScheduleError(f"unknown timezone {name!r}") from exc
+        if name != "UTC" and _has_tz_database():
+            raise ScheduleError(f"unknown timezone {name!r}") from exc
+        # Slim container images may ship neither /usr/share/zoneinfo nor the tzdata wheel;
+        # then every zone is "unknown" and the message would send people the wrong way.
+        raise ScheduleError(
+            f"unknown timezone {name!r}: no IANA timezone database found "
+            "(install the OS tzdata package or `pip install tzdata`)"
+        ) from exc
+
+
+def _has_tz_database() -> bool:
+    try:
+        ZoneInfo("UTC")
+    except ZoneInfoNotFoundError:
+        return False
+    return True
 
 
 def expand_cron(expression: str) -> tuple[str, ...]:

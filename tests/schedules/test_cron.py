@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from executus_worker.errors import ScheduleError
+from executus_worker.schedules import cron
 from executus_worker.schedules.cron import Schedule
 from executus_worker.schedules.timing import format_fire
 
@@ -247,3 +248,13 @@ def test_unknown_timezone_is_a_schedule_error(tz: str) -> None:
 
 def test_leap_day_job_waits_for_a_leap_year() -> None:
     assert fires("0 0 29 2 *", "UTC", utc(2026, 1, 1), 1) == ["2028-02-29T00:00:00Z"]
+
+
+def test_a_missing_timezone_database_is_named_as_the_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoDatabase:
+        def __init__(self, key: str) -> None:
+            raise cron.ZoneInfoNotFoundError(key)
+
+    monkeypatch.setattr(cron, "ZoneInfo", NoDatabase)
+    with pytest.raises(ScheduleError, match="no IANA timezone database"):
+        cron.load_zone("Europe/Berlin")

@@ -4,13 +4,13 @@ Decoding is where stored bytes meet code, so every failure becomes a typed error
 run and the key (``CorruptCheckpointError``, ``UnsupportedFormatError``); a raw
 ``ValidationError`` or ``JSONDecodeError`` never escapes this module.
 
-The transcript is decoded in one go. In Redis it is stored as one string of compact JSON
-messages joined by ``"\\n,"`` (compact JSON never holds a raw newline, so the newline marks
-message boundaries for the rare truncation), which makes ``"[" + value + "]"`` a JSON array:
-a load is one GET and one ``validate_json``, the same cost as reading the transcript stored as
-one JSON value (the DESIGN target for resume). An append is still O(new messages): ``APPEND``.
-Measured alternatives (bench/RESULTS.md): a Redis list read with LRANGE costs ~1.7x, because
-redis-py parses N bulk strings; joining the list server-side in Lua costs ~3x.
+The transcript is decoded in one go. In Redis it is stored as one string that is always a
+complete JSON array of compact messages, ``[m1\\n,m2\\n,m3]`` (compact JSON never holds a raw
+newline, so ``"\\n,"`` marks message boundaries for the rare truncation). A load is one GET and
+one ``validate_json`` on the reply as is, the same cost as reading the transcript stored as one
+JSON value (the DESIGN target for resume); a save writes ``"\\n,<new>]"`` over the closing
+bracket (SETRANGE), O(new messages). Measured alternatives (bench/RESULTS.md): a Redis list
+read with LRANGE costs ~2x, because redis-py parses N bulk strings; joining the list in Lua ~3x.
 """
 
 from __future__ import annotations
@@ -94,18 +94,17 @@ def encode_messages(messages: Sequence[Message]) -> list[str]:
 
 
 def append_payload(messages: Sequence[Message], *, base_len: int) -> str:
-    """What a save APPENDs after the first ``base_len`` stored messages ("" for none)."""
+    """What a save writes after the first ``base_len`` stored messages ("" for none): a whole
+    array when nothing is kept, else the tail that replaces the closing bracket."""
     if not messages:
         return ""
     body = SEPARATOR.join(encode_message(m) for m in messages)
-    return SEPARATOR + body if base_len > 0 else body
+    return f"{SEPARATOR}{body}]" if base_len > 0 else f"[{body}]"
 
 
-def wrap_stored(value: Raw | None) -> bytes:
-    """The stored transcript string (or None: no messages) -> one JSON array."""
-    if not value:
-        return b"[]"
-    return b"[" + (value.encode() if isinstance(value, str) else value) + b"]"
+def stored_array(value: Raw | None) -> Raw:
+    """The stored transcript (None when there are no messages) as a JSON array, uncopied."""
+    return value if value else b"[]"
 
 
 def join_items(items: Sequence[Raw]) -> bytes:

@@ -7,8 +7,7 @@ indexes are what ``list_runs`` and the sweep walk, so nothing ever scans the key
     <prefix>:{run:<id>}:rec     hash    the run record (status, request JSON, epoch, ...)
     <prefix>:{run:<id>}:lease   string  "<owner>:<epoch>", PX TTL = lease_ttl_s
     <prefix>:{run:<id>}:ckpt    hash    checkpoint meta (format version, iteration, phases, ...)
-    <prefix>:{run:<id>}:msgs    string  the transcript: compact JSON messages joined by "\\n,",
-                                        so "[" + value + "]" is one JSON array (see codec.py)
+    <prefix>:{run:<id>}:msgs    string  the transcript as one JSON array, '[m1\\n,m2]' (codec.py)
     <prefix>:runs:active        zset    non-terminal run ids, score = created_at
     <prefix>:runs:done          zset    finished run ids, score = finished_at, trimmed to retention
 

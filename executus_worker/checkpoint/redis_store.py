@@ -144,7 +144,7 @@ class RedisStore:
         if not meta:
             return None
         return codec.decode_checkpoint(
-            run_id, meta_key=ckpt, msgs_key=msgs, meta=meta, messages_json=codec.wrap_stored(body)
+            run_id, meta_key=ckpt, msgs_key=msgs, meta=meta, messages_json=codec.stored_array(body)
         )
 
     def save_checkpoint(
@@ -201,7 +201,7 @@ class RedisStore:
         exists, body = self._read(run_id, lambda p: (p.exists(rec), p.get(msgs)))
         if not exists and not body:
             raise RunNotFoundError(run_id)
-        return codec.decode_messages(run_id, msgs, codec.wrap_stored(body))
+        return codec.decode_messages(run_id, msgs, codec.stored_array(body))
 
     def _read(self, run_id: str, build: Callable[[Pipeline], object]) -> list[Any]:
         try:

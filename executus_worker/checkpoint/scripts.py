@@ -41,28 +41,35 @@ local function stored_count(base_len)
   return count, nil
 end
 
--- The transcript is one string of compact JSON messages joined by "\n," (compact JSON never
--- contains a raw newline), so "[" .. value .. "]" is a JSON array: a load is one GET and one
--- parse. Keep the first base_len messages, then APPEND the payload (already prefixed with the
--- separator when base_len > 0). APPEND costs O(payload): a save never pays for the transcript.
+-- The transcript is one string holding a complete JSON array of compact JSON messages,
+-- "[m1\n,m2\n,m3]" (compact JSON never contains a raw newline, so "\n," marks boundaries): a
+-- load is one GET and one parse, with no copy. Keep the first base_len messages, then write the
+-- payload: a whole array when base_len is 0, else "\n,<new...>]" written over the closing
+-- bracket with SETRANGE, which costs O(payload): a save never pays for the transcript.
 local function splice(base_len, count, payload)
   if base_len == 0 then
     redis.call('DEL', KEYS[4])
-  elseif count > base_len then
+    if payload ~= '' then redis.call('SET', KEYS[4], payload) end
+    return nil
+  end
+  local short = redis.error_reply('EXECUTUS_SHORT transcript holds fewer messages than its ' ..
+    'msg_count says')
+  if count > base_len then
     -- A rewritten tail (a phased resume re-runs its phase): cut after message base_len.
     -- O(transcript), but only on this rare path; plain appends never get here.
     local s = redis.call('GET', KEYS[4]) or ''
     local pos = 0
     for _ = 1, base_len do
       pos = string.find(s, '\n,', pos + 1, true)
-      if not pos then
-        return redis.error_reply('EXECUTUS_SHORT transcript holds fewer messages than its ' ..
-          'msg_count says')
-      end
+      if not pos then return short end
     end
-    redis.call('SET', KEYS[4], string.sub(s, 1, pos - 1))
+    redis.call('SET', KEYS[4], string.sub(s, 1, pos - 1) .. ']')
   end
-  if payload ~= '' then redis.call('APPEND', KEYS[4], payload) end
+  if payload ~= '' then
+    local len = redis.call('STRLEN', KEYS[4])
+    if len < 2 then return short end
+    redis.call('SETRANGE', KEYS[4], len - 1, payload)
+  end
   return nil
 end
 
@@ -171,7 +178,7 @@ local count, short = stored_count(base_len)
 if short then return short end
 err = splice(base_len, count, ARGV[6])
 if err then return err end
--- APPEND grows strings greedily (up to 2x); rewrite the retained transcript at its exact size
+-- SETRANGE grows strings greedily (up to 2x); rewrite the retained transcript at its exact size
 -- once, so a day of retention does not hold the slack.
 local final = redis.call('GET', KEYS[4])
 if final then redis.call('SET', KEYS[4], final) end

@@ -113,12 +113,12 @@ class RedisBackend(Backend):
 
     def _items(self, run_id: str) -> list[str]:
         raw = self.client.get(self.keys.msgs(run_id))
-        return raw.decode().split(SEPARATOR) if raw else []
+        return raw.decode()[1:-1].split(SEPARATOR) if raw else []
 
     def set_message(self, run_id: str, index: int, raw: str) -> None:
         items = self._items(run_id)
         items[index] = raw
-        self.client.set(self.keys.msgs(run_id), SEPARATOR.join(items))
+        self.client.set(self.keys.msgs(run_id), "[" + SEPARATOR.join(items) + "]")
 
     def index_as_active(self, run_id: str, score: float) -> None:
         self.client.zadd(self.keys.active, {run_id: score})

@@ -186,3 +186,65 @@ def test_an_evicting_redis_is_warned_about(
     finally:
         redis_client.config_set("maxmemory-policy", before)
     assert "maxmemory-policy is 'allkeys-lru'" in caplog.text
+
+
+@pytest.mark.e2e
+def test_three_celery_beat_processes_fire_each_due_job_exactly_once(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Real processes racing for 20 due fires: 20 runs, 20 messages, none twice."""
+    prefix, jobs = "race", 20
+    store = ScheduleStore(redis_client, key_prefix=prefix)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    fire = midnight.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for i in range(jobs):
+        name = f"job{i:02d}"
+        store.add_job(
+            JobSpec.model_validate(
+                {"name": name, "cron": "0 0 * * *", "catchup_window_s": 86_400,
+                 "overlap": "allow", "run": {"agent": "demo.counter"}}
+            )
+        )  # fmt: skip
+        # As if a beat had reserved today's fire and then died: it is due for everyone.
+        store.compare_and_set(
+            name, expect={}, values={"schedule_key": "0 0 * * *|UTC", "next_fire": fire}
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECUTUS_", "CELERY_"))}
+    env |= {"EXECUTUS_REDIS_URL": redis_url, "EXECUTUS_KEY_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "celery", "-A", "executus_worker.worker", "beat",
+            "-S", "beat.scheduler:ExecutusScheduler", "--loglevel", "INFO"]  # fmt: skip
+    procs = [
+        subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(3)
+    ]  # fmt: skip
+    outputs: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        names = [f"job{i:02d}" for i in range(jobs)]
+        while time.monotonic() < deadline:
+            states = store.states(names)
+            if all(s.last_outcome == "enqueued" for s in states.values()):
+                break
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # give a late loser the chance to (wrongly) send a second message
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                outputs.append(proc.communicate(timeout=20)[0])
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                outputs.append(proc.communicate()[0])
+    joined = "\n".join(outputs)
+    runs = RedisStore(redis_client, key_prefix=prefix)
+    expected = sorted(f"sched:job{i:02d}:{fire}" for i in range(jobs))
+    assert sorted(r.run_id for r in runs.list_runs(limit=1000)) == expected, joined
+    assert redis_client.llen("executus") == jobs, joined
+    assert all(s.fires == 1 for s in store.states(f"job{i:02d}" for i in range(jobs)).values())
+    enqueued_by = [out.count(": enqueued sched:") for out in outputs]
+    assert sum(enqueued_by) == jobs, enqueued_by
+    assert "Traceback" not in joined, joined

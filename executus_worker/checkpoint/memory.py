@@ -209,7 +209,12 @@ class MemoryStore:
                     continue
                 if status is None or record.status == status:
                     found.append(record)
-            found.sort(key=lambda r: r.created_at, reverse=True)
+            # The same order as the Redis indexes: finished runs by finished_at, others (and
+            # the mixed listing) by created_at, newest first.
+            if status is not None and status.terminal:
+                found.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
+            else:
+                found.sort(key=lambda r: r.created_at, reverse=True)
             return found[: max(limit, 0)]
 
     def sweep(

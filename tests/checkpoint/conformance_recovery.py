@@ -204,6 +204,17 @@ def test_list_runs_filters_by_status_newest_first(store: RunStore) -> None:
     assert [r.run_id for r in everything] == ["c", "q4", "q3", "q2", "q1", "q0"]
 
 
+def test_finished_runs_are_listed_by_finish_time(store: RunStore) -> None:
+    """list_runs of a terminal status orders by finished_at, newest first."""
+    early = claimed(store, registered(store, "early", now=NOW))
+    late = claimed(store, registered(store, "late", now=NOW + 1))
+    store.finish("late", epoch=late, status=RunStatus.COMPLETED, output=None, error=None,
+                 base_len=0, new_messages=[], now=NOW + 5, result_ttl_s=3_600)  # fmt: skip
+    store.finish("early", epoch=early, status=RunStatus.COMPLETED, output=None, error=None,
+                 base_len=0, new_messages=[], now=NOW + 9, result_ttl_s=3_600)  # fmt: skip
+    assert [r.run_id for r in store.list_runs(status=RunStatus.COMPLETED)] == ["early", "late"]
+
+
 def test_list_runs_skips_an_unreadable_record(store: RunStore, backend: Backend) -> None:
     """One corrupt record does not break listing the others."""
     registered(store, "a")

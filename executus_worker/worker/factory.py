@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery, signals
 from kombu import Exchange, Queue
@@ -38,10 +39,20 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
+_HARDENED_TRANSPORT = "executus_worker.worker.transport:Transport"
+
+
 def _config(settings: Settings) -> dict[str, Any]:
     queues = dict.fromkeys([settings.default_queue, *settings.tier_queues.values()])
-    return {
-        "broker_url": settings.effective_broker_url,
+    broker_url = settings.effective_broker_url
+    config: dict[str, Any] = {}
+    if urlsplit(broker_url).scheme == "redis":
+        # One stray item on a queue list must not stop the worker (see transport.py). Only
+        # for plain redis://: kombu derives TLS from the 'rediss' transport name, and
+        # redis+socket:// names its transport in the URL, so those keep the stock one.
+        config["broker_transport"] = _HARDENED_TRANSPORT
+    return config | {
+        "broker_url": broker_url,
         # A worker that starts before Redis keeps retrying instead of exiting (Celery 6 will
         # stop retrying at startup unless told to).
         "broker_connection_retry_on_startup": True,

@@ -1,0 +1,127 @@
+"""Crashes with real workers: SIGKILL of a worker or a child, cold shutdown, poison runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from executus_worker.core.models import RunStatus
+
+from .harness import Cluster, counter_transcript, step_numbers, wait_for
+
+pytestmark = pytest.mark.e2e
+
+STEP_S = 0.4
+LEASE_S = 2.0
+
+
+def assert_resumed_exactly(cluster: Cluster, run_id: str, steps: int) -> None:
+    """Exact transcript; the new owner resumed after the last checkpoint, not from scratch.
+    Steps after the last checkpoint may have run twice (at-least-once step execution)."""
+    assert cluster.transcript(run_id) == counter_transcript(steps)
+    first = step_numbers(cluster.ended(run_id, epoch=1))
+    resumed = step_numbers(cluster.ended(run_id, epoch=2))
+    assert first == list(range(1, len(first) + 1))
+    assert resumed == list(range(resumed[0], steps + 1))
+    assert 2 <= resumed[0] <= len(first) + 1
+    assert cluster.store.load_checkpoint(run_id) is None
+    assert cluster.keys_without_ttl(run_id) == []
+
+
+@pytest.mark.parametrize(
+    ("pool", "signum"),
+    [
+        ("prefork", signal.SIGKILL),
+        ("threads", signal.SIGKILL),
+        ("solo", signal.SIGKILL),
+        ("prefork", signal.SIGQUIT),  # cold shutdown: tasks die, the lease just expires
+    ],
+    ids=["prefork-SIGKILL", "threads-SIGKILL", "solo-SIGKILL", "prefork-SIGQUIT"],
+)
+def test_a_killed_worker_is_recovered_by_another_workers_sweep_after_lease_expiry(
+    cluster: Cluster, pool: str, signum: int, timing
+) -> None:
+    a = cluster.start(pool)
+    run_id = cluster.submit("e2e.counter", steps=8, step_s=STEP_S)
+    cluster.wait_steps_ended(run_id, 2)
+    b = cluster.start("threads")
+    killed_at = time.time()
+    a.signal(signum)
+    a.wait_exit(timeout_s=20)
+    cluster.wait_status(run_id, RunStatus.COMPLETED, timeout_s=40)
+    resumed_at = min(e["t"] for e in cluster.steps(run_id) if e["epoch"] == 2)
+    timing(f"{pool} {signal.Signals(signum).name}: recovered after", resumed_at - killed_at)
+    # The lease was renewed at most a third of its TTL before the kill.
+    assert resumed_at - killed_at >= LEASE_S * 2 / 3 - 0.2
+    assert {e["pid"] for e in cluster.steps(run_id) if e["epoch"] == 2} <= {b.pid}
+    assert_resumed_exactly(cluster, run_id, 8)
+
+
+def test_a_killed_prefork_child_is_replaced_and_its_run_recovered(cluster: Cluster, timing) -> None:
+    a = cluster.start("prefork")
+    run_id = cluster.submit("e2e.counter", steps=8, step_s=STEP_S)
+    cluster.wait_steps_ended(run_id, 2)
+    (child,) = {e["pid"] for e in cluster.steps(run_id)}
+    killed_at = time.time()
+    os.kill(child, signal.SIGKILL)
+    cluster.wait_status(run_id, RunStatus.COMPLETED, timeout_s=40)
+    timing("prefork child SIGKILL: completed after", time.time() - killed_at)
+    assert a.alive()
+    assert child not in {e["pid"] for e in cluster.steps(run_id) if e["epoch"] == 2}
+    # reject_on_worker_lost redelivered the message at once; the live lease made it a no-op.
+    assert "duplicate delivery ignored (busy)" in a.text()
+    assert_resumed_exactly(cluster, run_id, 8)
+
+
+def test_a_worker_killed_before_the_first_checkpoint_is_still_recovered(
+    cluster: Cluster,
+) -> None:
+    a = cluster.start("prefork")
+    run_id = cluster.submit("e2e.counter", steps=3, step_s=1.5)
+    wait_for("the first step to start", lambda: cluster.steps(run_id, "start"), 10)
+    assert cluster.store.load_checkpoint(run_id) is None
+    cluster.start("threads")
+    a.signal(signal.SIGKILL)
+    cluster.wait_status(run_id, RunStatus.COMPLETED, timeout_s=40)
+    assert step_numbers(cluster.ended(run_id, epoch=2)) == [1, 2, 3]
+    assert cluster.transcript(run_id) == counter_transcript(3)
+
+
+def test_a_registered_run_whose_message_was_lost_is_republished_after_the_queued_timeout(
+    cluster: Cluster,
+) -> None:
+    """A crash between taking the message and claiming the run leaves it `queued` with its
+    message stuck unacked for the visibility timeout; the sweep must not wait that long."""
+    cluster.settings.update(EXECUTUS_QUEUED_TIMEOUT_S="2")
+    request = cluster.register("e2e.counter", steps=2, step_s=0.1)  # never published
+    assert request.run_id is not None
+    registered_at = time.time()
+    cluster.start("threads")
+    cluster.wait_status(request.run_id, RunStatus.COMPLETED, timeout_s=30)
+    first_start = min(e["t"] for e in cluster.steps(request.run_id))
+    assert first_start - registered_at >= 2.0
+    assert cluster.transcript(request.run_id) == counter_transcript(2)
+
+
+def test_a_run_that_kills_its_worker_every_time_ends_dead_with_the_reason(
+    cluster: Cluster,
+) -> None:
+    cluster.settings.update(
+        EXECUTUS_MAX_RECOVERY_ATTEMPTS="2",
+        EXECUTUS_LEASE_TTL_S="1",
+        EXECUTUS_SWEEP_INTERVAL_S="0.3",
+    )
+    a = cluster.start("prefork", concurrency=1)
+    run_id = cluster.submit("e2e.poison")
+    record = cluster.wait_status(run_id, RunStatus.DEAD, timeout_s=40)
+    assert record.error is not None and "gave up after 2 attempts" in record.error
+    assert "lease expired" in record.error
+    assert len(cluster.steps(run_id, "poison")) == 2  # it never looped past the cap
+    assert record.attempts == 2
+    # The worker survived it all and still runs good work.
+    assert a.alive()
+    good = cluster.submit("e2e.counter", steps=2, step_s=0)
+    cluster.wait_status(good, RunStatus.COMPLETED, timeout_s=20)

@@ -218,8 +218,11 @@ class _Demo:
             if kind in (b"none", "none"):
                 continue
             ttl = self.client.ttl(key)
-            size = self.client.llen(key) if kind in (b"list", "list") else None
-            detail = f"list, {size} messages" if size is not None else _text(kind)
+            detail = _text(kind)
+            if key.endswith(":msgs"):
+                # One JSON-array string, appended in place per save (see checkpoint/codec.py).
+                count = len(checkpoint.messages) if checkpoint is not None else 0
+                detail = f"{detail} (JSON array, appended per save), {count} messages"
             self.say(f"     {key}  {detail}{'' if ttl < 0 else f', ttl {ttl}s'}")
         if checkpoint is not None:
             self.say(

@@ -33,7 +33,7 @@ def test_demo_interrupts_resumes_and_prints_exact_transcripts(
     assert text.count("claim -> epoch 1 (attempt 1)") == 2
     assert text.count("claim -> epoch 2 (attempt 2)") == 2  # the resume is a new claim
     # The checkpoint left by the interruption, as read back from Redis.
-    assert re.search(r":msgs  list, 3 messages", text)
+    assert re.search(r":msgs  string \(JSON array, appended per save\), 3 messages", text)
     assert "iteration 3, 3 messages, completed phases -, active phase -, status interrupted" in text
     assert "completed phases ['plan'], active phase work, status interrupted" in text
     assert "restarts phase 'work' from its start (its 1 message(s) are redone)" in text

@@ -142,16 +142,6 @@ class WorkerHooks:
             return
         self.active = True
         self.shutdown.on_worker_init(sender)
-        s = self.settings
-        log.info(
-            "executus worker: redis=%s broker=%s prefix=%s lease=%.1fs sweep=%.1fs grace=%.1fs",
-            redact_url(s.redis_url),
-            redact_url(s.effective_broker_url),
-            s.key_prefix,
-            s.lease_ttl_s,
-            s.sweep_interval_s,
-            s.shutdown_grace_s,
-        )
 
     def on_process_init(self, **kwargs: Any) -> None:
         if self.active:
@@ -161,6 +151,16 @@ class WorkerHooks:
         """MainProcess, broker connected: start the sweeps and the shutdown escalation."""
         if not self.active:
             return
+        s = self.settings  # logged here: Celery's logging is not set up yet at worker_init
+        log.info(
+            "executus worker: redis=%s broker=%s prefix=%s lease=%.1fs sweep=%.1fs grace=%.1fs",
+            redact_url(s.redis_url),
+            redact_url(s.effective_broker_url),
+            s.key_prefix,
+            s.lease_ttl_s,
+            s.sweep_interval_s,
+            s.shutdown_grace_s,
+        )
         # A thread, not work in this handler: the handler blocks the consumer.
         self.recovery.start()
         self.shutdown.start_escalation()

@@ -13,39 +13,27 @@ counts attempts and declares the run dead past ``max_recovery_attempts``).
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter, ValidationError
-
 from executus_worker.checkpoint.store import ClaimStatus, RunStore
-from executus_worker.core.models import (
-    AgentName,
-    OutcomeKind,
-    RunId,
-    RunInfo,
-    RunOutcome,
-    RunRequest,
-)
+from executus_worker.core.models import OutcomeKind, RunInfo, RunOutcome, RunRequest
 from executus_worker.core.models import RunStatus as Status
 from executus_worker.core.ports import Agent, Deps
 from executus_worker.core.stop import StopToken
 from executus_worker.errors import PayloadError, UnknownAgentError
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeat
+from executus_worker.worker.messages import parse_request, readable_agent, split_args, valid_run_id
 
 log = logging.getLogger(__name__)
 
-_RUN_ID: TypeAdapter[str] = TypeAdapter(RunId)
-_AGENT: TypeAdapter[str] = TypeAdapter(AgentName)
-# A record needs *some* agent name even when the request that named it was unreadable.
-_UNREADABLE_AGENT = "invalid"
 
 Execute = Callable[[Agent, RunInfo, Deps, StopToken], RunOutcome]
 
@@ -113,12 +101,14 @@ class RunHandler:
         self._heartbeat_interval_s = heartbeat_interval_s
         # Per-process tallies (duplicates above all): logged, and handy in tests and `inspect`.
         self.counts: collections.Counter[str] = collections.Counter()
+        self._counts_lock = threading.Lock()
 
     def handle(
         self, args: Sequence[Any], kwargs: Mapping[str, Any], *, task_id: str | None = None
     ) -> Handled:
         result = self._handle(args, kwargs, task_id)
-        self.counts[result.action] += 1
+        with self._counts_lock:  # a threads-pool worker handles deliveries concurrently
+            self.counts[result.action] += 1
         return result
 
     # -- validation ------------------------------------------------------------------------
@@ -126,20 +116,20 @@ class RunHandler:
     def _handle(
         self, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str | None
     ) -> Handled:
-        raw_run_id, raw_request, shape_error = _split(args, kwargs)
-        run_id = _valid_run_id(raw_run_id)
+        raw_run_id, raw_request, shape_error = split_args(args, kwargs)
+        run_id = valid_run_id(raw_run_id)
         if shape_error is None and raw_run_id is not None and run_id is None:
             shape_error = f"invalid run id {str(raw_run_id)[:80]!r}"
         try:
             if shape_error is not None:
                 raise PayloadError(shape_error)
-            request = _parse_request(raw_request, self._settings.max_payload_bytes)
+            request = parse_request(raw_request, self._settings.max_payload_bytes)
             if run_id is not None and request.run_id not in {None, run_id}:
                 raise PayloadError(f"run id {run_id!r} does not match the request's")
         except PayloadError as exc:
             return self._reject(run_id, str(exc), raw_request)
         # A raw send_task without any run id: the task id is stable across redeliveries.
-        run_id = run_id or request.run_id or _valid_run_id(task_id)
+        run_id = run_id or request.run_id or valid_run_id(task_id)
         if run_id is None:
             return self._reject(None, "no run id", raw_request)
         return self._run(run_id, request)
@@ -151,7 +141,7 @@ class RunHandler:
             return Handled("rejected", None, detail=error)
         log.error("run %s: unacceptable message: %s", run_id, error)
         if self._store.get(run_id) is None:
-            placeholder = RunRequest(run_id=run_id, agent=_agent_name(raw_request))
+            placeholder = RunRequest(run_id=run_id, agent=readable_agent(raw_request))
             self._store.register(
                 placeholder, run_id=run_id, queue=self._settings.default_queue, now=self._clock()
             )
@@ -247,54 +237,3 @@ class RunHandler:
             result_ttl_s=self._settings.result_ttl_s,
         )
         log.error("run %s failed: %s", run_id, error)
-
-
-# --------------------------------------------------------------------------- message parsing
-
-
-def _split(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[object, object, str | None]:
-    """(run_id, request, shape error) from ``args=[run_id, request_json]`` (or kwargs of the
-    same names, or a lone request whose ``run_id`` field names the run)."""
-    unknown = sorted(set(kwargs) - {"run_id", "request"})
-    if unknown or len(args) > 2:
-        extra = unknown or [f"{len(args)} positional arguments"]
-        return kwargs.get("run_id"), kwargs.get("request"), f"unexpected arguments: {extra}"
-    if len(args) == 2:
-        return args[0], args[1], None
-    if len(args) == 1:
-        if "request" in kwargs:
-            return args[0], kwargs["request"], None
-        return kwargs.get("run_id"), args[0], None
-    return kwargs.get("run_id"), kwargs.get("request"), None
-
-
-def _valid_run_id(value: object) -> str | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return _RUN_ID.validate_python(value)
-    except ValidationError:
-        return None
-
-
-def _parse_request(raw: object, max_bytes: int) -> RunRequest:
-    if raw is None:
-        raise PayloadError("the message carries no run request")
-    if not isinstance(raw, str | bytes | dict):
-        raise PayloadError(f"the run request must be a JSON object, got {type(raw).__name__}")
-    return RunRequest.parse(raw, max_bytes=max_bytes)
-
-
-def _agent_name(raw_request: object) -> str:
-    """The agent an unreadable request meant, if that much is readable (for the record)."""
-    data: object = raw_request
-    if isinstance(raw_request, str | bytes):
-        try:
-            data = json.loads(raw_request)
-        except ValueError:
-            return _UNREADABLE_AGENT
-    name = data.get("agent") if isinstance(data, dict) else None
-    try:
-        return _AGENT.validate_python(name)
-    except ValidationError:
-        return _UNREADABLE_AGENT

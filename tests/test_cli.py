@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from executus_worker import cli
 from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.cli_runs import EXIT_TIMEOUT
 from executus_worker.client import Client
 from executus_worker.embedded import free_port
 
@@ -127,7 +128,7 @@ def test_enqueue_of_an_invalid_agent_name_is_rejected(env: dict[str, str]) -> No
 
 def test_enqueue_wait_times_out_with_exit_124(env: dict[str, str]) -> None:
     result = run(["enqueue", "demo.counter", "--wait", "0.2", "--json"], env)
-    assert result.exit_code == cli.EXIT_TIMEOUT
+    assert result.exit_code == EXIT_TIMEOUT
     document = json.loads(result.stdout)
     assert document["timed_out"] is True
     assert document["status"] == "queued"
@@ -329,3 +330,29 @@ def test_dev_serves_runs_and_stops_every_child_on_sigterm(
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc (Linux)")
+def test_worker_execs_so_sigterm_reaches_celery_main_process_directly(redis_url: str) -> None:
+    env = {**os.environ, "EXECUTUS_REDIS_URL": redis_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "executus_worker.cli", "worker", "-P", "solo", "-l", "WARNING"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Same pid, new program: the process we started *is* Celery's main process.
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 30
+        while b"celery" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b"executus_worker.worker\0worker" in cmdline.read_bytes()
+        time.sleep(1.5)  # let it finish booting; a warm shutdown then exits cleanly
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

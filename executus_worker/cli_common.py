@@ -1,0 +1,27 @@
+"""What every CLI command shares: settings from the environment, built when a command starts."""
+
+from __future__ import annotations
+
+import click
+from pydantic import ValidationError
+
+from executus_worker.client import Client
+from executus_worker.settings import Settings
+
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value is reported without echoing it (secrets)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"EXECUTUS_{str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise click.ClickException(f"invalid settings: {problems}") from None
+
+
+def make_client() -> Client:
+    return Client(load_settings())

@@ -22,14 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from executus_worker.checkpoint.store import ClaimStatus, RunStore
+from executus_worker.checkpoint.store import ClaimResult, ClaimStatus, RunStore
 from executus_worker.core.models import OutcomeKind, RunInfo, RunOutcome, RunRequest
 from executus_worker.core.models import RunStatus as Status
 from executus_worker.core.ports import Agent, Deps
 from executus_worker.core.stop import StopToken
 from executus_worker.errors import PayloadError, UnknownAgentError
 from executus_worker.settings import Settings
-from executus_worker.worker.heartbeat import Heartbeat
+from executus_worker.worker.heartbeat import Heartbeats, Lease
 from executus_worker.worker.messages import parse_request, readable_agent, split_args, valid_run_id
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class _Claimed:
     owner: str
     epoch: int
     attempts: int
-    request: RunRequest | None
+    request: RunRequest
 
 
 def default_owner() -> str:
@@ -88,7 +88,7 @@ class RunHandler:
         execute: Execute,
         owner: Callable[[], str] = default_owner,
         clock: Callable[[], float] = time.time,
-        heartbeat_interval_s: float | None = None,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self._store = store
         self._agents = agents
@@ -98,7 +98,7 @@ class RunHandler:
         self._execute = execute
         self._owner = owner
         self._clock = clock
-        self._heartbeat_interval_s = heartbeat_interval_s
+        self._heartbeats = heartbeats or Heartbeats(interval_s=settings.lease_ttl_s / 3)
         # Per-process tallies (duplicates above all): logged, and handy in tests and `inspect`.
         self.counts: collections.Counter[str] = collections.Counter()
         self._counts_lock = threading.Lock()
@@ -140,12 +140,8 @@ class RunHandler:
             log.error("dropped an executus.run message without a usable run id: %s", error)
             return Handled("rejected", None, detail=error)
         log.error("run %s: unacceptable message: %s", run_id, error)
-        if self._store.get(run_id) is None:
-            placeholder = RunRequest(run_id=run_id, agent=readable_agent(raw_request))
-            self._store.register(
-                placeholder, run_id=run_id, queue=self._settings.default_queue, now=self._clock()
-            )
-        claimed = self._claim(run_id)
+        placeholder = RunRequest(run_id=run_id, agent=readable_agent(raw_request))
+        claimed = self._claim(run_id, placeholder, self._settings.default_queue)
         if isinstance(claimed, Handled):
             return claimed
         self._fail(run_id, claimed.epoch, error)
@@ -154,22 +150,10 @@ class RunHandler:
     # -- execution -------------------------------------------------------------------------
 
     def _run(self, run_id: str, request: RunRequest) -> Handled:
-        if self._store.get(run_id) is None:
-            # Registered by our client before publishing; a raw send_task from another
-            # service is registered here, on first sight (see executus_worker.client).
-            self._store.register(
-                request,
-                run_id=run_id,
-                queue=self._settings.queue_for(request.model_tier),
-                now=self._clock(),
-            )
-        claimed = self._claim(run_id)
+        claimed = self._claim(run_id, request, self._settings.queue_for(request.model_tier))
         if isinstance(claimed, Handled):
             return claimed
-        # The record, not the message, is the truth: a stale duplicate carries an old request.
-        if claimed.request is not None:
-            request = claimed.request
-        epoch, owner = claimed.epoch, claimed.owner
+        request, epoch, owner = claimed.request, claimed.epoch, claimed.owner
         try:
             agent = self._agents.get(request.agent)
         except UnknownAgentError as exc:
@@ -177,20 +161,19 @@ class RunHandler:
             return Handled("failed", run_id, OutcomeKind.FAILED, str(exc))
         run = RunInfo.from_request(request, run_id=run_id, epoch=epoch, attempt=claimed.attempts)
         token = StopToken(parents=[self._drain])
-        heartbeat = Heartbeat(
+        lease = Lease(
             self._store,
             run_id=run_id,
             owner=owner,
             epoch=epoch,
             lease_ttl_s=self._settings.lease_ttl_s,
             stop=token,
-            interval_s=self._heartbeat_interval_s,
         )
         log.info(
             "run %s: attempt %d (epoch %d) of %s started", run_id, run.attempt, epoch, agent.name
         )
         try:
-            with heartbeat:
+            with self._heartbeats.hold(lease):
                 outcome = self._execute(agent, run, self._deps, token)
         except Exception as exc:
             # The executor records every ending itself; reaching here is a bug or a dead store.
@@ -199,19 +182,23 @@ class RunHandler:
             return Handled("crashed", run_id, detail=f"{type(exc).__name__}: {exc}")
         return Handled("executed", run_id, outcome.kind, outcome.error or "")
 
-    def _claim(self, run_id: str) -> _Claimed | Handled:
-        """Claim the run: what this delivery now owns, or why it owns nothing."""
+    def _claim(self, run_id: str, request: RunRequest, queue: str) -> _Claimed | Handled:
+        """Claim the run: what this delivery now owns, or why it owns nothing.
+
+        Claim first, register only when the run is unknown: the usual delivery (registered by
+        our client before publishing) costs one round trip, not two. A raw send_task from
+        another service is registered here, on first sight (see executus_worker.client).
+        """
         owner = self._owner()
-        claim = self._store.claim(
-            run_id,
-            owner=owner,
-            lease_ttl_s=self._settings.lease_ttl_s,
-            max_attempts=self._settings.max_recovery_attempts,
-            now=self._clock(),
-        )
+        claim = self._try_claim(run_id, owner)
+        if claim.status is ClaimStatus.GONE and self._store.get(run_id) is None:
+            self._store.register(request, run_id=run_id, queue=queue, now=self._clock())
+            claim = self._try_claim(run_id, owner)
         if claim.status is ClaimStatus.CLAIMED:
-            request = claim.record.request if claim.record else None
-            return _Claimed(owner, claim.epoch, claim.attempts, request)
+            # The record, not the message, is the truth: a stale duplicate may carry an old
+            # request.
+            stored = claim.record.request if claim.record else request
+            return _Claimed(owner, claim.epoch, claim.attempts, stored)
         if claim.status in {ClaimStatus.BUSY, ClaimStatus.GONE}:
             log.info("run %s: duplicate delivery ignored (%s)", run_id, claim.status.value)
             return Handled("duplicate", run_id, detail=claim.status.value)
@@ -221,6 +208,15 @@ class RunHandler:
         error = claim.record.error if claim.record and claim.record.error else "too many attempts"
         log.error("run %s: dead after %d attempts: %s", run_id, claim.attempts, error)
         return Handled("dead", run_id, detail=error)
+
+    def _try_claim(self, run_id: str, owner: str) -> ClaimResult:
+        return self._store.claim(
+            run_id,
+            owner=owner,
+            lease_ttl_s=self._settings.lease_ttl_s,
+            max_attempts=self._settings.max_recovery_attempts,
+            now=self._clock(),
+        )
 
     def _fail(self, run_id: str, epoch: int, error: str) -> None:
         # Keep whatever transcript an earlier attempt left: the record shows what happened.

@@ -22,6 +22,7 @@ from executus_worker.core.ports import Deps
 from executus_worker.core.stop import StopToken
 from executus_worker.publish import BatchPublisher
 from executus_worker.settings import Settings
+from executus_worker.worker.heartbeat import Heartbeats
 from executus_worker.worker.recovery import Recovery, ScanLock
 from executus_worker.worker.runs import RunHandler
 
@@ -102,6 +103,7 @@ class Runtime:
             settings=s,
             drain=self._drain,
             execute=execute,
+            heartbeats=Heartbeats(interval_s=s.lease_ttl_s / 3),
         )
 
     def recovery(self) -> Recovery:

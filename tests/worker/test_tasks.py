@@ -1,0 +1,49 @@
+"""The Celery tasks called in-process against the private Redis (no worker process)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+
+from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.core.models import RunRequest, RunStatus
+from executus_worker.publish import TASK_RECOVER, TASK_RUN
+from executus_worker.settings import Settings
+from executus_worker.worker.factory import create_app
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def test_the_run_task_executes_a_registered_run(redis_url: str, prefix: str) -> None:
+    app = create_app(Settings(redis_url=redis_url, key_prefix=prefix))
+    store = RedisStore(redis.Redis.from_url(redis_url), key_prefix=prefix)
+    request = RunRequest(run_id="t1", agent="demo.counter", input={"steps": 2})
+    store.register(request, run_id="t1", queue="executus", now=time.time())
+    result = app.tasks[TASK_RUN]("t1", request.to_json())
+    assert result == {"action": "executed", "run_id": "t1", "outcome": "completed", "detail": ""}
+    record = store.get("t1")
+    assert record is not None and record.status is RunStatus.COMPLETED
+    assert app.tasks[TASK_RUN]("t1", request.to_json())["action"] == "duplicate"
+
+
+def test_the_recover_task_sweeps_and_republishes(redis_url: str, prefix: str) -> None:
+    queue = f"{prefix}-q"
+    app = create_app(Settings(redis_url=redis_url, key_prefix=prefix, default_queue=queue))
+    client = redis.Redis.from_url(redis_url)
+    store = RedisStore(client, key_prefix=prefix)
+    now = time.time()
+    store.register(RunRequest(agent="demo.counter"), run_id="i1", queue=queue, now=now)
+    claim = store.claim("i1", owner="w:1", lease_ttl_s=30, max_attempts=5, now=now)
+    store.interrupt("i1", epoch=claim.epoch, now=now)
+    report = app.tasks[TASK_RECOVER]()
+    assert report["requeued"] == 1 and report["published"] == 1
+    assert client.llen(queue) == 1
+    client.delete(queue)

@@ -1,7 +1,7 @@
 """What ``executus.run`` does with one delivery, free of Celery so it is testable in-process.
 
-    validate the message  ->  register if unknown  ->  claim  ->  resolve the agent
-        ->  heartbeat + execute (the executor records how the attempt ended)  ->  return
+    validate the message  ->  claim (registering a run seen for the first time)
+        ->  resolve the agent  ->  heartbeat + execute (the executor records the ending)
 
 The worker never crashes or loops on a delivery: every path returns normally, so Celery acks.
 A delivery the claim refuses is a duplicate (broker redelivery, a second sweep, a message
@@ -27,7 +27,7 @@ from executus_worker.core.models import OutcomeKind, RunInfo, RunOutcome, RunReq
 from executus_worker.core.models import RunStatus as Status
 from executus_worker.core.ports import Agent, Deps
 from executus_worker.core.stop import StopToken
-from executus_worker.errors import PayloadError, UnknownAgentError
+from executus_worker.errors import ConfigError, PayloadError, UnknownAgentError
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats, Lease
 from executus_worker.worker.messages import parse_request, readable_agent, split_args, valid_run_id
@@ -156,7 +156,9 @@ class RunHandler:
         request, epoch, owner = claimed.request, claimed.epoch, claimed.owner
         try:
             agent = self._agents.get(request.agent)
-        except UnknownAgentError as exc:
+        except (UnknownAgentError, ConfigError) as exc:
+            # Also a broken agents-file entry: fail with its message now rather than crash
+            # every attempt and end `dead` with a reason that hides the cause.
             self._fail(run_id, epoch, str(exc))
             return Handled("failed", run_id, OutcomeKind.FAILED, str(exc))
         run = RunInfo.from_request(request, run_id=run_id, epoch=epoch, attempt=claimed.attempts)

@@ -262,3 +262,16 @@ def test_an_executor_that_raises_leaves_the_lease_to_expire(store, drain, clock)
     assert result.action == "crashed"
     record = store.get("r1")
     assert record is not None and record.status is RunStatus.RUNNING
+
+
+def test_a_broken_agent_factory_fails_the_run_with_its_message(store, drain, clock) -> None:
+    handler = make_handler(store, drain, clock)
+    registry = AgentRegistry.with_builtins()
+    registry.register_factory("broken.agent", "no_such_module_here:make")
+    handler._agents = registry
+    request = RunRequest(run_id="b1", agent="broken.agent")
+    result = handler.handle(enqueue(store, request, clock), {})
+    assert result.outcome is OutcomeKind.FAILED
+    record = store.get("b1")
+    assert record is not None and record.error is not None
+    assert "cannot import no_such_module_here" in record.error

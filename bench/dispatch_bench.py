@@ -325,15 +325,11 @@ the first to the last completion; sides alternate within a repeat.
 **{ratio:.0%}** |
 
 Ratio of medians: **{ratio:.0%}** of plain Celery — {verdict} the ≥ {TARGET_RATIO:.0%} target.
-On top of Celery's own dispatch, each run pays (worker side; the register happens at enqueue
-and is not timed): a record read, the claim script, a checkpoint load, the `finish` script
-(4 Redis round trips), pydantic validation of the request, and one heartbeat thread started
-and joined per run.
-
 Where the worker's time goes, measured in-process without Celery (`RunHandler.handle` in a
 loop over {args.runs:,} runs, wired as `worker/runtime.py` does): **{breakdown.per_run_ms:.2f} ms
-per run**, of which store calls (ms/run): {store_calls}; everything else (validation, agent
-and executor, the heartbeat thread's start and join, logging): {breakdown.rest_ms:.2f} ms.
+per run**, of which store calls (ms/run): {store_calls}; everything else (message validation,
+agent and executor, lease bookkeeping, logging): {breakdown.rest_ms:.2f} ms. The enqueue-side
+register is not part of either measurement.
 """
 
 

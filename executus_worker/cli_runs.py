@@ -74,7 +74,7 @@ def enqueue(
     wait_s: float | None,
     as_json: bool,
 ) -> None:
-    """Validate, register and publish a run of AGENT; print its id.
+    """Validate, register and publish a run of AGENT; print its id on stdout.
 
     With --wait, exit 0 only if the run completed (1 otherwise, 124 on timeout).
     """
@@ -97,12 +97,13 @@ def enqueue(
             "status": result.record.status.value,
         }
         if not as_json:
+            # The id alone on stdout (RUN=$(executus-worker enqueue ...)); the rest on stderr.
+            click.echo(result.run_id)
             if result.created:
-                click.echo(f"enqueued {result.run_id} on {result.queue}")
+                click.echo(f"enqueued on {result.queue}", err=True)
             else:
-                click.echo(
-                    f"{result.run_id} already exists ({result.record.status.value}); nothing sent"
-                )
+                status = result.record.status.value
+                click.echo(f"already exists ({status}); nothing sent", err=True)
         if wait_s is None:
             if as_json:
                 emit_json(document)

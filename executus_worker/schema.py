@@ -31,6 +31,8 @@ def run_request_schema(*, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) ->
         "task": RUN_TASK_NAME,
         "args": ["run_id", "request_json"],
         "request_json": "this document's instance serialised as a JSON string",
+        # The worker fails a run whose message says otherwise (it never trusts the wire).
+        "run_id_rule": "the request's run_id, when set, must equal args[0]",
         # The worker's cap is EXECUTUS_MAX_PAYLOAD_BYTES; this is its default.
         "max_payload_bytes": max_payload_bytes,
     }

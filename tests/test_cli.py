@@ -72,10 +72,14 @@ def test_enqueue_json_reports_the_run_and_a_repeat_sends_nothing(
     assert redis_client.llen("executus") == 1
 
 
-def test_enqueue_human_output_names_the_run(env: dict[str, str]) -> None:
-    result = run(["enqueue", "demo.counter"], env)
+def test_enqueue_prints_only_the_run_id_on_stdout(env: dict[str, str]) -> None:
+    result = run(["enqueue", "demo.counter", "--run-id", "plain-1"], env)
     assert result.exit_code == 0
-    assert result.stdout.startswith("enqueued ")
+    assert result.stdout == "plain-1\n"
+    assert "enqueued on executus" in result.stderr
+    again = run(["enqueue", "demo.counter", "--run-id", "plain-1"], env)
+    assert again.stdout == "plain-1\n"
+    assert "already exists (queued); nothing sent" in again.stderr
 
 
 def test_enqueue_reads_input_from_a_file_and_stdin(env: dict[str, str], tmp_path: Path) -> None:

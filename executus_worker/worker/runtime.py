@@ -53,10 +53,11 @@ class Runtime:
     def __init__(self, settings: Settings, *, drain: StopToken) -> None:
         self.settings = settings
         self._drain = drain
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # handler() builds the store under the same lock
         self._pid: int | None = None
         self._client: redis.Redis | None = None
         self._broker: redis.Redis | None = None
+        self._store: RedisStore | None = None
         self._handler: RunHandler | None = None
 
     def _fresh(self) -> None:
@@ -64,6 +65,7 @@ class Runtime:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._client = self._broker = None
+            self._store = None
             self._handler = None
 
     def client(self) -> redis.Redis:
@@ -74,13 +76,19 @@ class Runtime:
             return self._client
 
     def store(self) -> RedisStore:
-        s = self.settings
-        return RedisStore(self.client(), key_prefix=s.key_prefix, result_ttl_s=s.result_ttl_s)
+        with self._lock:
+            client = self.client()  # refreshes after a fork first
+            if self._store is None:
+                s = self.settings
+                self._store = RedisStore(
+                    client, key_prefix=s.key_prefix, result_ttl_s=s.result_ttl_s
+                )
+            return self._store
 
     def handler(self) -> RunHandler:
-        store = self.store()
+        """Built once per process, on its first delivery; every later call is a lookup."""
         with self._lock:
-            self._fresh()
+            store = self.store()
             if self._handler is None:
                 self._handler = self._build_handler(store)
             return self._handler

@@ -1,13 +1,15 @@
 """RedisStore: the RunStore on Redis, one atomic Lua script per state transition.
 
-The constructor only stores its arguments and registers the script objects (no round trip);
-redis-py sends EVALSHA and falls back to loading a script on NOSCRIPT, so a Redis restart or a
-``SCRIPT FLUSH`` is handled without our help. Every redis-py error leaves as ``StoreError``;
+The constructor only stores its arguments (no round trip, no hashing: the worker builds a store
+per delivery). Scripts go out as EVALSHA of a digest computed once per process; on NOSCRIPT the
+source is loaded and the call repeated, so a Redis restart or a ``SCRIPT FLUSH`` is handled
+without anyone's help. Every redis-py error leaves as ``StoreError``;
 script errors that mean something become ``OwnershipLost`` or ``CorruptCheckpointError``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -15,7 +17,6 @@ from typing import Any, NoReturn
 import redis
 from pydantic import JsonValue
 from redis.client import Pipeline
-from redis.commands.core import Script
 
 from executus_worker.checkpoint import codec, redis_index, scripts
 from executus_worker.checkpoint.keys import KeySchema
@@ -33,6 +34,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RESULT_TTL_S = 86_400
 
+# SHA1 of each script's source, as Redis computes it (the sources are ASCII). Updated from
+# SCRIPT LOAD's reply should a server ever disagree. Computed once here, not per store: building
+# redis-py Script objects hashes every source again, ~30 us per RedisStore.
+_SHA: dict[str, str] = {
+    name: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
+    for name, src in scripts.WITH_LIB.items()
+}
+
 
 class RedisStore:
     """RunStore on Redis. Thread-safe to the extent the given client is (redis-py pools are)."""
@@ -48,15 +57,17 @@ class RedisStore:
         self.keys = KeySchema(key_prefix)
         # Used where the protocol gives no TTL: a claim or cancel that ends a run.
         self._result_ttl_s = result_ttl_s
-        self._s: dict[str, Script] = {
-            name: client.register_script(src) for name, src in scripts.WITH_LIB.items()
-        }
 
     # ------------------------------------------------------------------------ plumbing
 
     def _run(self, name: str, run_id: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return self._s[name](keys=list(keys), args=list(args))
+            try:
+                return self._r.evalsha(_SHA[name], len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                # What redis-py's Script does: load the source, then run it once more.
+                _SHA[name] = self._r.script_load(scripts.WITH_LIB[name])
+                return self._r.evalsha(_SHA[name], len(keys), *keys, *args)
         except redis.ResponseError as exc:
             self._raise_script_error(run_id, exc)
         except redis.RedisError as exc:
@@ -128,7 +139,7 @@ class RedisStore:
         return redis_index.sweep(
             self._r,
             self.keys,
-            self._s["requeue"],
+            self._r.register_script(scripts.WITH_LIB["requeue"]),
             now=now,
             queued_timeout_s=queued_timeout_s,
             cursor=cursor,

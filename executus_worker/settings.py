@@ -7,6 +7,7 @@ package reads the environment at import time and there is no module-level instan
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
@@ -37,6 +38,12 @@ class Settings(BaseSettings):
     tier_queues: dict[str, str] = Field(default_factory=dict)  # model_tier -> queue
     # Far above the longest run: crash recovery comes from our lease, not from redelivery.
     visibility_timeout_s: int = Field(default=4 * 3600, ge=60)
+
+    # The critic (two-tier watchdog), off unless a timeout is set. Idle: one step running
+    # longer than this -> warn or stop (critic_on_idle). Run: active time across attempts.
+    critic_idle_timeout_s: float | None = Field(default=None, gt=0)
+    critic_run_timeout_s: float | None = Field(default=None, gt=0)
+    critic_on_idle: Literal["warn", "stop"] = "warn"
 
     schedule_file: Path | None = None
     agents_file: Path | None = None

@@ -18,8 +18,9 @@ from executus_worker.checkpoint.handle import StoreCheckpointerFactory
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.core.agents import AgentRegistry
 from executus_worker.core.executor import execute
-from executus_worker.core.ports import Deps
+from executus_worker.core.ports import Audit, Critic, Deps, NullCritic
 from executus_worker.core.stop import StopToken
+from executus_worker.critic import Escalation, TimeoutCritic, TimeoutPolicy
 from executus_worker.publish import BatchPublisher
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats
@@ -45,6 +46,23 @@ def redis_client(url: str) -> redis.Redis:
         socket_connect_timeout=_SOCKET_TIMEOUT_S,
         health_check_interval=30,
     )
+
+
+def build_critic(settings: Settings, audit: Audit) -> Critic:
+    """The configured watchdog (one thread per process), or the null critic when no timeout
+    is set -- a default deadline would kill long runs nobody asked to limit."""
+    if settings.critic_idle_timeout_s is None and settings.critic_run_timeout_s is None:
+        return NullCritic()
+    critic = TimeoutCritic(
+        policy=TimeoutPolicy(
+            idle_timeout_s=settings.critic_idle_timeout_s,
+            run_timeout_s=settings.critic_run_timeout_s,
+            on_idle=Escalation(settings.critic_on_idle),
+        ),
+        audit=audit,
+    )
+    critic.start()
+    return critic
 
 
 class Runtime:
@@ -96,12 +114,14 @@ class Runtime:
     def _build_handler(self, store: RedisStore) -> RunHandler:
         s = self.settings
         registry = AgentRegistry.with_builtins(agents_file=s.agents_file)
+        # Ids and outcomes only (never inputs), at DEBUG: the worker log stays readable.
+        audit = LoggingAudit(level=logging.DEBUG)
         deps = Deps(
             checkpoints=StoreCheckpointerFactory(
                 store, throttle_ms=s.throttle_ms, result_ttl_s=s.result_ttl_s
             ),
-            # Ids and outcomes only (never inputs), at DEBUG: the worker log stays readable.
-            audit=LoggingAudit(level=logging.DEBUG),
+            audit=audit,
+            critic=build_critic(s, audit),
         )
         log.info("run handler ready in pid %d (agents: %s)", os.getpid(), registry.names())
         return RunHandler(

@@ -115,7 +115,7 @@ class RedisStore:
         status = ClaimStatus(codec.text(reply[0]))
         if len(reply) < 2:
             return ClaimResult(status)
-        record = self._record(run_id, reply[1])
+        record = self._record(run_id, codec.json_array(reply[1]))
         return ClaimResult(status, epoch=record.epoch, attempts=record.attempts, record=record)
 
     def renew(self, run_id: str, *, owner: str, epoch: int, lease_ttl_s: float) -> RenewStatus:

@@ -101,7 +101,9 @@ return {1}
 """
 
 # ARGV: run_id, now, owner, lease_ttl_ms, max_attempts, result_ttl_s
-#   -> {outcome, record} with outcome claimed | busy | gone | cancelled | dead
+#   -> {outcome, record} with outcome claimed | busy | gone | cancelled | dead; the record is the
+#   HGETALL array as one JSON string (one bulk reply: redis-py's pure-Python parser spends
+#   ~50 us per claim walking 30 bulk strings, json.loads on one string a few)
 CLAIM = r"""
 local now, owner = ARGV[2], ARGV[3]
 local r = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'interrupts', 'epoch',
@@ -117,7 +119,7 @@ if status == 'running' then
 end
 if r[5] == '1' then
   finalize('cancelled', now, tonumber(ARGV[6]))
-  return {'cancelled', redis.call('HGETALL', KEYS[1])}
+  return {'cancelled', cjson.encode(redis.call('HGETALL', KEYS[1]))}
 end
 local attempts = tonumber(r[2]) or 0
 -- Clean shutdown interrupts are not failures: a long run that lives through many deploys must
@@ -126,13 +128,13 @@ local failures = attempts - (tonumber(r[3]) or 0)
 if failures + 1 > tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'error', 'gave up after ' .. attempts .. ' attempts: ' .. reason)
   finalize('dead', now, tonumber(ARGV[6]))
-  return {'dead', redis.call('HGETALL', KEYS[1])}
+  return {'dead', cjson.encode(redis.call('HGETALL', KEYS[1]))}
 end
 local epoch = (tonumber(r[4]) or 0) + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', epoch, 'attempts', attempts + 1,
   'owner', owner, 'started_at', now, 'updated_at', now, 'last_reason', reason)
 redis.call('SET', KEYS[2], owner .. ':' .. epoch, 'PX', ARGV[4])
-return {'claimed', redis.call('HGETALL', KEYS[1])}
+return {'claimed', cjson.encode(redis.call('HGETALL', KEYS[1]))}
 """
 
 # KEYS: rec, lease. ARGV: owner:epoch, lease_ttl_ms, epoch, owner -> ok | cancel | lost

@@ -170,8 +170,11 @@ def recover(as_json: bool) -> None:
 @main.command()
 @click.option("--redis-url", default=None, help="Default: EXECUTUS_REDIS_URL, local, embedded.")
 def demo(redis_url: str | None) -> None:
-    """Interrupt two demo runs mid-flight, show their checkpoints, resume them exactly."""
-    sys.exit(run_demo(redis_url, sys.stdout))
+    """Interrupt two demo runs mid-flight, show their checkpoints, resume them exactly.
+
+    Part 1 runs the kernel in-process; part 2 does it again with real worker processes.
+    """
+    sys.exit(run_demo(redis_url, sys.stdout, workers=True))
 
 
 @main.command()

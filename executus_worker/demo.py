@@ -27,6 +27,7 @@ from executus_worker.core.executor import execute
 from executus_worker.core.models import Message, OutcomeKind, RunInfo, RunOutcome, RunRequest
 from executus_worker.core.ports import Deps
 from executus_worker.core.stop import StopReason, StopToken
+from executus_worker.demo_workers import run_worker_demo
 from executus_worker.embedded import EmbeddedRedis, redis_answers
 from executus_worker.errors import ConfigError, ExecutusError
 from executus_worker.settings import redact_url
@@ -87,10 +88,12 @@ def resolve_redis(
     return ResolvedRedis(url, f"{source} at {url}", server)
 
 
-def run_demo(redis_url: str | None, out: TextIO) -> int:
+def run_demo(redis_url: str | None, out: TextIO, *, workers: bool = False) -> int:
     """Run the demo, printing to ``out``.
 
-    Returns 0 if every transcript came out exact, 1 if not, 2 if there is no usable Redis.
+    ``workers``: then also run part 2 (``demo_workers``), the same story with real worker
+    processes, on the same Redis. Returns 0 if every transcript came out exact, 1 if not, 2 if
+    there is no usable Redis.
     """
     started = time.monotonic()
     try:
@@ -121,6 +124,9 @@ def run_demo(redis_url: str | None, out: TextIO) -> int:
             ok = demo.scenario(number, scenario, run_id) and ok
         elapsed = time.monotonic() - started
         print(f"{'All transcripts exact' if ok else 'MISMATCH'} ({elapsed:.1f}s).", file=out)
+        if workers:
+            print(file=out)
+            ok = run_worker_demo(resolved.url, out) == 0 and ok
         return 0 if ok else 1
     finally:
         deleted = _cleanup(client, keys, run_ids)

@@ -11,6 +11,7 @@ import redis
 
 from executus_worker import demo
 from executus_worker.demo import LOCAL_HOST, LOCAL_PORT, ResolvedRedis, resolve_redis, run_demo
+from executus_worker.demo_workers import run_worker_demo
 from executus_worker.errors import ConfigError
 
 
@@ -102,3 +103,29 @@ def test_no_redis_at_all_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch)
     out = io.StringIO()
     assert run_demo(None, out) == 2
     assert "No Redis for the demo: no redis-server found" in out.getvalue()
+
+
+@pytest.mark.e2e
+def test_worker_demo_interrupts_real_workers_and_prints_exact_transcripts(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    out = io.StringIO()
+    assert run_worker_demo(redis_url, out) == 0, out.getvalue()
+    text = out.getvalue()
+
+    assert re.search(r"worker A exited with code 0 \d+\.\d+s after SIGTERM", text)
+    # Both runs were caught mid-flight, with a partial checkpoint each.
+    interrupted = r": status interrupted; checkpoint iteration [1-8], [1-8] messages"
+    assert len(re.findall(interrupted, text)) == 2
+    assert "step 1 | step 2 | step 3 | step 4 | step 5 | step 6 | step 7 | step 8" in text
+    assert "plan step 1 | plan step 2 | plan step 3 | work step 1" in text
+    assert text.count("exact: each step once, in order") == 2
+    assert "Worker transcripts exact" in text
+    # Every process stopped, every key under the demo's prefix and its queue gone.
+    prefix = re.search(r"key prefix (\S+), queue (\S+)\)", text)
+    assert prefix is not None
+    assert list(redis_client.scan_iter(match=f"{prefix.group(1)}*")) == []
+    assert not redis_client.exists(prefix.group(2), f"_kombu.binding.{prefix.group(2)}")
+    for pid in re.findall(r"started worker \w: pid (\d+)", text):
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)

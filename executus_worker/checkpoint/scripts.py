@@ -181,9 +181,12 @@ if short then return short end
 err = splice(base_len, count, ARGV[6])
 if err then return err end
 -- SETRANGE grows strings greedily (up to 2x); rewrite the retained transcript at its exact size
--- once, so a day of retention does not hold the slack.
-local final = redis.call('GET', KEYS[4])
-if final then redis.call('SET', KEYS[4], final) end
+-- once, so a day of retention does not hold the slack. With base_len 0 splice wrote it with one
+-- SET (or deleted it): there is no slack, and the common one-shot run skips a GET and a SET.
+if base_len > 0 then
+  local final = redis.call('GET', KEYS[4])
+  if final then redis.call('SET', KEYS[4], final) end
+end
 redis.call('HSET', KEYS[1], 'output', ARGV[8])
 if ARGV[9] == '1' then
   redis.call('HSET', KEYS[1], 'error', ARGV[10])

@@ -78,13 +78,16 @@ class StopToken:
 
     def __init__(self, parents: Sequence[StopToken] = ()) -> None:
         self._parents = tuple(parents)
-        self._lock = threading.Lock()
+        # No lock, on purpose: ``request`` runs inside signal handlers (warm shutdown), on the
+        # very thread that may be in ``check``. A non-reentrant lock held there would deadlock
+        # the handler. ``dict.setdefault`` and ``dict(d)`` are single C calls: atomic under the
+        # GIL and never interrupted by a Python-level signal handler.
         self._requested: dict[StopReason, str] = {}
         self._event = threading.Event()
 
     def request(self, reason: StopReason, detail: str = "") -> None:
-        with self._lock:
-            self._requested.setdefault(reason, detail)
+        """Signal-safe. (The event wakes ``wait``ers; only wait from non-main threads.)"""
+        self._requested.setdefault(reason, detail)
         self._event.set()
 
     def reason(self) -> StopReason | None:
@@ -110,8 +113,7 @@ class StopToken:
         return self._event.wait(timeout_s) or self.requested()
 
     def _collect(self) -> dict[StopReason, str]:
-        with self._lock:
-            pending = dict(self._requested)
+        pending = dict(self._requested)
         for parent in self._parents:
             for reason, detail in parent._collect().items():
                 pending.setdefault(reason, detail)

@@ -43,28 +43,10 @@ DRAIN_SIGNAL = signal.SIGUSR2
 
 
 class DrainToken(StopToken):
-    """The process-wide drain token, safe to set from a signal handler.
-
-    ``StopToken.request`` takes a non-reentrant lock. A signal handler runs on the main thread
-    between two bytecodes -- with solo (and in a prefork child) that is the task's own thread,
-    which may be inside ``check()`` holding that very lock: requesting through it could
-    deadlock. So this token stores its one reason with a single attribute assignment (atomic
-    under the GIL) and reads it without a lock. Only SHUTDOWN is ever requested on it.
-    Call ``wait`` on it from non-main threads only (the signal handler sets its event).
+    """The process-wide drain token, set from signal handlers (``StopToken.request`` is
+    signal-safe: it takes no lock). Call ``wait`` on it from non-main threads only: the
+    handler runs on the main thread and sets the event.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._drain: tuple[StopReason, str] | None = None
-
-    def request(self, reason: StopReason, detail: str = "") -> None:
-        if self._drain is None:
-            self._drain = (reason, detail)
-        self._event.set()
-
-    def _collect(self) -> dict[StopReason, str]:
-        drain = self._drain
-        return {} if drain is None else {drain[0]: drain[1]}
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until drained (or the timeout); ``None`` waits forever."""

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
 
 import click
-import redis
 
 from executus_worker import __version__
 from executus_worker.cli_celery import POOLS, beat_argv, exec_celery, worker_argv
 from executus_worker.cli_check import run_checks
-from executus_worker.cli_common import json_option, load_settings
+from executus_worker.cli_common import ErrorsAsMessages, json_option, load_settings
 from executus_worker.cli_dev import run_dev
 from executus_worker.cli_output import emit_json
 from executus_worker.cli_runs import cancel, enqueue, runs, status
 from executus_worker.demo import run_demo
-from executus_worker.errors import ExecutusError
 from executus_worker.schema import run_request_schema_json
 
 # Subcommands whose code lives in other packages, imported only when used: a broken or slow
@@ -31,18 +28,8 @@ from executus_worker.schema import run_request_schema_json
 LAZY_COMMANDS = {"schedules": ("executus_worker.schedules.cli", "schedules")}
 
 
-class ExecutusGroup(click.Group):
-    """Turns expected errors into ``Error: <message>`` and exit 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ExecutusError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except redis.RedisError as exc:
-            raise click.ClickException(f"Redis: {exc}") from exc
-        except OSError as exc:
-            raise click.ClickException(str(exc)) from exc
+class ExecutusGroup(ErrorsAsMessages):
+    """The top-level group: expected errors as messages, plus lazily imported subcommands."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})

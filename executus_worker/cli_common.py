@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+import redis
 from pydantic import ValidationError
 
 from executus_worker.client import Client
+from executus_worker.errors import ExecutusError
 from executus_worker.settings import Settings
+
+
+class ErrorsAsMessages(click.Group):
+    """Expected failures end as ``Error: <message>`` and exit 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ExecutusError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis: {exc}") from exc
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from exc
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 

@@ -19,7 +19,7 @@ import redis
 from pydantic import ValidationError
 
 from executus_worker.checkpoint.redis_store import RedisStore
-from executus_worker.errors import ExecutusError
+from executus_worker.cli_common import ErrorsAsMessages, load_settings
 from executus_worker.schedules.admin import JobView, ScheduleAdmin
 from executus_worker.schedules.cron import Schedule
 from executus_worker.schedules.model import JobSpec, OverlapPolicy
@@ -29,30 +29,9 @@ from executus_worker.schedules.timing import format_fire
 from executus_worker.settings import Settings
 
 
-class _Group(click.Group):
-    """Expected failures end as ``Error: <message>`` (exit 1), also when run standalone."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ExecutusError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except redis.RedisError as exc:
-            raise click.ClickException(f"Redis: {exc}") from exc
-
-
 def _settings(ctx: click.Context) -> Settings:
     found = ctx.find_object(Settings)
-    if found is not None:
-        return found
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"EXECUTUS_{str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise click.ClickException(f"invalid settings: {problems}") from None
+    return found if found is not None else load_settings()
 
 
 @contextmanager
@@ -69,7 +48,7 @@ def _admin(ctx: click.Context) -> Iterator[ScheduleAdmin]:
         client.close()
 
 
-@click.group(cls=_Group)
+@click.group(cls=ErrorsAsMessages)
 def schedules() -> None:
     """Scheduled jobs: from EXECUTUS_SCHEDULE_FILE and from Redis (changes apply live)."""
 

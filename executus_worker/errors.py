@@ -9,7 +9,8 @@
     │   ├── CorruptCheckpointError  stored bytes that do not decode (names the run and key)
     │   └── UnsupportedFormatError  a checkpoint written by a newer format version
     ├── RunNotFoundError            a run id with no run record
-    ├── WaitTimeout                 Client.wait gave up (also a builtin TimeoutError)
+    ├── WaitTimeout                 Client.wait gave up (also a builtin TimeoutError; defined
+    │                               in client.ports because it carries the last RunRecord)
     ├── PublishError                a registered run whose message the broker did not take
     ├── StoreError                  Redis said something the store did not expect
     └── ScheduleError               an unparseable cron, unknown timezone or bad job
@@ -17,14 +18,9 @@
 Stops are *not* here: they derive from BaseException and live in ``core.stop`` (why: see there).
 ``OwnershipLost`` is both: it is a stop (a stale owner must unwind through agent code that
 catches ``Exception``) and it is raised by the stores when an epoch check fails.
+
+This module imports nothing of ours: every layer, ``core`` included, can raise these.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # core.models imports this module: a runtime import would be circular
-    from executus_worker.core.models import RunRecord
 
 
 class ExecutusError(Exception):
@@ -70,20 +66,6 @@ class RunNotFoundError(ExecutusError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id!r} not found")
         self.run_id = run_id
-
-
-class WaitTimeout(ExecutusError, TimeoutError):
-    """``Client.wait`` gave up before the run reached a terminal status.
-
-    Also a builtin ``TimeoutError``, so generic timeout handling catches it. ``record`` is the
-    last record seen.
-    """
-
-    def __init__(self, run_id: str, timeout_s: float, record: RunRecord) -> None:
-        super().__init__(f"run {run_id!r} still {record.status.value} after {timeout_s:g}s")
-        self.run_id = run_id
-        self.timeout_s = timeout_s
-        self.record = record
 
 
 class PublishError(ExecutusError):

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,11 +39,15 @@ def package_modules() -> dict[str, Path]:
 
 def imports_of(path: Path, name: str | None = None) -> set[str]:
     """Every module an import statement in ``path`` names (relative imports resolved)."""
-    name = name or module_name(path)
+    nodes = ast.walk(ast.parse(path.read_text(), str(path)))
+    return _named_by(nodes, name or module_name(path), path)
+
+
+def _named_by(nodes: Iterable[ast.AST], name: str, path: Path) -> set[str]:
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     ours = package_modules()
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -155,6 +159,75 @@ def test_the_rules_see_relative_and_lazy_imports(tmp_path: Path) -> None:
     probe.write_text("def f():\n    from ..worker import runs\n    import celery\n")
     found = imports_of(probe, name=f"{PKG}.core.probe")
     assert {f"{PKG}.worker", "celery"} <= found
+
+
+def test_errors_is_a_leaf_so_every_layer_can_raise_its_errors() -> None:
+    ours = {m for m in imports_of(PACKAGE / "errors.py") if _top(m) == PKG}
+    assert ours == set()
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The package modules ``path`` imports when it is imported: top-level statements only,
+    ``if TYPE_CHECKING:`` blocks and function bodies left out (they do not run at import)."""
+    statements: list[ast.stmt] = []
+    todo = list(ast.parse(path.read_text(), str(path)).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If):
+            if "TYPE_CHECKING" not in ast.unparse(node.test):
+                todo += node.body + node.orelse
+        elif isinstance(node, ast.Try):
+            todo += node.body + node.orelse + node.finalbody
+            todo += [stmt for handler in node.handlers for stmt in handler.body]
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            statements.append(node)
+    ours = package_modules()
+    name = module_name(path)
+    found: set[str] = set()
+    for statement in statements:
+        named = _named_by([statement], name, path)
+        if isinstance(statement, ast.ImportFrom) and len(named) == len(statement.names) + 1:
+            # ``from pkg import sub1, sub2``: every name is a submodule; pkg's own names unused.
+            named -= {min(named, key=len)}
+        found |= named
+    # A package's __init__ re-exports its modules; a module importing its own ancestor package
+    # is that package being initialised, not a design-level circle.
+    return {m for m in found if m in ours and not name.startswith(f"{m}.")}
+
+
+def test_no_two_modules_import_each_other_at_import_time() -> None:
+    graph = {name: module_level_imports(path) for name, path in package_modules().items()}
+    cycles: list[list[str]] = []
+    done: set[str] = set()
+
+    def visit(name: str, stack: list[str]) -> None:
+        if name in stack:
+            cycles.append([*stack[stack.index(name) :], name])
+            return
+        if name in done:
+            return
+        for imported in sorted(graph.get(name, ())):
+            visit(imported, [*stack, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert cycles == []
+
+
+def test_the_command_line_is_one_package_on_top_of_the_stack() -> None:
+    """Only ``cli`` speaks click, and nothing below it imports it."""
+    cli = f"{PKG}.cli"
+    offenders = [
+        f"{name} imports {imported}"
+        for name, path in package_modules().items()
+        if not _within(name, {cli})
+        for imported in sorted(imports_of(path))
+        if _top(imported) == "click" or _within(imported, {cli})
+    ]
+    assert offenders == []
+    assert not list(PACKAGE.glob("cli_*.py"))
+    assert not (PACKAGE / "schedules" / "cli.py").exists()
 
 
 # -- nothing at import ------------------------------------------------------------------------

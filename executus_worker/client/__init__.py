@@ -29,8 +29,8 @@ Nothing connects until the first call that needs Redis or the broker.
 """
 
 from executus_worker.client.client import Client
-from executus_worker.client.ports import EnqueueResult, Publisher
-from executus_worker.errors import PublishError, WaitTimeout
+from executus_worker.client.ports import EnqueueResult, Publisher, WaitTimeout
+from executus_worker.errors import PublishError
 from executus_worker.schedules.admin import JobView
 from executus_worker.schedules.model import JobSpec
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import RunStore
-from executus_worker.client.ports import EnqueueResult, Publisher
+from executus_worker.client.ports import EnqueueResult, Publisher, WaitTimeout
 from executus_worker.core.models import Message, RunLimits, RunRecord, RunRequest, RunStatus
 from executus_worker.errors import (
     ConfigError,
@@ -21,7 +21,6 @@ from executus_worker.errors import (
     PublishError,
     RunNotFoundError,
     ScheduleError,
-    WaitTimeout,
 )
 from executus_worker.publish import CeleryPublisher
 from executus_worker.schedules.admin import JobView, ScheduleAdmin

@@ -1,10 +1,11 @@
-"""The client's small types: what ``submit`` reports, and the publisher port it sends through."""
+"""The client's small types: what ``submit`` reports, the publisher port, ``WaitTimeout``."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
 from executus_worker.core.models import RunRecord
+from executus_worker.errors import ExecutusError
 
 
 class Publisher(Protocol):
@@ -35,3 +36,18 @@ class EnqueueResult:
     @property
     def queue(self) -> str:
         return self.record.queue
+
+
+class WaitTimeout(ExecutusError, TimeoutError):
+    """``Client.wait`` gave up before the run reached a terminal status.
+
+    Also a builtin ``TimeoutError``, so generic timeout handling catches it. ``record`` is the
+    last record seen. (Here, not in ``errors``, because it carries a ``RunRecord``: ``errors``
+    must stay importable by ``core.models``.)
+    """
+
+    def __init__(self, run_id: str, timeout_s: float, record: RunRecord) -> None:
+        super().__init__(f"run {run_id!r} still {record.status.value} after {timeout_s:g}s")
+        self.run_id = run_id
+        self.timeout_s = timeout_s
+        self.record = record

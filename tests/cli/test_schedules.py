@@ -10,7 +10,7 @@ import redis
 from click.testing import CliRunner, Result
 
 from executus_worker.cli import main
-from executus_worker.schedules.cli import schedules
+from executus_worker.cli.schedules import schedules
 
 pytestmark = pytest.mark.redis
 

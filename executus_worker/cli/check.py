@@ -1,4 +1,4 @@
-"""``executus-worker check``: is this Redis fit to hold runs? (a doctor, in the redbeat spirit).
+"""``executus-worker check``: is this deployment fit to hold runs? (a doctor, as in redbeat).
 
 Each check yields a finding: ``ok``, ``warn`` (works, but a run can be lost or slow) or
 ``fail`` (will not work; the command exits non-zero). Values of environment variables are
@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import click
 import redis
 
 from executus_worker.checkpoint.keys import KeySchema
+from executus_worker.cli.common import load_settings
+from executus_worker.cli.output import emit_json
 from executus_worker.settings import Settings, redact_url
 
 Level = Literal["ok", "warn", "fail"]
@@ -139,3 +143,19 @@ def _celery_env(settings: Settings, env: Mapping[str, str]) -> Iterator[Finding]
         if key in env and env[key] != settings.effective_broker_url:
             yield Finding("fail", "env", f"{key} is set and overrides EXECUTUS_BROKER_URL")
     yield Finding("warn", "env", "Celery reads these from the environment: " + ", ".join(names))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="The findings as one JSON list on stdout.")
+@click.option("--strict", is_flag=True, help="Exit non-zero on warnings too.")
+def check(as_json: bool, strict: bool) -> None:
+    """Doctor: can this Redis hold runs safely? Exit 1 on failure."""
+    findings = run_checks(load_settings())
+    if as_json:
+        emit_json([f.as_dict() for f in findings])
+    else:
+        for finding in findings:
+            click.echo(f"[{finding.level:<4}] {finding.check}: {finding.detail}")
+    failing = {"fail", "warn"} if strict else {"fail"}
+    if any(f.level in failing for f in findings):
+        sys.exit(1)

@@ -9,9 +9,15 @@ import re
 import pytest
 import redis
 
-from executus_worker import demo
-from executus_worker.demo import LOCAL_HOST, LOCAL_PORT, ResolvedRedis, resolve_redis, run_demo
-from executus_worker.demo_workers import run_worker_demo
+from executus_worker.demo import inprocess as demo
+from executus_worker.demo.inprocess import (
+    LOCAL_HOST,
+    LOCAL_PORT,
+    ResolvedRedis,
+    resolve_redis,
+    run_demo,
+)
+from executus_worker.demo.workers import run_worker_demo
 from executus_worker.errors import ConfigError
 
 

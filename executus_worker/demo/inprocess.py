@@ -27,7 +27,7 @@ from executus_worker.core.executor import execute
 from executus_worker.core.models import Message, OutcomeKind, RunInfo, RunOutcome, RunRequest
 from executus_worker.core.ports import Deps
 from executus_worker.core.stop import StopReason, StopToken
-from executus_worker.demo_workers import run_worker_demo
+from executus_worker.demo.workers import run_worker_demo
 from executus_worker.embedded import EmbeddedRedis, redis_answers
 from executus_worker.errors import ConfigError, ExecutusError
 from executus_worker.settings import redact_url
@@ -91,7 +91,7 @@ def resolve_redis(
 def run_demo(redis_url: str | None, out: TextIO, *, workers: bool = False) -> int:
     """Run the demo, printing to ``out``.
 
-    ``workers``: then also run part 2 (``demo_workers``), the same story with real worker
+    ``workers``: then also run part 2 (``demo.workers``), the same story with real worker
     processes, on the same Redis. Returns 0 if every transcript came out exact, 1 if not, 2 if
     there is no usable Redis.
     """

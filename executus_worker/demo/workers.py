@@ -28,9 +28,9 @@ from typing import TextIO
 import redis
 
 from executus_worker.checkpoint import RedisStore
-from executus_worker.client import Client
+from executus_worker.client import Client, WaitTimeout
 from executus_worker.core.models import RunRecord, RunStatus
-from executus_worker.errors import ExecutusError, WaitTimeout
+from executus_worker.errors import ExecutusError
 from executus_worker.settings import Settings, redact_url
 
 STEP_S = 0.3

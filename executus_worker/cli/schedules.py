@@ -19,7 +19,7 @@ import redis
 from pydantic import ValidationError
 
 from executus_worker.checkpoint.redis_store import RedisStore
-from executus_worker.cli_common import ErrorsAsMessages, load_settings
+from executus_worker.cli.common import ErrorsAsMessages, load_settings
 from executus_worker.schedules.admin import JobView, ScheduleAdmin
 from executus_worker.schedules.cron import Schedule
 from executus_worker.schedules.model import JobSpec, OverlapPolicy

@@ -1,4 +1,4 @@
-"""The run commands: ``enqueue``, ``status``, ``runs``, ``cancel`` (human text or ``--json``)."""
+"""The run commands: ``enqueue``, ``status``, ``runs``, ``cancel``, ``recover``, ``schema``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from executus_worker.cli_common import json_option, make_client
-from executus_worker.cli_output import (
+from executus_worker.cli.common import json_option, load_settings, make_client
+from executus_worker.cli.output import (
     emit_json,
     record_document,
     record_text,
@@ -19,6 +19,7 @@ from executus_worker.cli_output import (
 )
 from executus_worker.client import WaitTimeout
 from executus_worker.core.models import RunStatus
+from executus_worker.schema import run_request_schema_json
 
 EXIT_TIMEOUT = 124  # what coreutils `timeout` uses, so shell scripts can tell it apart
 
@@ -173,3 +174,36 @@ def cancel(run_id: str, as_json: bool) -> None:
         click.echo(f"{run_id} is {record.status.value}")
     else:
         click.echo(f"{run_id} is {record.status.value}: cancel requested, stops at its next step")
+
+
+@click.command()
+@json_option
+def recover(as_json: bool) -> None:
+    """Run one recovery sweep now: re-publish interrupted and orphaned runs."""
+    # The worker stack (Celery included) is imported only by the command that needs it.
+    from executus_worker.core.stop import StopToken  # noqa: PLC0415
+    from executus_worker.worker.runtime import Runtime  # noqa: PLC0415
+
+    report = Runtime(load_settings(), drain=StopToken()).recovery().sweep()
+    if as_json:
+        emit_json(report.as_dict())
+    elif report.skipped_locked:
+        click.echo("another sweep is running right now; it covers every run")
+    else:
+        click.echo(
+            f"scanned {report.scanned}, requeued {report.requeued}, published "
+            f"{report.published} in {report.elapsed_s:.3f}s"
+            + (f"; {len(report.errors)} bad record(s) skipped" if report.errors else "")
+        )
+    if report.publish_failed or report.errors:
+        for run_id, what in report.errors[:10]:
+            click.echo(f"  {run_id}: {what}", err=True)
+        if report.publish_failed:
+            click.echo(f"Error: {report.publish_failed} run(s) not published", err=True)
+        sys.exit(1)
+
+
+@click.command()
+def schema() -> None:
+    """Print the RunRequest JSON Schema (the contract for producers in other languages)."""
+    click.echo(run_request_schema_json())

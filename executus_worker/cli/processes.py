@@ -1,4 +1,4 @@
-"""Command lines for the Celery processes the CLI hands off to (``worker``, ``beat``, ``dev``).
+"""``worker`` and ``beat``, and the Celery command lines they (and ``dev``, ``demo``) run.
 
 ``worker`` and ``beat`` *exec* into Celery instead of running it as a child: the process the
 supervisor (Docker, Kubernetes, systemd) started then *is* Celery's main process, so SIGTERM
@@ -12,6 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+import click
+
+from executus_worker.cli.common import load_settings
 from executus_worker.settings import Settings
 
 CELERY_APP = "executus_worker.worker"
@@ -59,3 +62,37 @@ def exec_celery(argv: Sequence[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], list(argv))  # noqa: S606 -- fixed argv, our own interpreter
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--pool", "-P", type=click.Choice(POOLS), default=None, help="Celery pool.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None)
+@click.option("--queues", "-Q", default=None, help="Comma-separated; default: all our queues.")
+@click.option("--hostname", "-n", default=None)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    *,
+    pool: str | None,
+    concurrency: int | None,
+    queues: str | None,
+    hostname: str | None,
+    loglevel: str,
+    celery_args: tuple[str, ...],
+) -> None:
+    """Exec into `celery -A executus_worker.worker worker` (extra args pass through)."""
+    settings = load_settings()
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    exec_celery(worker_argv(
+        settings, pool=pool, concurrency=concurrency, queues=queue_list,
+        hostname=hostname, loglevel=loglevel, extra=celery_args,
+    ))  # fmt: skip
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Exec into `celery beat` with the executus scheduler (cron jobs + recovery sweep)."""
+    load_settings()  # fail here, readably, rather than inside Celery
+    exec_celery(beat_argv(loglevel=loglevel, extra=celery_args))

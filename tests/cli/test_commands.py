@@ -19,7 +19,8 @@ from click.testing import CliRunner, Result
 
 from executus_worker import cli
 from executus_worker.checkpoint.redis_store import RedisStore
-from executus_worker.cli_runs import EXIT_TIMEOUT
+from executus_worker.cli import processes
+from executus_worker.cli.runs import EXIT_TIMEOUT
 from executus_worker.client import Client
 from executus_worker.embedded import free_port
 
@@ -35,7 +36,7 @@ def env(redis_url: str, redis_client: redis.Redis) -> dict[str, str]:
 def exec_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
     """Capture the argv `worker`/`beat` would exec into, instead of replacing pytest."""
     calls: list[list[str]] = []
-    monkeypatch.setattr(cli, "exec_celery", lambda argv: calls.append(list(argv)))
+    monkeypatch.setattr(processes, "exec_celery", lambda argv: calls.append(list(argv)))
     yield calls
 
 

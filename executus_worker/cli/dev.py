@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +22,8 @@ from types import FrameType
 
 import click
 
-from executus_worker.cli_celery import beat_argv, worker_argv
+from executus_worker.cli.common import load_settings
+from executus_worker.cli.processes import beat_argv, worker_argv
 from executus_worker.embedded import EmbeddedRedis, redis_answers
 from executus_worker.settings import Settings, redact_url
 
@@ -150,3 +152,15 @@ def run_dev(settings: Settings, *, concurrency: int, loglevel: str, with_beat: b
         finally:
             supervisor.stop()
             click.echo("dev: stopped")
+
+
+@click.command()
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--no-beat", is_flag=True, help="Run the worker only.")
+def dev(concurrency: int, loglevel: str, no_beat: bool) -> None:
+    """Redis (configured, local or embedded) + one worker + beat; Ctrl-C stops all."""
+    code = run_dev(
+        load_settings(), concurrency=concurrency, loglevel=loglevel, with_beat=not no_beat
+    )
+    sys.exit(code)

@@ -33,6 +33,7 @@ from pydantic import TypeAdapter
 from executus_worker.checkpoint import codec
 from executus_worker.checkpoint.handle import RunHandle
 from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.checkpoint.store import Fence
 from executus_worker.core.models import Checkpoint, Message, RunRequest
 from executus_worker.embedded import EmbeddedRedis
 
@@ -59,10 +60,11 @@ def bytes_in(client: redis.Redis) -> int:
     return int(stats["total_net_input_bytes"])
 
 
-def fresh_run(store: RedisStore, run_id: str) -> int:
+def fresh_run(store: RedisStore, run_id: str) -> Fence:
     store.register(RunRequest(agent="bench"), run_id=run_id, queue="bench", now=time.time())
     claim = store.claim(run_id, owner="bench", lease_ttl_s=600, max_attempts=5, now=time.time())
-    return claim.epoch
+    assert claim.fence is not None
+    return claim.fence
 
 
 def bench_saves(
@@ -129,7 +131,7 @@ def bench_load(client: redis.Redis, prefix: str, reps: int) -> dict[str, float]:
     epoch = fresh_run(store, run_id)
     cp = Checkpoint(run_id=run_id, messages=messages)
     store.save_checkpoint(
-        run_id, epoch=epoch, base_len=0, new_messages=messages, checkpoint=cp, now=time.time()
+        run_id, fence=epoch, base_len=0, new_messages=messages, checkpoint=cp, now=time.time()
     )
     one_key = f"{prefix}:one-value"
     # The same compact bytes we store, as one JSON array value: a like-for-like comparison.

@@ -41,7 +41,8 @@ def prepare(client: redis.Redis, prefix: str, n: int) -> RedisStore:
         request = RunRequest(run_id=run_id, agent="demo.counter", input={"steps": 5, "step_s": 0.1})
         store.register(request, run_id=run_id, queue=QUEUE, now=now)
         claim = store.claim(run_id, owner="bench:1", lease_ttl_s=60, max_attempts=5, now=now)
-        store.interrupt(run_id, epoch=claim.epoch, now=now)
+        assert claim.fence is not None
+        store.interrupt(run_id, fence=claim.fence, now=now)
     return store
 
 

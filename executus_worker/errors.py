@@ -56,6 +56,12 @@ class CorruptCheckpointError(CheckpointError):
     """The stored checkpoint bytes do not decode into a valid checkpoint."""
 
 
+class TranscriptBehind(CorruptCheckpointError):
+    """A fenced write found fewer stored messages than its writer saved: Redis lost writes
+    (a restart with AOF ``everysec``, a failover, a restore) while this claim survived. The
+    owner still holds the whole transcript in memory and rewrites it (see RunHandle)."""
+
+
 class UnsupportedFormatError(CheckpointError):
     """The checkpoint was written with a format version this code cannot read."""
 

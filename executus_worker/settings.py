@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     key_prefix: str = Field(default="executus", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
 
     lease_ttl_s: float = Field(default=30.0, gt=0)
+    # An owner starts no model call and no tool call unless its lease is certainly valid for
+    # this much longer (measured from when its last renewal was sent); below it the run pauses
+    # until a renewal succeeds. Default: a third of the lease. Must be under the lease TTL.
+    lease_margin_s: float | None = Field(default=None, gt=0)
+    # Socket timeout of the renewal round trip (one per process per lease_ttl_s / 3): short, so
+    # a dead connection is noticed while the margin still holds. Default: ttl / 10, 0.25..2 s.
+    renew_timeout_s: float | None = Field(default=None, gt=0)
     sweep_interval_s: float = Field(default=30.0, gt=0)
     # A queued run that no worker claimed within this time is re-published (lost message,
     # crash between ack and claim). Must exceed the normal queue wait under load.
@@ -57,6 +64,25 @@ class Settings(BaseSettings):
         if scheme not in {"redis", "rediss", "unix", "redis+socket"}:
             raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
         return value
+
+    @model_validator(mode="after")
+    def _margin_below_lease(self) -> Settings:
+        if self.lease_margin_s is not None and self.lease_margin_s >= self.lease_ttl_s:
+            raise ValueError(
+                f"EXECUTUS_LEASE_MARGIN_S={self.lease_margin_s} must be below "
+                f"EXECUTUS_LEASE_TTL_S={self.lease_ttl_s}"
+            )
+        return self
+
+    @property
+    def effective_lease_margin_s(self) -> float:
+        return self.lease_margin_s if self.lease_margin_s is not None else self.lease_ttl_s / 3
+
+    @property
+    def effective_renew_timeout_s(self) -> float:
+        if self.renew_timeout_s is not None:
+            return self.renew_timeout_s
+        return min(2.0, max(0.25, self.lease_ttl_s / 10))
 
     @property
     def effective_broker_url(self) -> str:

@@ -52,7 +52,7 @@ def finish_run(client: Client, run_id: str, messages: list[Message], output: Any
     claim = client.store.claim(run_id, owner="test", lease_ttl_s=30, max_attempts=5, now=1.0)
     client.store.finish(
         run_id,
-        epoch=claim.epoch,
+        fence=claim.fence,
         status=RunStatus.COMPLETED,
         output=output,
         error=None,

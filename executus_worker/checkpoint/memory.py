@@ -20,13 +20,20 @@ from executus_worker.checkpoint import codec
 from executus_worker.checkpoint.store import (
     ClaimResult,
     ClaimStatus,
+    Fence,
     RenewStatus,
     Requeued,
+    SaveAck,
     SweepBatch,
 )
 from executus_worker.core.models import Checkpoint, Message, RunRecord, RunRequest, RunStatus
 from executus_worker.core.stop import OwnershipLost
-from executus_worker.errors import CorruptCheckpointError, RunNotFoundError
+from executus_worker.errors import (
+    CorruptCheckpointError,
+    RunNotFoundError,
+    StoreError,
+    TranscriptBehind,
+)
 
 _TERMINAL = {s.value for s in RunStatus if s.terminal}
 
@@ -36,7 +43,7 @@ class _Run:
     rec: dict[str, str]
     msgs: list[str] = field(default_factory=list)
     ckpt: dict[str, str] | None = None
-    lease: tuple[str, float] | None = None  # ("owner:epoch", deadline on the store clock)
+    lease: tuple[str, float] | None = None  # (fence token, deadline on the store clock)
     expires_at: float | None = None  # retention deadline of a finished run (store clock)
 
 
@@ -71,19 +78,27 @@ class MemoryStore:
     def _decode(self, run_id: str, run: _Run) -> RunRecord:
         return codec.decode_record(run_id, f"memory:{run_id}:rec", run.rec)
 
-    def _fence(self, run_id: str, epoch: int) -> _Run:
+    def _fence(self, run_id: str, fence: Fence) -> _Run:
         run = self._get(run_id)
         status = run.rec.get("status") if run else None
-        stored = run.rec.get("epoch") if run else None
-        if run is None or status != RunStatus.RUNNING.value or stored != str(epoch):
+        if run is None or status != RunStatus.RUNNING.value or run.rec.get("fence") != fence.token:
+            stored = run.rec.get("epoch") if run else None
             raise OwnershipLost(
-                f"run {run_id} is {status} at epoch {stored}; this writer holds epoch {epoch}"
+                f"run {run_id} is {status} at epoch {stored} under another claim; "
+                "this writer is no longer its owner"
             )
         return run
 
+    @staticmethod
+    def _mark_taken(run: _Run) -> None:
+        # Same bookkeeping as the Lua mark_taken: the replaced owner may prove it survived.
+        old = run.rec.get("fence")
+        if old:
+            run.rec[f"tk:{old}"] = "1"
+
     def _splice(self, run_id: str, run: _Run, base_len: int, new: Sequence[Message]) -> None:
         if len(run.msgs) < base_len:
-            raise CorruptCheckpointError(
+            raise TranscriptBehind(
                 run_id,
                 f"memory:{run_id}:msgs: transcript has {len(run.msgs)} messages, "
                 f"the writer expected at least {base_len}",
@@ -136,35 +151,57 @@ class MemoryStore:
                 if self._lease_live(run):
                     return ClaimResult(ClaimStatus.BUSY)
                 reason = "lease expired while running (worker lost)"
+                self._mark_taken(run)
             if run.rec.get("cancel_requested") == "1":
                 self._finalize(run_id, run, "cancelled", now, self._result_ttl_s)
                 return self._claim_result(ClaimStatus.CANCELLED, run_id, run)
             attempts = int(run.rec.get("attempts", "0"))
-            # Clean shutdown interrupts are not failures (same rule as the Lua claim).
-            failures = attempts - int(run.rec.get("interrupts", "0"))
+            # Clean interrupts and survived takeovers are not failures (the Lua claim's rule).
+            failures = (
+                attempts - int(run.rec.get("interrupts", "0")) - int(run.rec.get("survived", "0"))
+            )
             if failures + 1 > max_attempts:
                 run.rec["error"] = f"gave up after {attempts} attempts: {reason}"
                 self._finalize(run_id, run, "dead", now, self._result_ttl_s)
                 return self._claim_result(ClaimStatus.DEAD, run_id, run)
             epoch = int(run.rec.get("epoch", "0")) + 1
+            fence = Fence.new(epoch)
             run.rec.update(
                 status="running",
                 epoch=str(epoch),
                 attempts=str(attempts + 1),
                 owner=owner,
+                fence=fence.token,
                 started_at=repr(now),
                 updated_at=repr(now),
                 last_reason=reason,
             )
-            run.lease = (f"{owner}:{epoch}", self._clock() + lease_ttl_s)
-            return self._claim_result(ClaimStatus.CLAIMED, run_id, run)
+            run.lease = (fence.token, self._clock() + lease_ttl_s)
+            return self._claim_result(ClaimStatus.CLAIMED, run_id, run, fence)
 
-    def _claim_result(self, status: ClaimStatus, run_id: str, run: _Run) -> ClaimResult:
+    def _claim_result(
+        self, status: ClaimStatus, run_id: str, run: _Run, fence: Fence | None = None
+    ) -> ClaimResult:
         record = self._decode(run_id, run)
-        return ClaimResult(status, epoch=record.epoch, attempts=record.attempts, record=record)
+        return ClaimResult(
+            status, epoch=record.epoch, attempts=record.attempts, record=record, fence=fence
+        )
 
-    def renew(self, run_id: str, *, owner: str, epoch: int, lease_ttl_s: float) -> RenewStatus:
-        value = f"{owner}:{epoch}"
+    def renew_many(
+        self, leases: Sequence[tuple[str, Fence]], *, lease_ttl_s: float
+    ) -> list[RenewStatus | StoreError]:
+        return [self.renew(run_id, fence=f, lease_ttl_s=lease_ttl_s) for run_id, f in leases]
+
+    def refund(self, run_id: str, *, fence: Fence) -> bool:
+        with self._lock:
+            run = self._get(run_id)
+            if run is None or run.rec.pop(f"tk:{fence.token}", None) is None:
+                return False
+            run.rec["survived"] = str(int(run.rec.get("survived", "0")) + 1)
+            return True
+
+    def renew(self, run_id: str, *, fence: Fence, lease_ttl_s: float) -> RenewStatus:
+        value = fence.token
         with self._lock:
             run = self._get(run_id)
             if run is None:
@@ -172,11 +209,7 @@ class MemoryStore:
             if self._lease_live(run):
                 if run.lease is None or run.lease[0] != value:
                     return RenewStatus.LOST
-            elif (
-                run.rec.get("status") != "running"
-                or run.rec.get("epoch") != str(epoch)
-                or run.rec.get("owner") != owner
-            ):
+            elif run.rec.get("status") != "running" or run.rec.get("fence") != value:
                 return RenewStatus.LOST
             # A lapsed lease nobody took over is taken back (see the Lua RENEW for why).
             run.lease = (value, self._clock() + lease_ttl_s)
@@ -260,6 +293,7 @@ class MemoryStore:
             if self._lease_live(run):
                 return None
             run.rec["last_reason"] = "lease expired while running (worker lost)"
+            self._mark_taken(run)
         elif status == "queued":
             if now - float(run.rec.get("enqueued_at", "0")) < queued_timeout_s:
                 return None
@@ -289,24 +323,25 @@ class MemoryStore:
         self,
         run_id: str,
         *,
-        epoch: int,
+        fence: Fence,
         base_len: int,
         new_messages: Sequence[Message],
         checkpoint: Checkpoint,
         now: float,
-    ) -> None:
-        meta = codec.meta_fields(checkpoint, epoch=epoch, now=now)
+    ) -> SaveAck:
+        meta = codec.meta_fields(checkpoint, epoch=fence.epoch, now=now)
         with self._lock:
-            run = self._fence(run_id, epoch)
+            run = self._fence(run_id, fence)
             self._splice(run_id, run, base_len, new_messages)
             run.ckpt = {**(run.ckpt or {}), **meta, "msg_count": str(len(run.msgs))}
             run.rec["updated_at"] = repr(now)
+            return SaveAck(len(run.msgs), run.rec.get("cancel_requested") == "1")
 
     def finish(
         self,
         run_id: str,
         *,
-        epoch: int,
+        fence: Fence,
         status: RunStatus,
         output: JsonValue,
         error: str | None,
@@ -319,7 +354,7 @@ class MemoryStore:
             raise ValueError(f"finish needs a terminal status, not {status.value!r}")
         encoded_output = codec.dumps(output)
         with self._lock:
-            run = self._fence(run_id, epoch)
+            run = self._fence(run_id, fence)
             self._splice(run_id, run, base_len, new_messages)
             run.rec["output"] = encoded_output
             if error is None:
@@ -328,13 +363,15 @@ class MemoryStore:
                 run.rec["error"] = error
             self._finalize(run_id, run, status.value, now, result_ttl_s)
 
-    def interrupt(self, run_id: str, *, epoch: int, now: float) -> None:
+    def interrupt(
+        self, run_id: str, *, fence: Fence, now: float, reason: str | None = None
+    ) -> None:
         with self._lock:
-            run = self._fence(run_id, epoch)
+            run = self._fence(run_id, fence)
             run.rec.update(
                 status="interrupted",
                 updated_at=repr(now),
-                last_reason="interrupted (worker shutdown)",
+                last_reason=reason or "interrupted (worker shutdown)",
                 interrupts=str(int(run.rec.get("interrupts", "0")) + 1),
             )
             run.rec.pop("owner", None)

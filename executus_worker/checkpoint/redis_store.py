@@ -23,12 +23,14 @@ from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.checkpoint.store import (
     ClaimResult,
     ClaimStatus,
+    Fence,
     RenewStatus,
+    SaveAck,
     SweepBatch,
 )
 from executus_worker.core.models import Checkpoint, Message, RunRecord, RunRequest, RunStatus
 from executus_worker.core.stop import OwnershipLost
-from executus_worker.errors import CorruptCheckpointError, RunNotFoundError, StoreError
+from executus_worker.errors import RunNotFoundError, StoreError, TranscriptBehind
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class RedisStore:
             raise OwnershipLost(message.split("EXECUTUS_FENCED", 1)[1].strip()) from exc
         if "EXECUTUS_SHORT" in message:
             detail = message.split("EXECUTUS_SHORT", 1)[1].strip()
-            raise CorruptCheckpointError(run_id, f"{self.keys.msgs(run_id)}: {detail}") from exc
+            raise TranscriptBehind(run_id, f"{self.keys.msgs(run_id)}: {detail}") from exc
         raise StoreError(f"redis script error for run {run_id!r}: {exc}") from exc
 
     def _record(self, run_id: str, flat: Sequence[Any]) -> RunRecord:
@@ -110,18 +112,55 @@ class RedisStore:
     def claim(
         self, run_id: str, *, owner: str, lease_ttl_s: float, max_attempts: int, now: float
     ) -> ClaimResult:
-        args = [run_id, now, owner, _ms(lease_ttl_s), max_attempts, self._result_ttl_s]
+        token = Fence.new().token
+        args = [run_id, now, owner, _ms(lease_ttl_s), max_attempts, self._result_ttl_s, token]
         reply = self._run("claim", run_id, self.keys.run(run_id).all(), args)
         status = ClaimStatus(codec.text(reply[0]))
         if len(reply) < 2:
             return ClaimResult(status)
         record = self._record(run_id, codec.json_array(reply[1]))
-        return ClaimResult(status, epoch=record.epoch, attempts=record.attempts, record=record)
+        fence = Fence(token, record.epoch) if status is ClaimStatus.CLAIMED else None
+        return ClaimResult(
+            status, epoch=record.epoch, attempts=record.attempts, record=record, fence=fence
+        )
 
-    def renew(self, run_id: str, *, owner: str, epoch: int, lease_ttl_s: float) -> RenewStatus:
-        keys = [self.keys.rec(run_id), self.keys.lease(run_id)]
-        args = [f"{owner}:{epoch}", _ms(lease_ttl_s), str(epoch), owner]
-        return RenewStatus(codec.text(self._run("renew", run_id, keys, args)))
+    def renew(self, run_id: str, *, fence: Fence, lease_ttl_s: float) -> RenewStatus:
+        reply = self.renew_many([(run_id, fence)], lease_ttl_s=lease_ttl_s)[0]
+        if isinstance(reply, StoreError):
+            raise reply
+        return reply
+
+    def renew_many(
+        self, leases: Sequence[tuple[str, Fence]], *, lease_ttl_s: float
+    ) -> list[RenewStatus | StoreError]:
+        """One pipelined round trip for every lease of a process: one slow or failing lease
+        cannot delay the others, and the cost per interval is one round trip, not one per run."""
+        if not leases:
+            return []
+        ttl = _ms(lease_ttl_s)
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for run_id, fence in leases:
+                keys = (self.keys.rec(run_id), self.keys.lease(run_id))
+                pipe.evalsha(_SHA["renew"], 2, *keys, fence.token, ttl)
+            replies = pipe.execute(raise_on_error=False)
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                # A restarted Redis forgot the script: load it, then the whole batch once more.
+                _SHA["renew"] = self._r.script_load(scripts.WITH_LIB["renew"])
+                return self.renew_many(leases, lease_ttl_s=lease_ttl_s)
+        except redis.RedisError as exc:
+            raise StoreError(f"redis renew of {len(leases)} lease(s) failed: {exc}") from exc
+        out: list[RenewStatus | StoreError] = []
+        for (run_id, _), reply in zip(leases, replies, strict=True):
+            if isinstance(reply, Exception):
+                out.append(StoreError(f"renew of run {run_id!r} failed: {reply}"))
+            else:
+                out.append(RenewStatus(codec.text(reply)))
+        return out
+
+    def refund(self, run_id: str, *, fence: Fence) -> bool:
+        reply = self._run("refund", run_id, [self.keys.rec(run_id)], [fence.token])
+        return int(reply) == 1
 
     def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
         args = [run_id, now, self._result_ttl_s]
@@ -162,23 +201,24 @@ class RedisStore:
         self,
         run_id: str,
         *,
-        epoch: int,
+        fence: Fence,
         base_len: int,
         new_messages: Sequence[Message],
         checkpoint: Checkpoint,
         now: float,
-    ) -> None:
-        meta = codec.meta_fields(checkpoint, epoch=epoch, now=now)
+    ) -> SaveAck:
+        meta = codec.meta_fields(checkpoint, epoch=fence.epoch, now=now)
         payload = codec.append_payload(new_messages, base_len=base_len)
-        args = [run_id, now, str(epoch), base_len, len(new_messages), payload]
+        args = [run_id, now, fence.token, base_len, len(new_messages), payload]
         args.extend(x for pair in meta.items() for x in pair)
-        self._run("save", run_id, self.keys.run(run_id).all(), args)
+        reply = self._run("save", run_id, self.keys.run(run_id).all(), args)
+        return SaveAck(stored=int(reply[0]), cancel_requested=int(reply[1]) == 1)
 
     def finish(
         self,
         run_id: str,
         *,
-        epoch: int,
+        fence: Fence,
         status: RunStatus,
         output: JsonValue,
         error: str | None,
@@ -192,7 +232,7 @@ class RedisStore:
         args = [
             run_id,
             now,
-            str(epoch),
+            fence.token,
             base_len,
             len(new_messages),
             codec.append_payload(new_messages, base_len=base_len),
@@ -204,8 +244,11 @@ class RedisStore:
         ]
         self._run("finish", run_id, self.keys.run(run_id).all(), args)
 
-    def interrupt(self, run_id: str, *, epoch: int, now: float) -> None:
-        self._run("interrupt", run_id, self.keys.run(run_id).all(), [run_id, now, str(epoch)])
+    def interrupt(
+        self, run_id: str, *, fence: Fence, now: float, reason: str | None = None
+    ) -> None:
+        args = [run_id, now, fence.token, *([reason] if reason else [])]
+        self._run("interrupt", run_id, self.keys.run(run_id).all(), args)
 
     def transcript(self, run_id: str) -> list[Message]:
         rec, msgs = self.keys.rec(run_id), self.keys.msgs(run_id)

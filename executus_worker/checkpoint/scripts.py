@@ -7,7 +7,20 @@ Conventions shared by every per-run script:
 - Redis does not roll a script back when it errors half-way, so every check that can fail runs
   before the first write.
 - Errors the store maps to typed exceptions start with ``EXECUTUS_``: ``EXECUTUS_FENCED``
-  becomes ``OwnershipLost``, ``EXECUTUS_SHORT`` becomes ``CorruptCheckpointError``.
+  becomes ``OwnershipLost``, ``EXECUTUS_SHORT`` becomes ``TranscriptBehind`` (a
+  ``CorruptCheckpointError``).
+
+Fencing: every claim stores a random token (``fence``, chosen by the claimer) in the record and
+as the lease key's value; every write of that attempt compares it. The epoch only counts claims
+for people to read: after Redis loses writes (an AOF ``everysec`` crash, a failover to a lagging
+replica, a restore) an epoch can be handed out twice, a random fence never is, so a stale owner
+is rejected whatever Redis forgot.
+
+Crash accounting: an attempt counts toward ``dead`` only if its process died. When a run is
+taken from an owner whose lease lapsed, the taker marks the record ``tk:<old fence>``; an owner
+that is still alive when it learns it was replaced (a partition, a stall, a Redis outage longer
+than the lease) clears that mark with REFUND and the attempt is booked as ``survived``.
+``failures = attempts - interrupts - survived``.
 
 Redis Cluster: the four per-run keys share the ``{run:<id>}`` hash tag, but the scripts that
 also touch the global ``runs:active`` / ``runs:done`` indexes (register, claim, finish,
@@ -21,14 +34,21 @@ _LIB = r"""
 local unpack = unpack or table.unpack
 local TERMINAL = {completed = true, failed = true, cancelled = true, dead = true}
 
--- nil if the caller (epoch) still owns the run, else the error reply to return.
-local function fence(epoch)
-  local r = redis.call('HMGET', KEYS[1], 'status', 'epoch')
-  if r[1] ~= 'running' or r[2] ~= epoch then
+-- nil if the caller (its claim's fence) still owns the run, else the error reply to return.
+local function fence(token)
+  local r = redis.call('HMGET', KEYS[1], 'status', 'fence', 'epoch')
+  if r[1] ~= 'running' or r[2] ~= token then
     return redis.error_reply('EXECUTUS_FENCED run ' .. ARGV[1] .. ' is ' .. tostring(r[1]) ..
-      ' at epoch ' .. tostring(r[2]) .. '; this writer holds epoch ' .. epoch)
+      ' at epoch ' .. tostring(r[3]) .. ' under another claim; this writer is no longer its owner')
   end
   return nil
+end
+
+-- The run is being taken from an owner whose lease lapsed: remember whose, so that owner can
+-- prove it survived (REFUND) and the attempt does not count as a crash.
+local function mark_taken()
+  local old = redis.call('HGET', KEYS[1], 'fence')
+  if old then redis.call('HSET', KEYS[1], 'tk:' .. old, 1) end
 end
 
 -- (stored message count, nil) or (nil, error reply) if fewer than base_len are stored.
@@ -100,14 +120,14 @@ redis.call('ZREM', KEYS[6], ARGV[1])
 return {1}
 """
 
-# ARGV: run_id, now, owner, lease_ttl_ms, max_attempts, result_ttl_s
+# ARGV: run_id, now, owner, lease_ttl_ms, max_attempts, result_ttl_s, fence
 #   -> {outcome, record} with outcome claimed | busy | gone | cancelled | dead; the record is the
 #   HGETALL array as one JSON string (one bulk reply: redis-py's pure-Python parser spends
 #   ~50 us per claim walking 30 bulk strings, json.loads on one string a few)
 CLAIM = r"""
 local now, owner = ARGV[2], ARGV[3]
 local r = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'interrupts', 'epoch',
-  'cancel_requested', 'last_reason')
+  'cancel_requested', 'last_reason', 'survived')
 local status = r[1]
 if not status or not (status == 'queued' or status == 'interrupted' or status == 'running') then
   return {'gone'}
@@ -116,6 +136,7 @@ local reason = r[6] or 'unknown'
 if status == 'running' then
   if redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
   reason = 'lease expired while running (worker lost)'
+  mark_taken()
 end
 if r[5] == '1' then
   finalize('cancelled', now, tonumber(ARGV[6]))
@@ -123,8 +144,9 @@ if r[5] == '1' then
 end
 local attempts = tonumber(r[2]) or 0
 -- Clean shutdown interrupts are not failures: a long run that lives through many deploys must
--- not be declared dead; only attempts that ended without a clean stop count.
-local failures = attempts - (tonumber(r[3]) or 0)
+-- not be declared dead; nor are attempts whose owner survived (see REFUND). Only attempts whose
+-- process died count.
+local failures = attempts - (tonumber(r[3]) or 0) - (tonumber(r[7]) or 0)
 if failures + 1 > tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'error', 'gave up after ' .. attempts .. ' attempts: ' .. reason)
   finalize('dead', now, tonumber(ARGV[6]))
@@ -132,30 +154,41 @@ if failures + 1 > tonumber(ARGV[5]) then
 end
 local epoch = (tonumber(r[4]) or 0) + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', epoch, 'attempts', attempts + 1,
-  'owner', owner, 'started_at', now, 'updated_at', now, 'last_reason', reason)
-redis.call('SET', KEYS[2], owner .. ':' .. epoch, 'PX', ARGV[4])
+  'owner', owner, 'fence', ARGV[7], 'started_at', now, 'updated_at', now, 'last_reason', reason)
+redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[4])
 return {'claimed', cjson.encode(redis.call('HGETALL', KEYS[1]))}
 """
 
-# KEYS: rec, lease. ARGV: owner:epoch, lease_ttl_ms, epoch, owner -> ok | cancel | lost
+# KEYS: rec, lease. ARGV: fence, lease_ttl_ms -> ok | cancel | lost
 RENEW = r"""
 local cur = redis.call('GET', KEYS[2])
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 else
   if cur then return 'lost' end
-  local r = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'owner')
-  if r[1] ~= 'running' or r[2] ~= ARGV[3] or r[3] ~= ARGV[4] then return 'lost' end
-  -- Our lease lapsed (a long pause) but nobody claimed the run since: the epoch still fences
-  -- every write, so taking the lease back is safe and spares a healthy run a restart.
+  local r = redis.call('HMGET', KEYS[1], 'status', 'fence')
+  if r[1] ~= 'running' or r[2] ~= ARGV[1] then return 'lost' end
+  -- Our lease lapsed (a long pause, a Redis outage) but nobody claimed the run since: the fence
+  -- still guards every write, so taking the lease back is safe and spares a healthy run a
+  -- restart.
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel' end
 return 'ok'
 """
 
-# ARGV: run_id, now, epoch, base_len, new_count, payload, meta field/value pairs...
-#   -> new transcript length (messages)
+# KEYS: rec. ARGV: fence -> 1 if this claim's takeover was booked as a crash and is now undone.
+REFUND = r"""
+if redis.call('HDEL', KEYS[1], 'tk:' .. ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'survived', 1)
+  return 1
+end
+return 0
+"""
+
+# ARGV: run_id, now, fence, base_len, new_count, payload, meta field/value pairs...
+#   -> {new transcript length (messages), cancel requested 0|1}: the cancel flag rides on the
+#   reply the run already waits for every step, so a cancel lands at the next step boundary.
 SAVE = r"""
 local base_len = tonumber(ARGV[4])
 local err = fence(ARGV[3])
@@ -167,10 +200,10 @@ if err then return err end
 local total = base_len + tonumber(ARGV[5])
 redis.call('HSET', KEYS[3], 'msg_count', total, unpack(ARGV, 7))
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-return total
+return {total, redis.call('HGET', KEYS[1], 'cancel_requested') == '1' and 1 or 0}
 """
 
-# ARGV: run_id, now, epoch, base_len, new_count, payload, status, output_json, has_error,
+# ARGV: run_id, now, fence, base_len, new_count, payload, status, output_json, has_error,
 #       error, result_ttl_s
 FINISH = r"""
 local base_len = tonumber(ARGV[4])
@@ -197,12 +230,12 @@ finalize(ARGV[7], ARGV[2], tonumber(ARGV[11]))
 return 1
 """
 
-# ARGV: run_id, now, epoch
+# ARGV: run_id, now, fence
 INTERRUPT = r"""
 local err = fence(ARGV[3])
 if err then return err end
 redis.call('HSET', KEYS[1], 'status', 'interrupted', 'updated_at', ARGV[2],
-  'last_reason', 'interrupted (worker shutdown)')
+  'last_reason', ARGV[4] or 'interrupted (worker shutdown)')
 redis.call('HINCRBY', KEYS[1], 'interrupts', 1)
 redis.call('HDEL', KEYS[1], 'owner')
 redis.call('DEL', KEYS[2])
@@ -249,6 +282,7 @@ local reason = nil
 if status == 'running' then
   if redis.call('EXISTS', KEYS[2]) == 1 then return {'skip'} end
   reason = 'lease expired while running (worker lost)'
+  mark_taken()
 elseif status == 'queued' then
   -- The CAS that makes concurrent sweeps safe: a run requeued a moment ago looks fresh here.
   if now - (tonumber(r[4]) or 0) < tonumber(ARGV[3]) then return {'skip'} end
@@ -266,6 +300,7 @@ WITH_LIB = {
     "register": _LIB + REGISTER,
     "claim": _LIB + CLAIM,
     "renew": RENEW,
+    "refund": REFUND,
     "save": _LIB + SAVE,
     "finish": _LIB + FINISH,
     "interrupt": _LIB + INTERRUPT,

@@ -16,6 +16,7 @@ Run lifecycle (every arrow is one atomic compare-and-set):
 from __future__ import annotations
 
 import enum
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,7 @@ from typing import Protocol
 from pydantic import JsonValue
 
 from executus_worker.core.models import Checkpoint, Message, RunRecord, RunRequest, RunStatus
+from executus_worker.errors import StoreError
 
 
 class ClaimStatus(enum.StrEnum):
@@ -34,11 +36,36 @@ class ClaimStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Fence:
+    """What one claim writes with. ``token`` is random per claim and is what every fenced write
+    compares; ``epoch`` (1, 2, 3, ... per claim) is for people and may repeat after Redis loses
+    writes, the token never does."""
+
+    token: str
+    epoch: int
+
+    @classmethod
+    def new(cls, epoch: int = 0) -> Fence:
+        # 64 random bits: two claims colliding would need ~4e9 claims of one run.
+        return cls(secrets.token_hex(8), epoch)
+
+
+@dataclass(frozen=True)
 class ClaimResult:
     status: ClaimStatus
     epoch: int = 0
     attempts: int = 0
     record: RunRecord | None = None
+    fence: Fence | None = None  # set when status is CLAIMED
+
+
+@dataclass(frozen=True)
+class SaveAck:
+    """The reply to a checkpoint save: the stored transcript length and whether a cancel was
+    requested (it rides on the save's reply, so a cancel lands at the next step boundary)."""
+
+    stored: int
+    cancel_requested: bool = False
 
 
 class RenewStatus(enum.StrEnum):
@@ -81,10 +108,23 @@ class RunStore(Protocol):
     def claim(
         self, run_id: str, *, owner: str, lease_ttl_s: float, max_attempts: int, now: float
     ) -> ClaimResult:
-        """queued/interrupted/running-with-expired-lease -> running, epoch+1, attempts+1."""
+        """queued/interrupted/running-with-expired-lease -> running, epoch+1, attempts+1, and a
+        new random fence (``ClaimResult.fence``) that every write of this attempt carries."""
         ...
 
-    def renew(self, run_id: str, *, owner: str, epoch: int, lease_ttl_s: float) -> RenewStatus: ...
+    def renew(self, run_id: str, *, fence: Fence, lease_ttl_s: float) -> RenewStatus: ...
+
+    def renew_many(
+        self, leases: Sequence[tuple[str, Fence]], *, lease_ttl_s: float
+    ) -> list[RenewStatus | StoreError]:
+        """Renew every lease a process holds in one round trip; a per-lease error is returned
+        in its slot, a failure of the round trip itself raises StoreError."""
+        ...
+
+    def refund(self, run_id: str, *, fence: Fence) -> bool:
+        """The owner of ``fence`` was replaced but its process survived: if the takeover was
+        booked as a crash, undo that (it must not count toward ``dead``). True if undone."""
+        ...
 
     def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
         """A queued or interrupted run becomes cancelled at once; a running one gets the flag."""
@@ -109,15 +149,16 @@ class RunStore(Protocol):
         self,
         run_id: str,
         *,
-        epoch: int,
+        fence: Fence,
         base_len: int,
         new_messages: Sequence[Message],
         checkpoint: Checkpoint,
         now: float,
-    ) -> None:
+    ) -> SaveAck:
         """Keep the first ``base_len`` stored messages, append ``new_messages``, replace meta.
 
-        Atomic and fenced: raises OwnershipLost if the run's epoch is not ``epoch``.
+        Atomic and fenced: raises OwnershipLost if the run is not held by ``fence``, and
+        TranscriptBehind if fewer than ``base_len`` messages are stored (Redis lost writes).
         Its cost depends on the new messages only, never on the transcript length.
         """
         ...
@@ -126,7 +167,7 @@ class RunStore(Protocol):
         self,
         run_id: str,
         *,
-        epoch: int,
+        fence: Fence,
         status: RunStatus,
         output: JsonValue,
         error: str | None,
@@ -139,7 +180,9 @@ class RunStore(Protocol):
         checkpoint and lease, drop the run from the active index. Fenced like a save."""
         ...
 
-    def interrupt(self, run_id: str, *, epoch: int, now: float) -> None:
+    def interrupt(
+        self, run_id: str, *, fence: Fence, now: float, reason: str | None = None
+    ) -> None:
         """running -> interrupted, lease released, checkpoint kept. Fenced like a save."""
         ...
 

@@ -42,7 +42,7 @@ def execute(agent: Agent, run: RunInfo, deps: Deps, stop: StopToken) -> RunOutco
     Returns the outcome for every ending the kernel understands; re-raises only foreign
     ``BaseException``s (KeyboardInterrupt, SystemExit) after writing nothing.
     """
-    checkpointer = deps.checkpoints.begin(run) or NullCheckpointer()
+    checkpointer = deps.checkpoints.begin(run, stop) or NullCheckpointer()
     return _Execution(agent, run, deps, stop, checkpointer).run()
 
 
@@ -190,12 +190,17 @@ class _Stepper:
             tools=self.tools.specs,
             system_prompt=self.system_prompt,
         )
+        # No model call and no tool call starts unless this attempt certainly still owns the
+        # run for at least the lease's safety margin (it pauses while that is unknown).
+        ex.stop.ensure_owner("model call")
         reply = self.model.complete(request)
         ex.deps.budget.charge(run, reply.usage)
         new: list[Message] = []
         if reply.message is not None:
             new.append(reply.message)
-            new.extend(self.tools.call(run, call) for call in reply.message.tool_calls)
+            for call in reply.message.tool_calls:
+                ex.stop.ensure_owner(f"tool call {call.name}")
+                new.append(self.tools.call(run, call, iteration=iteration))
         ex.watch.step_finished(iteration)
         # From here on the step is whole: it joins the transcript and becomes resumable.
         state.transcript.extend(new)

@@ -109,12 +109,21 @@ class RunInfo(_Strict):
     model_tier: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     limits: RunLimits = Field(default_factory=RunLimits)
-    epoch: int = 0  # fencing token of this attempt's claim; 0 for non-durable runs
+    epoch: int = 0  # this attempt's claim number (for people); 0 for non-durable runs
+    # The claim's fencing token: random, unique per claim, carried by every write of the
+    # attempt and handed to tools (core.toolctx). Empty for non-durable runs.
+    fence: str = ""
     attempt: int = 1
 
     @classmethod
     def from_request(
-        cls, request: RunRequest, *, run_id: str, epoch: int = 0, attempt: int = 1
+        cls,
+        request: RunRequest,
+        *,
+        run_id: str,
+        epoch: int = 0,
+        attempt: int = 1,
+        fence: str = "",
     ) -> RunInfo:
         return cls(
             run_id=run_id,
@@ -125,6 +134,7 @@ class RunInfo(_Strict):
             metadata=request.metadata,
             limits=request.limits,
             epoch=epoch,
+            fence=fence,
             attempt=attempt,
         )
 

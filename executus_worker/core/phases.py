@@ -16,6 +16,7 @@ from pydantic import JsonValue
 
 from executus_worker.core.models import Checkpoint, Message, RunInfo, ToolCall
 from executus_worker.core.ports import Tools, ToolSpec
+from executus_worker.core.toolctx import ToolContext, tool_context
 
 
 @dataclass
@@ -121,5 +122,11 @@ class Toolbox:
         self._routes: dict[str, Tools] = {spec.name: skill_tools for spec in skill_specs}
         self._routes.update({name: agent_tools for name in agent_names})
 
-    def call(self, run: RunInfo, call: ToolCall) -> Message:
-        return self._routes.get(call.name, self._default).call(run, call)
+    def call(self, run: RunInfo, call: ToolCall, *, iteration: int) -> Message:
+        """Dispatch one call inside its ToolContext (run id, fence, idempotency key)."""
+        ctx = ToolContext(
+            run_id=run.run_id, fence=run.fence, epoch=run.epoch, iteration=iteration,
+            call_id=call.id,
+        )  # fmt: skip
+        with tool_context(ctx):
+            return self._routes.get(call.name, self._default).call(run, call)

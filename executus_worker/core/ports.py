@@ -129,7 +129,7 @@ class RunCheckpointer(Protocol):
 
 
 class CheckpointerFactory(Protocol):
-    def begin(self, run: RunInfo) -> RunCheckpointer | None:
+    def begin(self, run: RunInfo, stop: StopToken) -> RunCheckpointer | None:
         """A handle for a durable run, or None for a run that is not checkpointed."""
         ...
 
@@ -157,7 +157,7 @@ class NullCheckpointer:
 
 
 class NoCheckpoints:
-    def begin(self, run: RunInfo) -> RunCheckpointer | None:
+    def begin(self, run: RunInfo, stop: StopToken) -> RunCheckpointer | None:
         return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class StopReason(enum.StrEnum):
@@ -76,8 +76,17 @@ class StopToken:
     The run loop calls :meth:`check` at every step boundary.
     """
 
-    def __init__(self, parents: Sequence[StopToken] = ()) -> None:
+    def __init__(
+        self,
+        parents: Sequence[StopToken] = (),
+        *,
+        guard: Callable[[str], None] | None = None,
+    ) -> None:
         self._parents = tuple(parents)
+        # The owner's lease check (worker.heartbeat.Lease.ensure): returns when the lease is
+        # certainly valid for at least its safety margin, blocks while that is unknown, raises
+        # a RunStopped once it is lost or a stop arrives meanwhile.
+        self.guard = guard
         # No lock, on purpose: ``request`` runs inside signal handlers (warm shutdown), on the
         # very thread that may be in ``check``. A non-reentrant lock held there would deadlock
         # the handler. ``dict.setdefault`` and ``dict(d)`` are single C calls: atomic under the
@@ -107,6 +116,12 @@ class StopToken:
         for reason in _PRIORITY:
             if reason in pending:
                 raise stop_exception(reason, pending[reason])
+
+    def ensure_owner(self, what: str) -> None:
+        """Called before every model call and every tool call: side effects start only while
+        this attempt certainly still owns the run (see ``guard``). A no-op without a guard."""
+        if self.guard is not None:
+            self.guard(what)
 
     def wait(self, timeout_s: float) -> bool:
         """Sleep up to ``timeout_s`` but wake early on a request to this token (not parents)."""

@@ -205,8 +205,9 @@ class _Demo:
         if claim.status is not ClaimStatus.CLAIMED:
             raise ExecutusError(f"demo could not claim {run_id}: {claim.status.value}")
         self.say(f"   claim -> epoch {claim.epoch} (attempt {claim.attempts}), status running")
+        fence = claim.fence.token if claim.fence else ""
         run = RunInfo.from_request(request, run_id=run_id, epoch=claim.epoch,
-                                   attempt=claim.attempts)  # fmt: skip
+                                   attempt=claim.attempts, fence=fence)  # fmt: skip
         deps = Deps(
             checkpoints=StoreCheckpointerFactory(self.store, throttle_ms=0, result_ttl_s=600),
             observer=observer,

@@ -69,9 +69,11 @@ def _config(settings: Settings) -> dict[str, Any]:
         # With acks_late, prefetched messages wait unacked behind a long run with their
         # visibility clock running; hold no more than there are slots.
         "worker_prefetch_multiplier": 1,
-        # The default (False) redelivers a running task after a broker blip *while it keeps
-        # running*: two concurrent executions (research K1/K2).
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Never kill a running run because the broker connection dropped: Celery would SIGTERM
+        # every prefork child mid-step and a healthy run would be booked as a crash (issue:
+        # two Redis restarts made a run `dead`). The redelivered duplicate this allows is
+        # harmless: its claim finds the live lease and drops it (research K1/K2).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Far above the longest run: past it the broker redelivers a still-running message.
         # Crash recovery comes from our lease and sweep, not from redelivery.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},

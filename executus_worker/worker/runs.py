@@ -22,12 +22,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from executus_worker.checkpoint.store import ClaimResult, ClaimStatus, RunStore
+from executus_worker.checkpoint.store import ClaimResult, ClaimStatus, Fence, RunStore
 from executus_worker.core.models import OutcomeKind, RunInfo, RunOutcome, RunRequest
 from executus_worker.core.models import RunStatus as Status
 from executus_worker.core.ports import Agent, Deps
 from executus_worker.core.stop import StopToken
-from executus_worker.errors import ConfigError, PayloadError, UnknownAgentError
+from executus_worker.errors import ConfigError, PayloadError, StoreError, UnknownAgentError
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats, Lease
 from executus_worker.worker.messages import parse_request, readable_agent, split_args, valid_run_id
@@ -66,9 +66,10 @@ class Handled:
 class _Claimed:
     # Per delivery, never on the handler: a threads-pool worker handles several at once.
     owner: str
-    epoch: int
+    fence: Fence
     attempts: int
     request: RunRequest
+    sent_at: float  # monotonic time the claim was sent: when its lease certainly started
 
 
 def default_owner() -> str:
@@ -89,6 +90,7 @@ class RunHandler:
         owner: Callable[[], str] = default_owner,
         clock: Callable[[], float] = time.time,
         heartbeats: Heartbeats | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._agents = agents
@@ -98,7 +100,8 @@ class RunHandler:
         self._execute = execute
         self._owner = owner
         self._clock = clock
-        self._heartbeats = heartbeats or Heartbeats(interval_s=settings.lease_ttl_s / 3)
+        self._monotonic = monotonic
+        self._heartbeats = heartbeats or Heartbeats(store, lease_ttl_s=settings.lease_ttl_s)
         # Per-process tallies (duplicates above all): logged, and handy in tests and `inspect`.
         self.counts: collections.Counter[str] = collections.Counter()
         self._counts_lock = threading.Lock()
@@ -144,7 +147,7 @@ class RunHandler:
         claimed = self._claim(run_id, placeholder, self._settings.default_queue)
         if isinstance(claimed, Handled):
             return claimed
-        self._fail(run_id, claimed.epoch, error)
+        self._fail(run_id, claimed.fence, error)
         return Handled("failed", run_id, OutcomeKind.FAILED, error)
 
     # -- execution -------------------------------------------------------------------------
@@ -153,27 +156,33 @@ class RunHandler:
         claimed = self._claim(run_id, request, self._settings.queue_for(request.model_tier))
         if isinstance(claimed, Handled):
             return claimed
-        request, epoch, owner = claimed.request, claimed.epoch, claimed.owner
+        request, fence = claimed.request, claimed.fence
         try:
             agent = self._agents.get(request.agent)
         except (UnknownAgentError, ConfigError) as exc:
             # Also a broken agents-file entry: fail with its message now rather than crash
             # every attempt and end `dead` with a reason that hides the cause.
-            self._fail(run_id, epoch, str(exc))
+            self._fail(run_id, fence, str(exc))
             return Handled("failed", run_id, OutcomeKind.FAILED, str(exc))
-        run = RunInfo.from_request(request, run_id=run_id, epoch=epoch, attempt=claimed.attempts)
+        run = RunInfo.from_request(
+            request, run_id=run_id, epoch=fence.epoch, attempt=claimed.attempts, fence=fence.token
+        )
+        s = self._settings
         token = StopToken(parents=[self._drain])
         lease = Lease(
-            self._store,
             run_id=run_id,
-            owner=owner,
-            epoch=epoch,
-            lease_ttl_s=self._settings.lease_ttl_s,
+            fence=fence,
+            lease_ttl_s=s.lease_ttl_s,
+            margin_s=s.effective_lease_margin_s,
             stop=token,
+            sent_at=claimed.sent_at,
+            monotonic=self._monotonic,
         )
+        token.guard = lease.ensure
         log.info(
-            "run %s: attempt %d (epoch %d) of %s started", run_id, run.attempt, epoch, agent.name
-        )
+            "run %s: attempt %d (epoch %d) of %s started",
+            run_id, run.attempt, fence.epoch, agent.name,
+        )  # fmt: skip
         try:
             with self._heartbeats.hold(lease):
                 outcome = self._execute(agent, run, self._deps, token)
@@ -182,7 +191,24 @@ class RunHandler:
             # The lease expires and the sweep re-publishes the run (attempts are capped).
             log.exception("run %s: attempt crashed outside the executor's handling", run_id)
             return Handled("crashed", run_id, detail=f"{type(exc).__name__}: {exc}")
+        if outcome.kind is OutcomeKind.LOST:
+            self._refund(run_id, fence)
         return Handled("executed", run_id, outcome.kind, outcome.error or "")
+
+    def _refund(self, run_id: str, fence: Fence) -> None:
+        """This process outlived its lease (a partition, a stall, an outage): if another
+        claim booked our attempt as a crash, undo that -- only dead processes count toward
+        ``dead``. Best effort: the store answered a moment ago, but may not now."""
+        for delay in (0.0, 0.2, 1.0):
+            time.sleep(delay)
+            try:
+                if self._store.refund(run_id, fence=fence):
+                    log.info("run %s: epoch %d was replaced but survived; not a crash",
+                             run_id, fence.epoch)  # fmt: skip
+                return
+            except StoreError as exc:
+                log.warning("run %s: recording that epoch %d survived failed: %s",
+                            run_id, fence.epoch, exc)  # fmt: skip
 
     def _claim(self, run_id: str, request: RunRequest, queue: str) -> _Claimed | Handled:
         """Claim the run: what this delivery now owns, or why it owns nothing.
@@ -192,15 +218,17 @@ class RunHandler:
         another service is registered here, on first sight (see executus_worker.client).
         """
         owner = self._owner()
+        sent_at = self._monotonic()
         claim = self._try_claim(run_id, owner)
         if claim.status is ClaimStatus.GONE and self._store.get(run_id) is None:
             self._store.register(request, run_id=run_id, queue=queue, now=self._clock())
+            sent_at = self._monotonic()
             claim = self._try_claim(run_id, owner)
-        if claim.status is ClaimStatus.CLAIMED:
+        if claim.status is ClaimStatus.CLAIMED and claim.fence is not None:
             # The record, not the message, is the truth: a stale duplicate may carry an old
             # request.
             stored = claim.record.request if claim.record else request
-            return _Claimed(owner, claim.epoch, claim.attempts, stored)
+            return _Claimed(owner, claim.fence, claim.attempts, stored, sent_at)
         if claim.status in {ClaimStatus.BUSY, ClaimStatus.GONE}:
             log.info("run %s: duplicate delivery ignored (%s)", run_id, claim.status.value)
             return Handled("duplicate", run_id, detail=claim.status.value)
@@ -220,12 +248,12 @@ class RunHandler:
             now=self._clock(),
         )
 
-    def _fail(self, run_id: str, epoch: int, error: str) -> None:
+    def _fail(self, run_id: str, fence: Fence, error: str) -> None:
         # Keep whatever transcript an earlier attempt left: the record shows what happened.
         kept = len(self._store.transcript(run_id))
         self._store.finish(
             run_id,
-            epoch=epoch,
+            fence=fence,
             status=Status.FAILED,
             output=None,
             error=error,

@@ -39,11 +39,11 @@ def scan_lock_key(key_prefix: str) -> str:
     return f"{key_prefix}:recover:lock"
 
 
-def redis_client(url: str) -> redis.Redis:
+def redis_client(url: str, *, timeout_s: float = _SOCKET_TIMEOUT_S) -> redis.Redis:
     return redis.Redis.from_url(
         url,
-        socket_timeout=_SOCKET_TIMEOUT_S,
-        socket_connect_timeout=_SOCKET_TIMEOUT_S,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
         health_check_interval=30,
     )
 
@@ -131,7 +131,16 @@ class Runtime:
             settings=s,
             drain=self._drain,
             execute=execute,
-            heartbeats=Heartbeats(interval_s=s.lease_ttl_s / 3),
+            # Renewals on their own connection with a short timeout: a slow save or a dead
+            # socket on the main client must not hold up the leases.
+            heartbeats=Heartbeats(
+                RedisStore(
+                    redis_client(s.redis_url, timeout_s=s.effective_renew_timeout_s),
+                    key_prefix=s.key_prefix,
+                    result_ttl_s=s.result_ttl_s,
+                ),
+                lease_ttl_s=s.lease_ttl_s,
+            ),
         )
 
     def recovery(self) -> Recovery:

@@ -21,6 +21,7 @@ tasks; their leases expire and recovery takes over.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -40,6 +41,7 @@ ESCALATION_SIGNAL = signal.SIGUSR1
 # Free in prefork children (billiard only claims it with sigprotection); its default action
 # terminates the process, hence SIG_IGN in the parent before any fork.
 DRAIN_SIGNAL = signal.SIGUSR2
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class DrainToken(StopToken):
@@ -85,12 +87,14 @@ class ShutdownCoordinator:
         self._busy_pids = busy_pids
         self._worker: Any = None  # celery WorkController; its pool exists only after start
         self._escalation: threading.Thread | None = None
+        self._main_pid = os.getpid()
 
     # -- MainProcess ---------------------------------------------------------------------
 
     def on_worker_init(self, worker: Any) -> None:
         """``worker_init`` (MainProcess, before the pool forks)."""
         self._worker = worker
+        self._main_pid = os.getpid()
         # A SIGUSR2 racing a child's start-up (before its handler is installed) must be
         # ignored, not kill the child: children inherit this disposition across fork.
         signal.signal(DRAIN_SIGNAL, signal.SIG_IGN)
@@ -158,6 +162,24 @@ class ShutdownCoordinator:
     def on_process_init(self) -> None:
         """``worker_process_init``: each prefork child (and the MainProcess for solo)."""
         signal.signal(DRAIN_SIGNAL, self._on_drain_signal)
+        if self._worker is not None and os.getpid() != self._main_pid:
+            _drain_when_orphaned(self._main_pid)
 
     def _on_drain_signal(self, signum: int, frame: FrameType | None) -> None:
         self.drain.request(StopReason.SHUTDOWN, "warm shutdown (forwarded)")
+
+
+def _drain_when_orphaned(parent: int) -> None:
+    """A prefork child whose MainProcess died (SIGKILL, OOM) must not run on unsupervised: it
+    could never ack its message, and nobody would stop it at the next deploy. The kernel sends
+    it DRAIN_SIGNAL when the parent dies, so its run stops at the next step boundary and is
+    left ``interrupted`` for another worker to resume -- a clean stop, not a crash."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(DRAIN_SIGNAL), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (OSError, AttributeError) as exc:  # not Linux: no parent-death signal
+        log.warning("cannot watch for the worker's main process dying: %s", exc)
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), DRAIN_SIGNAL)

@@ -158,7 +158,7 @@ def test_overlap_skip_waits_for_the_previous_run_and_allow_does_not(world: World
     run_id = "sched:skip:2026-05-01T12:00:00Z"
     claim = world.runs.claim(run_id, owner="w", lease_ttl_s=30, max_attempts=5, now=world.clock())
     world.runs.finish(
-        run_id, epoch=claim.epoch, status=RunStatus.COMPLETED, output="done", error=None,
+        run_id, fence=claim.fence, status=RunStatus.COMPLETED, output="done", error=None,
         base_len=0, new_messages=[], now=world.clock(), result_ttl_s=3600,
     )  # fmt: skip
     at(world, NOON + timedelta(minutes=10, seconds=1), ticker)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from executus_worker.checkpoint.handle import RunHandle
-from executus_worker.checkpoint.store import ClaimStatus, RenewStatus, RunStore
+from executus_worker.checkpoint.store import ClaimStatus, Fence, RenewStatus, RunStore, SaveAck
 from executus_worker.core.models import (
     CHECKPOINT_FORMAT_VERSION,
     Checkpoint,
@@ -26,6 +26,7 @@ from executus_worker.core.stop import OwnershipLost
 from executus_worker.errors import (
     CorruptCheckpointError,
     RunNotFoundError,
+    TranscriptBehind,
 )
 
 from .conftest import Backend
@@ -48,32 +49,33 @@ def registered(store: RunStore, run_id: str = "r1", now: float = NOW) -> str:
     return run_id
 
 
-def claimed(store: RunStore, run_id: str = "r1", owner: str = "w1", max_attempts: int = 5) -> int:
+def claimed(store: RunStore, run_id: str = "r1", owner: str = "w1", max_attempts: int = 5) -> Fence:
     result = store.claim(
         run_id, owner=owner, lease_ttl_s=LEASE_S, max_attempts=max_attempts, now=NOW + 1
     )
     assert result.status is ClaimStatus.CLAIMED, result
-    return result.epoch
+    assert result.fence is not None and result.fence.epoch == result.epoch
+    return result.fence
 
 
 def save(
     store: RunStore,
     run_id: str,
-    epoch: int,
+    fence: Fence,
     base_len: int,
     new: Sequence[Message],
     **meta: Any,
-) -> None:
-    cp = Checkpoint(run_id=run_id, epoch=epoch, **meta)
-    store.save_checkpoint(
-        run_id, epoch=epoch, base_len=base_len, new_messages=new, checkpoint=cp, now=NOW + 2
+) -> SaveAck:
+    cp = Checkpoint(run_id=run_id, epoch=fence.epoch, **meta)
+    return store.save_checkpoint(
+        run_id, fence=fence, base_len=base_len, new_messages=new, checkpoint=cp, now=NOW + 2
     )
 
 
-def finish(store: RunStore, run_id: str, epoch: int, status: RunStatus, **kw: Any) -> None:
+def finish(store: RunStore, run_id: str, fence: Fence, status: RunStatus, **kw: Any) -> None:
     args: dict[str, Any] = {"output": None, "error": None, "base_len": 0, "new_messages": []}
     args.update(kw)
-    store.finish(run_id, epoch=epoch, status=status, now=NOW + 3, result_ttl_s=TTL_S, **args)
+    store.finish(run_id, fence=fence, status=status, now=NOW + 3, result_ttl_s=TTL_S, **args)
 
 
 # --------------------------------------------------------------------------- records
@@ -95,7 +97,7 @@ def test_register_is_idempotent(store: RunStore) -> None:
     epoch = claimed(store)
     again, created = store.register(request("other.agent"), run_id="r1", queue="q2", now=NOW + 9)
     assert not created
-    assert again.status is RunStatus.RUNNING and again.epoch == epoch
+    assert again.status is RunStatus.RUNNING and again.epoch == epoch.epoch
     assert again.request == first.request and again.queue == "q1"
 
 
@@ -130,7 +132,7 @@ def test_checkpoint_round_trip(store: RunStore) -> None:
     loaded = store.load_checkpoint("r1")
     assert loaded is not None
     assert loaded.model_dump(exclude={"updated_at"}) == Checkpoint(
-        run_id="r1", epoch=epoch, messages=messages, **meta
+        run_id="r1", epoch=epoch.epoch, messages=messages, **meta
     ).model_dump(exclude={"updated_at"})
     assert loaded.format_version == CHECKPOINT_FORMAT_VERSION
     assert loaded.updated_at == NOW + 2
@@ -163,9 +165,9 @@ def test_one_step_on_a_long_transcript_sends_one_message(store: RunStore) -> Non
         def __getattr__(self, name: str) -> Any:
             return getattr(store, name)
 
-        def save_checkpoint(self, run_id: str, **kw: Any) -> None:
+        def save_checkpoint(self, run_id: str, **kw: Any) -> SaveAck:
             sent.append((kw["base_len"], len(kw["new_messages"])))
-            store.save_checkpoint(run_id, **kw)
+            return store.save_checkpoint(run_id, **kw)
 
     handle = RunHandle(Spy(), "r1", epoch)  # type: ignore[arg-type]
     cp = Checkpoint(run_id="r1", messages=msgs(5_000))
@@ -209,16 +211,19 @@ def test_base_len_beyond_stored_is_corrupt(store: RunStore) -> None:
 # --------------------------------------------------------------------------- fencing
 
 
-def test_stale_epoch_writes_are_fenced(store: RunStore) -> None:
-    """save, finish and interrupt with a stale epoch raise OwnershipLost and change nothing."""
+def test_foreign_fence_writes_are_fenced(store: RunStore) -> None:
+    """save, finish and interrupt with another claim's fence raise OwnershipLost and change
+    nothing -- also when that fence carries the current epoch (Redis forgot a claim and handed
+    the same epoch out twice: only the random token tells the two owners apart)."""
     epoch = claimed(store, registered(store))
     save(store, "r1", epoch, 0, msgs(2))
+    same_epoch = Fence.new(epoch.epoch)
     with pytest.raises(OwnershipLost):
-        save(store, "r1", epoch - 1, 2, msgs(1, start=3))
+        save(store, "r1", same_epoch, 2, msgs(1, start=3))
     with pytest.raises(OwnershipLost):
-        finish(store, "r1", epoch + 1, RunStatus.COMPLETED)
+        finish(store, "r1", same_epoch, RunStatus.COMPLETED)
     with pytest.raises(OwnershipLost):
-        store.interrupt("r1", epoch=epoch + 1, now=NOW)
+        store.interrupt("r1", fence=same_epoch, now=NOW)
     assert store.transcript("r1") == msgs(2)
     record = store.get("r1")
     assert record is not None and record.status is RunStatus.RUNNING
@@ -232,10 +237,10 @@ def test_reclaim_after_lease_expiry_fences_the_first_owner(
     save(store, "r1", first, 0, msgs(1))
     backend.expire_lease("r1")
     second = claimed(store, "r1", owner="w2")
-    assert second == first + 1
+    assert second.epoch == first.epoch + 1 and second.token != first.token
     with pytest.raises(OwnershipLost):
         save(store, "r1", first, 1, msgs(1, start=2))
-    assert store.renew("r1", owner="w1", epoch=first, lease_ttl_s=LEASE_S) is RenewStatus.LOST
+    assert store.renew("r1", fence=first, lease_ttl_s=LEASE_S) is RenewStatus.LOST
     save(store, "r1", second, 1, msgs(1, start=2))
     assert store.transcript("r1") == msgs(2)
 
@@ -257,7 +262,8 @@ def test_claim_while_lease_is_live_is_busy(store: RunStore) -> None:
     result = store.claim("r1", owner="w2", lease_ttl_s=LEASE_S, max_attempts=5, now=NOW)
     assert result.status is ClaimStatus.BUSY
     record = store.get("r1")
-    assert record is not None and (record.epoch, record.owner, record.attempts) == (epoch, "w1", 1)
+    assert record is not None
+    assert (record.epoch, record.owner, record.attempts) == (epoch.epoch, "w1", 1)
 
 
 def test_claim_of_unknown_or_finished_run_is_gone(store: RunStore) -> None:
@@ -284,7 +290,7 @@ def test_claim_of_a_run_with_pending_cancel_cancels_it(store: RunStore, backend:
     epoch = claimed(store, registered(store))
     save(store, "r1", epoch, 0, msgs(2))
     assert store.request_cancel("r1", now=NOW).cancel_requested
-    store.interrupt("r1", epoch=epoch, now=NOW)
+    store.interrupt("r1", fence=epoch, now=NOW)
     result = store.claim("r1", owner="w2", lease_ttl_s=LEASE_S, max_attempts=5, now=NOW)
     assert result.status is ClaimStatus.CANCELLED
     assert result.record is not None and result.record.status is RunStatus.CANCELLED
@@ -297,7 +303,7 @@ def test_crashing_run_becomes_dead_after_max_attempts(store: RunStore, backend: 
     registered(store)
     for attempt in range(1, 4):
         epoch = claimed(store, "r1", owner=f"w{attempt}", max_attempts=3)
-        assert epoch == attempt
+        assert epoch.epoch == attempt
         backend.expire_lease("r1")  # the worker was killed
     result = store.claim("r1", owner="w4", lease_ttl_s=LEASE_S, max_attempts=3, now=NOW)
     assert result.status is ClaimStatus.DEAD
@@ -310,12 +316,57 @@ def test_crashing_run_becomes_dead_after_max_attempts(store: RunStore, backend: 
     assert store.list_runs(status=RunStatus.RUNNING) == []
 
 
+def test_a_replaced_owner_that_survived_does_not_count_toward_dead(
+    store: RunStore, backend: Backend
+) -> None:
+    """Takeovers of owners that prove they are alive (refund) are not crashes: a run whose
+    leases lapse in outages and partitions never becomes dead for it; real crashes still do."""
+    registered(store)
+    for attempt in range(1, 6):
+        fence = claimed(store, "r1", owner=f"w{attempt}", max_attempts=2)
+        backend.expire_lease("r1")  # partitioned, stalled, or Redis was down past the TTL
+        nxt = store.claim("r1", owner="x", lease_ttl_s=LEASE_S, max_attempts=2, now=NOW)
+        assert nxt.status is ClaimStatus.CLAIMED, (attempt, nxt)
+        assert nxt.fence is not None
+        assert store.refund("r1", fence=fence)  # the replaced owner is alive
+        assert not store.refund("r1", fence=fence)  # once only
+        store.interrupt("r1", fence=nxt.fence, now=NOW)
+    record = store.get("r1")
+    assert record is not None and record.status is RunStatus.INTERRUPTED
+    # Nothing to refund for a claim that was never taken over.
+    assert not store.refund("r1", fence=Fence.new(1))
+    # Two real crashes (nobody refunds) still end it.
+    for _ in range(2):
+        claimed(store, "r1", max_attempts=2)
+        backend.expire_lease("r1")
+    dead = store.claim("r1", owner="y", lease_ttl_s=LEASE_S, max_attempts=2, now=NOW)
+    assert dead.status is ClaimStatus.DEAD
+
+
+def test_save_reply_carries_the_cancel_flag(store: RunStore) -> None:
+    """A cancel requested while the run is running rides on the next save's reply."""
+    fence = claimed(store, registered(store))
+    assert save(store, "r1", fence, 0, msgs(1)) == SaveAck(1, False)
+    store.request_cancel("r1", now=NOW)
+    assert save(store, "r1", fence, 1, msgs(1, start=2)) == SaveAck(2, True)
+
+
+def test_a_short_transcript_is_reported_as_behind(store: RunStore, backend: Backend) -> None:
+    """A fenced write whose base_len exceeds what is stored raises TranscriptBehind (Redis lost
+    writes while the claim survived) and changes nothing."""
+    fence = claimed(store, registered(store))
+    save(store, "r1", fence, 0, msgs(2))
+    with pytest.raises(TranscriptBehind):
+        save(store, "r1", fence, 5, msgs(1, start=6))
+    assert store.transcript("r1") == msgs(2)
+
+
 def test_clean_interrupts_do_not_count_toward_dead(store: RunStore) -> None:
     """A run interrupted by warm shutdowns many times is never declared dead for it."""
     registered(store)
     for _ in range(6):
         epoch = claimed(store, "r1", max_attempts=2)
-        store.interrupt("r1", epoch=epoch, now=NOW)
+        store.interrupt("r1", fence=epoch, now=NOW)
     record = store.get("r1")
     assert record is not None and record.attempts == 6 and record.status is RunStatus.INTERRUPTED
 
@@ -371,15 +422,15 @@ def test_interrupt_keeps_the_checkpoint_and_releases_the_lease(store: RunStore) 
     """interrupt marks the run interrupted, keeps its checkpoint and frees it for a new claim."""
     epoch = claimed(store, registered(store))
     save(store, "r1", epoch, 0, msgs(3), iteration=3)
-    store.interrupt("r1", epoch=epoch, now=NOW + 4)
+    store.interrupt("r1", fence=epoch, now=NOW + 4)
     record = store.get("r1")
     assert record is not None and record.status is RunStatus.INTERRUPTED
     assert record.owner is None
     loaded = store.load_checkpoint("r1")
     assert loaded is not None and loaded.messages == msgs(3) and loaded.iteration == 3
-    assert store.renew("r1", owner="w1", epoch=epoch, lease_ttl_s=1) is RenewStatus.LOST
+    assert store.renew("r1", fence=epoch, lease_ttl_s=1) is RenewStatus.LOST
     again = claimed(store, "r1", owner="w2")  # not BUSY: the lease was released
-    assert again == epoch + 1
+    assert again.epoch == epoch.epoch + 1
     assert [r.run_id for r in store.list_runs(status=RunStatus.RUNNING)] == ["r1"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from executus_worker.checkpoint.store import ClaimStatus, RenewStatus, RunStore
+from executus_worker.checkpoint.store import ClaimStatus, Fence, RenewStatus, RunStore
 from executus_worker.core.models import CHECKPOINT_FORMAT_VERSION, RunStatus
 from executus_worker.errors import (
     CorruptCheckpointError,
@@ -23,18 +23,20 @@ TIMEOUT_S = 900.0
 def test_renew_extends_own_lease_and_reports_cancel(store: RunStore) -> None:
     """renew is OK for the owner, CANCEL once a cancel is requested, LOST for anyone else."""
     epoch = claimed(store, registered(store))
-    assert store.renew("r1", owner="w1", epoch=epoch, lease_ttl_s=LEASE_S) is RenewStatus.OK
-    assert store.renew("r1", owner="w2", epoch=epoch, lease_ttl_s=LEASE_S) is RenewStatus.LOST
-    assert store.renew("r1", owner="w1", epoch=epoch + 1, lease_ttl_s=1) is RenewStatus.LOST
+    assert store.renew("r1", fence=epoch, lease_ttl_s=LEASE_S) is RenewStatus.OK
+    assert store.renew("r1", fence=Fence("not-mine", epoch.epoch), lease_ttl_s=LEASE_S) is (
+        RenewStatus.LOST
+    )
+    assert store.renew("r1", fence=Fence.new(epoch.epoch + 1), lease_ttl_s=1) is RenewStatus.LOST
     store.request_cancel("r1", now=NOW)
-    assert store.renew("r1", owner="w1", epoch=epoch, lease_ttl_s=LEASE_S) is RenewStatus.CANCEL
+    assert store.renew("r1", fence=epoch, lease_ttl_s=LEASE_S) is RenewStatus.CANCEL
 
 
 def test_renew_takes_back_a_lapsed_lease_nobody_claimed(store: RunStore, backend: Backend) -> None:
     """An owner whose lease lapsed but whose epoch is still current gets its lease back."""
     epoch = claimed(store, registered(store))
     backend.expire_lease("r1")
-    assert store.renew("r1", owner="w1", epoch=epoch, lease_ttl_s=LEASE_S) is RenewStatus.OK
+    assert store.renew("r1", fence=epoch, lease_ttl_s=LEASE_S) is RenewStatus.OK
     result = store.claim("r1", owner="w2", lease_ttl_s=LEASE_S, max_attempts=5, now=NOW)
     assert result.status is ClaimStatus.BUSY
 
@@ -55,7 +57,7 @@ def test_cancel_of_an_interrupted_run_deletes_its_checkpoint(store: RunStore) ->
     """Cancelling an interrupted run ends it and deletes its checkpoint, keeping the transcript."""
     epoch = claimed(store, registered(store))
     save(store, "r1", epoch, 0, msgs(2))
-    store.interrupt("r1", epoch=epoch, now=NOW)
+    store.interrupt("r1", fence=epoch, now=NOW)
     assert store.request_cancel("r1", now=NOW).status is RunStatus.CANCELLED
     assert store.load_checkpoint("r1") is None
     assert store.transcript("r1") == msgs(2)
@@ -102,7 +104,7 @@ def test_sweep_requeues_interrupted_and_orphaned_runs_once(
     store: RunStore, backend: Backend
 ) -> None:
     """Interrupted runs and runs whose lease expired go back to queued, once."""
-    store.interrupt("a", epoch=claimed(store, registered(store, "a")), now=NOW)
+    store.interrupt("a", fence=claimed(store, registered(store, "a")), now=NOW)
     claimed(store, registered(store, "b"))
     backend.expire_lease("b")
     claimed(store, registered(store, "live"))
@@ -133,7 +135,7 @@ def test_sweep_republishes_a_queued_run_only_after_the_timeout(store: RunStore) 
 def test_two_sweeps_requeue_each_run_once(store: RunStore) -> None:
     """Two sweeps over the same interrupted runs requeue each run exactly once in total."""
     for i in range(20):
-        store.interrupt(f"r{i}", epoch=claimed(store, registered(store, f"r{i}")), now=NOW)
+        store.interrupt(f"r{i}", fence=claimed(store, registered(store, f"r{i}")), now=NOW)
     first = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S, batch=7)
     second = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S, batch=1000)
     ids = [r.run_id for r in first.requeued + second.requeued]
@@ -146,7 +148,7 @@ def test_sweep_reports_a_bad_record_and_requeues_the_rest(
 ) -> None:
     """An unreadable record is reported in errors and skipped; the other runs are requeued."""
     for run_id in ("a", "b", "c"):
-        store.interrupt(run_id, epoch=claimed(store, registered(store, run_id)), now=NOW)
+        store.interrupt(run_id, fence=claimed(store, registered(store, run_id)), now=NOW)
     backend.set_record_field("b", "request", "{not json")
     batch = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S)
     assert sorted(r.run_id for r in batch.requeued) == ["a", "c"]
@@ -161,7 +163,7 @@ def test_sweep_drops_index_entries_of_finished_or_missing_runs(
     finish(store, "done", epoch, RunStatus.COMPLETED)
     backend.index_as_active("done", NOW)
     backend.index_as_active("ghost", NOW + 1)
-    store.interrupt("x", epoch=claimed(store, registered(store, "x", now=NOW + 2)), now=NOW)
+    store.interrupt("x", fence=claimed(store, registered(store, "x", now=NOW + 2)), now=NOW)
     batch = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S)
     assert sorted(run_id for run_id, _ in batch.errors) == ["done", "ghost"]
     assert [r.run_id for r in batch.requeued] == ["x"]
@@ -174,7 +176,7 @@ def test_sweep_pages_through_the_index_with_a_cursor(store: RunStore) -> None:
     for i in range(25):
         run_id = f"r{i:02d}"
         registered(store, run_id, now=NOW + i)
-        store.interrupt(run_id, epoch=claimed(store, run_id), now=NOW)
+        store.interrupt(run_id, fence=claimed(store, run_id), now=NOW)
     seen: list[str] = []
     cursor, pages = 0, 0
     while True:
@@ -208,9 +210,9 @@ def test_finished_runs_are_listed_by_finish_time(store: RunStore) -> None:
     """list_runs of a terminal status orders by finished_at, newest first."""
     early = claimed(store, registered(store, "early", now=NOW))
     late = claimed(store, registered(store, "late", now=NOW + 1))
-    store.finish("late", epoch=late, status=RunStatus.COMPLETED, output=None, error=None,
+    store.finish("late", fence=late, status=RunStatus.COMPLETED, output=None, error=None,
                  base_len=0, new_messages=[], now=NOW + 5, result_ttl_s=3_600)  # fmt: skip
-    store.finish("early", epoch=early, status=RunStatus.COMPLETED, output=None, error=None,
+    store.finish("early", fence=early, status=RunStatus.COMPLETED, output=None, error=None,
                  base_len=0, new_messages=[], now=NOW + 9, result_ttl_s=3_600)  # fmt: skip
     assert [r.run_id for r in store.list_runs(status=RunStatus.COMPLETED)] == ["early", "late"]
 

@@ -12,9 +12,10 @@ import pytest
 
 from executus_worker.checkpoint.handle import RunHandle, StoreCheckpointerFactory
 from executus_worker.checkpoint.memory import MemoryStore
+from executus_worker.checkpoint.store import Fence, SaveAck
 from executus_worker.core.models import Checkpoint, Message, RunInfo, RunStatus
 from executus_worker.core.ports import CheckpointerFactory, RunCheckpointer
-from executus_worker.core.stop import OwnershipLost
+from executus_worker.core.stop import OwnershipLost, StopReason, StopToken
 from executus_worker.errors import StoreError
 
 from .conformance import msgs, request
@@ -29,12 +30,12 @@ class SpyStore(MemoryStore):
         self.sent: list[tuple[str, int, int]] = []  # (call, base_len, new message count)
         self.fail_next = 0
 
-    def save_checkpoint(self, run_id: str, **kw: Any) -> None:
+    def save_checkpoint(self, run_id: str, **kw: Any) -> SaveAck:
         if self.fail_next:
             self.fail_next -= 1
             raise StoreError("redis went away")
         self.sent.append(("save", kw["base_len"], len(kw["new_messages"])))
-        super().save_checkpoint(run_id, **kw)
+        return super().save_checkpoint(run_id, **kw)
 
     def finish(self, run_id: str, **kw: Any) -> None:
         self.sent.append(("finish", kw["base_len"], len(kw["new_messages"])))
@@ -51,11 +52,21 @@ def store(clock: FakeClock) -> SpyStore:
     return SpyStore(clock)
 
 
-def begin(store: SpyStore, clock: FakeClock, throttle_ms: int = 0, run_id: str = "r1") -> RunHandle:
+def begin(
+    store: SpyStore,
+    clock: FakeClock,
+    throttle_ms: int = 0,
+    run_id: str = "r1",
+    stop: StopToken | None = None,
+) -> RunHandle:
     if store.get(run_id) is None:
         store.register(request(), run_id=run_id, queue="executus", now=clock.now())
     claim = store.claim(run_id, owner="w", lease_ttl_s=30, max_attempts=5, now=clock.now())
-    return RunHandle(store, run_id, claim.epoch, throttle_ms=throttle_ms, clock=clock)
+    assert claim.fence is not None
+    return RunHandle(
+        store, run_id, claim.fence, stop=stop, throttle_ms=throttle_ms, clock=clock,
+        write_patience_s=0.2,
+    )  # fmt: skip
 
 
 def step(cp: Checkpoint, text: str) -> Checkpoint:
@@ -66,13 +77,16 @@ def step(cp: Checkpoint, text: str) -> Checkpoint:
 
 def test_handle_and_factory_satisfy_the_ports(store: SpyStore, clock: FakeClock) -> None:
     factory: CheckpointerFactory = StoreCheckpointerFactory(store, throttle_ms=5, clock=clock)
-    handle: RunCheckpointer | None = factory.begin(RunInfo(run_id="r1", agent="a", epoch=3))
+    run = RunInfo(run_id="r1", agent="a", epoch=3, fence="f00d")
+    handle: RunCheckpointer | None = factory.begin(run, StopToken())
     assert isinstance(handle, RunHandle)
-    assert (handle.run_id, handle.epoch, handle.throttle_ms) == ("r1", 3, 5)
+    assert (handle.run_id, handle.fence, handle.throttle_ms) == ("r1", Fence("f00d", 3), 5)
 
 
 def test_factory_gives_no_handle_to_an_unclaimed_run(store: SpyStore) -> None:
-    assert StoreCheckpointerFactory(store).begin(RunInfo(run_id="r1", agent="a")) is None
+    factory = StoreCheckpointerFactory(store)
+    assert factory.begin(RunInfo(run_id="r1", agent="a"), StopToken()) is None
+    assert factory.begin(RunInfo(run_id="r1", agent="a", epoch=1), StopToken()) is None
 
 
 def test_each_save_sends_only_messages_after_persisted_len(
@@ -107,31 +121,65 @@ def test_force_always_writes(store: SpyStore, clock: FakeClock) -> None:
     assert store.transcript("r1") == cp.messages
 
 
-def test_a_failed_save_is_retried_at_the_next_step(store: SpyStore, clock: FakeClock) -> None:
+def test_a_failing_save_pauses_the_run_until_the_store_answers(
+    store: SpyStore, clock: FakeClock
+) -> None:
+    """A save that cannot reach the store is retried in place (the run pauses): the next step
+    never starts on top of an unsaved one, and nothing is lost or written twice."""
     handle = begin(store, clock, throttle_ms=1_000)
     cp = Checkpoint(run_id="r1")
     assert handle.save(step(cp, "1"))
     clock.advance(2)
-    store.fail_next = 1
-    assert not handle.save(step(cp, "2"))
-    assert handle.persisted_len == 1
-    # The failure did not move the throttle window: the very next step writes, with both.
-    clock.advance(0.001)
-    assert handle.save(step(cp, "3"))
-    assert store.sent == [("save", 0, 1), ("save", 1, 2)]
+    store.fail_next = 3
+    assert handle.save(step(cp, "2"))
+    assert handle.persisted_len == 2
+    assert store.fail_next == 0
+    assert store.sent == [("save", 0, 1), ("save", 1, 1)]
     assert store.transcript("r1") == cp.messages
 
 
-def test_a_failed_forced_save_raises(store: SpyStore, clock: FakeClock) -> None:
-    handle = begin(store, clock)
-    store.fail_next = 1
+def test_a_failing_write_gives_up_once_a_stop_is_pending(store: SpyStore, clock: FakeClock) -> None:
+    """While a shutdown is pending the retries last at most write_patience_s, then the error
+    propagates (the worker must exit within its grace period)."""
+    stop = StopToken()
+    handle = begin(store, clock, stop=stop)
+    stop.request(StopReason.SHUTDOWN)
+    store.fail_next = 1_000
     with pytest.raises(StoreError):
         handle.save(Checkpoint(run_id="r1", messages=msgs(1)), force=True)
 
 
+def test_cancel_on_the_save_reply_is_requested_on_the_token(
+    store: SpyStore, clock: FakeClock
+) -> None:
+    stop = StopToken()
+    handle = begin(store, clock, stop=stop)
+    cp = Checkpoint(run_id="r1")
+    handle.save(step(cp, "1"))
+    assert stop.reason() is None
+    store.request_cancel("r1", now=clock.now())
+    handle.save(step(cp, "2"))
+    assert stop.reason() is StopReason.CANCEL
+
+
+def test_a_transcript_behind_after_data_loss_is_rewritten_whole(
+    store: SpyStore, clock: FakeClock
+) -> None:
+    """Redis lost the last saves but our claim survived: the owner rewrites the whole
+    transcript from memory, and the stored run is exact again."""
+    handle = begin(store, clock)
+    cp = Checkpoint(run_id="r1")
+    for i in range(1, 4):
+        handle.save(step(cp, str(i)))
+    store._runs["r1"].msgs[1:] = []  # what a rollback to an older snapshot leaves
+    handle.save(step(cp, "4"))
+    assert [m.content for m in store.transcript("r1")] == ["1", "2", "3", "4"]
+    assert store.sent[-2:] == [("save", 3, 1), ("save", 0, 4)]
+
+
 def test_ownership_lost_propagates_from_save(store: SpyStore, clock: FakeClock) -> None:
     handle = begin(store, clock)
-    store.interrupt("r1", epoch=handle.epoch, now=clock.now())
+    store.interrupt("r1", fence=handle.fence, now=clock.now())
     begin(store, clock)  # a new owner claims the run
     with pytest.raises(OwnershipLost):
         handle.save(Checkpoint(run_id="r1", messages=msgs(1)))
@@ -247,14 +295,22 @@ def test_first_claim_skips_the_load_round_trip_and_later_claims_load(
     factory = StoreCheckpointerFactory(store, clock=clock)
     store.register(request(), run_id="r1", queue="executus", now=clock.now())
     first = store.claim("r1", owner="w", lease_ttl_s=30, max_attempts=5, now=clock.now())
-    handle = factory.begin(RunInfo(run_id="r1", agent="demo.counter", epoch=first.epoch))
+    assert first.fence is not None
+    handle = factory.begin(
+        RunInfo(run_id="r1", agent="demo.counter", epoch=first.epoch, fence=first.fence.token),
+        StopToken(),
+    )
     assert handle is not None
     assert handle.load() is None
     assert loads == []
     handle.save(Checkpoint(run_id="r1", epoch=first.epoch, iteration=1, messages=msgs(1)))
     handle.interrupt(Checkpoint(run_id="r1", epoch=first.epoch, iteration=1, messages=msgs(1)))
     second = store.claim("r1", owner="w", lease_ttl_s=30, max_attempts=5, now=clock.now())
-    resumed = factory.begin(RunInfo(run_id="r1", agent="demo.counter", epoch=second.epoch))
+    assert second.fence is not None
+    resumed = factory.begin(
+        RunInfo(run_id="r1", agent="demo.counter", epoch=second.epoch, fence=second.fence.token),
+        StopToken(),
+    )
     assert resumed is not None
     loaded = resumed.load()
     assert loads == ["r1"]

@@ -11,6 +11,7 @@ from redis.retry import Retry
 
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.checkpoint.store import Fence
 from executus_worker.core.models import Checkpoint, Message, RunStatus
 from executus_worker.embedded import free_port
 from executus_worker.errors import StoreError
@@ -20,14 +21,16 @@ from .conformance import NOW, msgs, request
 pytestmark = pytest.mark.redis
 
 
-def _claimed(store: RedisStore, run_id: str = "r1") -> int:
+def _claimed(store: RedisStore, run_id: str = "r1") -> Fence:
     store.register(request(), run_id=run_id, queue="executus", now=NOW)
-    return store.claim(run_id, owner="w", lease_ttl_s=30, max_attempts=5, now=NOW).epoch
+    fence = store.claim(run_id, owner="w", lease_ttl_s=30, max_attempts=5, now=NOW).fence
+    assert fence is not None
+    return fence
 
 
-def _save(store: RedisStore, epoch: int, base_len: int, new: list[Message]) -> None:
+def _save(store: RedisStore, epoch: Fence, base_len: int, new: list[Message]) -> None:
     store.save_checkpoint(
-        "r1", epoch=epoch, base_len=base_len, new_messages=new,
+        "r1", fence=epoch, base_len=base_len, new_messages=new,
         checkpoint=Checkpoint(run_id="r1"), now=NOW,
     )  # fmt: skip
 
@@ -66,7 +69,7 @@ def test_a_decoding_client_works_too(redis_url: str, redis_client: redis.Redis) 
         _save(store, epoch, 0, msgs(3))
         loaded = store.load_checkpoint("r1")
         assert loaded is not None and loaded.messages == msgs(3)
-        store.interrupt("r1", epoch=epoch, now=NOW)
+        store.interrupt("r1", fence=epoch, now=NOW)
         assert [r.run_id for r in store.sweep(now=NOW + 1, queued_timeout_s=60).requeued] == ["r1"]
         assert store.list_runs(status=RunStatus.QUEUED)[0].run_id == "r1"
     finally:
@@ -106,11 +109,12 @@ def test_key_prefix_namespaces_every_key(redis_client: redis.Redis) -> None:
     ]
 
 
-def test_lease_key_holds_owner_and_epoch_with_a_ttl(redis_client: redis.Redis) -> None:
+def test_lease_key_holds_the_claims_fence_with_a_ttl(redis_client: redis.Redis) -> None:
     store = RedisStore(redis_client)
-    epoch = _claimed(store)
+    fence = _claimed(store)
     lease = store.keys.lease("r1")
-    assert redis_client.get(lease) == f"w:{epoch}".encode()
+    assert redis_client.get(lease) == fence.token.encode()
+    assert redis_client.hget(store.keys.rec("r1"), "fence") == fence.token.encode()
     assert 0 < int(redis_client.pttl(lease)) <= 30_000
 
 

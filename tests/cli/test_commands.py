@@ -274,7 +274,7 @@ def test_recover_republishes_an_interrupted_run(
     run_id = ok_json(["enqueue", "demo.counter"], env)["run_id"]
     store = RedisStore(redis_client)
     claim = store.claim(run_id, owner="gone", lease_ttl_s=30, max_attempts=5, now=time.time())
-    store.interrupt(run_id, epoch=claim.epoch, now=time.time())
+    store.interrupt(run_id, fence=claim.fence, now=time.time())
 
     report = ok_json(["recover"], env)
 
@@ -354,7 +354,9 @@ def test_worker_execs_so_sigterm_reaches_celery_main_process_directly(redis_url:
         while b"celery" not in cmdline.read_bytes() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert b"executus_worker.worker\0worker" in cmdline.read_bytes()
-        time.sleep(1.5)  # let it finish booting; a warm shutdown then exits cleanly
+        # Let it finish booting (a SIGTERM before Celery installs its handlers kills it with
+        # the default action); 1.5 s was too short on a loaded 2-core box.
+        time.sleep(4)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

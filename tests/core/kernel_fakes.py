@@ -105,7 +105,7 @@ class FakeCheckpoints:
     store: FakeStore = field(default_factory=FakeStore)
     options: dict[str, Any] = field(default_factory=dict)
 
-    def begin(self, run: RunInfo) -> FakeCheckpointer:
+    def begin(self, run: RunInfo, stop: StopToken | None = None) -> FakeCheckpointer:
         return FakeCheckpointer(self.store, run, **self.options)
 
 

@@ -77,7 +77,11 @@ class Runner:
         )
         assert claim.status is ClaimStatus.CLAIMED
         return RunInfo.from_request(
-            self.request, run_id=self.run_id, epoch=claim.epoch, attempt=claim.attempts
+            self.request,
+            run_id=self.run_id,
+            epoch=claim.epoch,
+            attempt=claim.attempts,
+            fence=claim.fence.token if claim.fence else "",
         )
 
     def attempt(

@@ -292,8 +292,8 @@ def test_bad_demo_input_fails_the_run_with_a_clear_error() -> None:
 
 def test_a_corrupt_checkpoint_fails_the_run() -> None:
     class Corrupt(FakeCheckpoints):
-        def begin(self, run: RunInfo):  # type: ignore[no-untyped-def]
-            handle = super().begin(run)
+        def begin(self, run: RunInfo, stop: StopToken | None = None):  # type: ignore[no-untyped-def]
+            handle = super().begin(run, stop)
 
             def load() -> None:
                 raise CorruptCheckpointError(run.run_id, "meta is not JSON")

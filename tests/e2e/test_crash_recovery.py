@@ -47,10 +47,16 @@ def test_a_killed_worker_is_recovered_by_another_workers_sweep_after_lease_expir
     a = cluster.start(pool)
     run_id = cluster.submit("e2e.counter", steps=8, step_s=STEP_S)
     cluster.wait_steps_ended(run_id, 2)
-    b = cluster.start("threads")
     killed_at = time.time()
+    if pool == "prefork" and signum == signal.SIGKILL:
+        # The whole host goes: children first (a child whose main process alone dies drains
+        # itself cleanly instead: test_an_orphaned_prefork_child_interrupts_its_run_cleanly).
+        for pid in a.children():
+            os.kill(pid, signal.SIGKILL)
     a.signal(signum)
     a.wait_exit(timeout_s=20)
+    # Started after the kill: starting a worker takes longer than the whole run on a loaded box.
+    b = cluster.start("threads")
     cluster.wait_status(run_id, RunStatus.COMPLETED, timeout_s=40)
     resumed_at = min(e["t"] for e in cluster.steps(run_id) if e["epoch"] == 2)
     timing(f"{pool} {signal.Signals(signum).name}: recovered after", resumed_at - killed_at)
@@ -77,15 +83,39 @@ def test_a_killed_prefork_child_is_replaced_and_its_run_recovered(cluster: Clust
     assert_resumed_exactly(cluster, run_id, 8)
 
 
+def test_an_orphaned_prefork_child_interrupts_its_run_cleanly(cluster: Cluster) -> None:
+    """SIGKILL of the prefork main process alone: its child gets the parent-death signal,
+    stops the run at the next step boundary and leaves it ``interrupted`` (not a crash: no
+    attempt counts toward dead); another worker resumes it exactly."""
+    a = cluster.start("prefork")
+    run_id = cluster.submit("e2e.counter", steps=6, step_s=STEP_S)
+    cluster.wait_steps_ended(run_id, 2)
+    a.signal(signal.SIGKILL)
+    wait_for(
+        "the orphaned child to interrupt the run",
+        lambda: (r := cluster.store.get(run_id)) is not None and r.status is RunStatus.INTERRUPTED,
+        20,
+    )
+    cluster.start("threads")
+    cluster.wait_status(run_id, RunStatus.COMPLETED, timeout_s=40)
+    record = cluster.store.get(run_id)
+    assert record is not None and record.attempts == 2
+    assert_resumed_exactly(cluster, run_id, 6)
+
+
 def test_a_worker_killed_before_the_first_checkpoint_is_still_recovered(
     cluster: Cluster,
 ) -> None:
     a = cluster.start("prefork")
     run_id = cluster.submit("e2e.counter", steps=3, step_s=1.5)
     wait_for("the first step to start", lambda: cluster.steps(run_id, "start"), 10)
-    assert cluster.store.load_checkpoint(run_id) is None
-    cluster.start("threads")
+    # The whole host goes: the child running the step dies with its main process (a child
+    # whose main process alone dies drains itself: test_an_orphaned_prefork_child_...).
+    for pid in a.children():
+        os.kill(pid, signal.SIGKILL)
     a.signal(signal.SIGKILL)
+    assert cluster.store.load_checkpoint(run_id) is None
+    cluster.start("threads")  # after the kill: starting it takes longer than a step here
     cluster.wait_status(run_id, RunStatus.COMPLETED, timeout_s=40)
     assert step_numbers(cluster.ended(run_id, epoch=2)) == [1, 2, 3]
     assert cluster.transcript(run_id) == counter_transcript(3)

@@ -31,7 +31,8 @@ def test_the_app_is_configured_for_durable_json_runs(settings: Settings) -> None
     assert conf.task_serializer == conf.result_serializer == "json"
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
+    # Runs are never killed on a broker blip: the claim fences the redelivered duplicate.
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
     assert conf.broker_transport_options == {"visibility_timeout": 7200}
     assert conf.broker_connection_retry_on_startup is True
     assert conf.task_ignore_result is True

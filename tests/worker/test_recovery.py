@@ -49,7 +49,7 @@ def interrupted_runs(store: MemoryStore | RedisStore, n: int, clock: Clock) -> l
         request = RunRequest(run_id=run_id, agent="demo.counter", model_tier="fast")
         store.register(request, run_id=run_id, queue="fast-q", now=clock())
         claim = store.claim(run_id, owner="w:1", lease_ttl_s=30, max_attempts=5, now=clock())
-        store.interrupt(run_id, epoch=claim.epoch, now=clock())
+        store.interrupt(run_id, fence=claim.fence, now=clock())
         ids.append(run_id)
     return ids
 

@@ -42,7 +42,7 @@ def test_the_recover_task_sweeps_and_republishes(redis_url: str, prefix: str) ->
     now = time.time()
     store.register(RunRequest(agent="demo.counter"), run_id="i1", queue=queue, now=now)
     claim = store.claim("i1", owner="w:1", lease_ttl_s=30, max_attempts=5, now=now)
-    store.interrupt("i1", epoch=claim.epoch, now=now)
+    store.interrupt("i1", fence=claim.fence, now=now)
     report = app.tasks[TASK_RECOVER]()
     assert report["requeued"] == 1 and report["published"] == 1
     assert client.llen(queue) == 1

@@ -53,6 +53,7 @@ class _Meta(BaseModel):
     critic_state: Json[dict[str, JsonValue]] = {}
     updated_at: float = 0.0
     msg_count: int | None = None
+    wseq: str = ""
 
 
 def text(value: Raw) -> str:
@@ -177,17 +178,57 @@ def decode_request(run_id: str, key: str, raw: Raw) -> RunRequest:
 
 def meta_fields(checkpoint: Checkpoint, *, epoch: int, now: float) -> dict[str, str]:
     """The checkpoint meta hash (everything but the messages, which live in their own list)."""
-    return {
-        "format_version": str(CHECKPOINT_FORMAT_VERSION),
-        "epoch": str(epoch),
-        "iteration": str(checkpoint.iteration),
-        "active_phase": dumps(checkpoint.active_phase),
-        "phase_start": str(checkpoint.phase_start),
-        "completed_phases": dumps(list(checkpoint.completed_phases)),
-        "phase_outputs": dumps(checkpoint.phase_outputs),
-        "critic_state": dumps(checkpoint.critic_state),
-        "updated_at": repr(now),
-    }
+    return MetaDelta().fields(checkpoint, epoch=epoch, now=now)
+
+
+# Meta fields that hold structures; compared by value, encoded only when they changed.
+_STRUCTURED = ("active_phase", "completed_phases", "phase_outputs", "critic_state")
+
+
+class MetaDelta:
+    """The meta fields that changed since the last write this object was told about.
+
+    A step usually changes only ``iteration`` and ``updated_at``: sending (and JSON-encoding)
+    the other seven fields every step was a third of the client-side cost of a save
+    (bench/step_bench.py --profile). ``fields`` returns the full set on the first call and
+    after ``reset``; the writer calls ``written`` once the store accepted them.
+    """
+
+    def __init__(self) -> None:
+        self._sent: dict[str, object] = {}
+        self._pending: dict[str, object] = {}
+
+    def reset(self) -> None:
+        self._sent = {}
+
+    def fields(self, checkpoint: Checkpoint, *, epoch: int, now: float) -> dict[str, str]:
+        values: dict[str, object] = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "epoch": epoch,
+            "iteration": checkpoint.iteration,
+            "active_phase": checkpoint.active_phase,
+            "phase_start": checkpoint.phase_start,
+            "completed_phases": checkpoint.completed_phases,
+            "phase_outputs": checkpoint.phase_outputs,
+            "critic_state": checkpoint.critic_state,
+        }
+        sent, out, pending = self._sent, {}, {}
+        for name, value in values.items():
+            if name in sent and sent[name] == value:
+                continue
+            if name in _STRUCTURED:
+                out[name] = dumps(value)  # type: ignore[arg-type]
+                pending[name] = json.loads(out[name])  # a private copy, immune to mutation
+            else:
+                out[name] = str(value)
+                pending[name] = value
+        out["updated_at"] = repr(now)
+        self._pending = pending
+        return out
+
+    def written(self) -> None:
+        self._sent.update(self._pending)
+        self._pending = {}
 
 
 def decode_checkpoint(
@@ -240,4 +281,5 @@ def decode_checkpoint(
         phase_outputs=parsed.phase_outputs,
         critic_state=parsed.critic_state,
         updated_at=parsed.updated_at,
+        write_seq=parsed.wseq,
     )

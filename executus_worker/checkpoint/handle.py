@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from pydantic import JsonValue
 
+from executus_worker.checkpoint import codec
 from executus_worker.checkpoint.store import Fence, RunStore
 from executus_worker.core.models import Checkpoint, Message, RunInfo, RunStatus
 from executus_worker.core.ports import Clock, SystemClock
@@ -73,6 +74,11 @@ class RunHandle:
         # (the usual case, checked in O(1)) from a rewrite of the tail (phased resume).
         self._stored: list[Message] = []
         self._last_write: float | None = None
+        # The last write's marker as the store holds it ("" = unknown: do not check), and how
+        # many writes this claim made; see the SAVE script's stored_state.
+        self._expect_seq = ""
+        self._writes = 0
+        self._meta = codec.MetaDelta()
 
     @property
     def epoch(self) -> int:
@@ -92,6 +98,7 @@ class RunHandle:
         # A resumed attempt starts from what is stored: the transcript if a checkpoint exists,
         # nothing otherwise (a run that never saved has no messages to keep).
         self._stored = list(checkpoint.messages) if checkpoint is not None else []
+        self._expect_seq = checkpoint.write_seq if checkpoint is not None else ""
         return checkpoint
 
     def save(self, checkpoint: Checkpoint, *, force: bool = False) -> bool:
@@ -102,6 +109,7 @@ class RunHandle:
             return False
 
         def write(base_len: int, new: list[Message]) -> None:
+            seq = f"{self.fence.token}:{self._writes + 1}"
             ack = self.store.save_checkpoint(
                 self.run_id,
                 fence=self.fence,
@@ -109,7 +117,12 @@ class RunHandle:
                 new_messages=new,
                 checkpoint=checkpoint,
                 now=now,
+                expect_seq=self._expect_seq,
+                seq=seq,
+                meta=self._meta.fields(checkpoint, epoch=self.fence.epoch, now=now),
             )
+            self._expect_seq, self._writes = seq, self._writes + 1
+            self._meta.written()
             if ack.cancel_requested:
                 # Delivered on the reply of a write the run makes anyway: the cancel lands at
                 # the next step boundary at no extra round trip.
@@ -158,8 +171,10 @@ class RunHandle:
             # Redis lost writes (restart with AOF everysec, failover, restore) but our claim
             # survived them: the fence still matched. We hold the whole transcript, so rewrite
             # it; the stored run is exact again. O(transcript), on this rare path only.
-            log.warning("run %s: %s; rewriting the whole transcript", self.run_id, exc)
+            log.warning("run %s: %s; rewriting the whole checkpoint", self.run_id, exc)
             self._stored = []
+            self._expect_seq = ""
+            self._meta.reset()
             base_len, new = 0, list(messages)
             self._retry(what, lambda: write(0, new))
         self._stored_written(base_len, new)
@@ -226,6 +241,7 @@ class RunHandle:
                 new_messages=new,
                 now=self._clock.now(),
                 result_ttl_s=self.result_ttl_s,
+                expect_seq=self._expect_seq,
             )
 
         self._write(status.value, checkpoint.messages, write)

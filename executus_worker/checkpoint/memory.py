@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import JsonValue
@@ -328,14 +328,29 @@ class MemoryStore:
         new_messages: Sequence[Message],
         checkpoint: Checkpoint,
         now: float,
+        expect_seq: str = "",
+        seq: str = "",
+        meta: Mapping[str, str] | None = None,
     ) -> SaveAck:
-        meta = codec.meta_fields(checkpoint, epoch=fence.epoch, now=now)
+        if meta is None:
+            meta = codec.meta_fields(checkpoint, epoch=fence.epoch, now=now)
         with self._lock:
             run = self._fence(run_id, fence)
+            self._check_seq(run_id, run, expect_seq)
             self._splice(run_id, run, base_len, new_messages)
-            run.ckpt = {**(run.ckpt or {}), **meta, "msg_count": str(len(run.msgs))}
+            run.ckpt = {**(run.ckpt or {}), **meta, "msg_count": str(len(run.msgs)), "wseq": seq}
             run.rec["updated_at"] = repr(now)
             return SaveAck(len(run.msgs), run.rec.get("cancel_requested") == "1")
+
+    @staticmethod
+    def _check_seq(run_id: str, run: _Run, expect_seq: str) -> None:
+        stored = (run.ckpt or {}).get("wseq")
+        if expect_seq and stored != expect_seq:
+            raise TranscriptBehind(
+                run_id,
+                f"memory:{run_id}:ckpt: the last stored write is {stored}, "
+                f"the writer made {expect_seq}",
+            )
 
     def finish(
         self,
@@ -349,12 +364,14 @@ class MemoryStore:
         new_messages: Sequence[Message],
         now: float,
         result_ttl_s: int,
+        expect_seq: str = "",
     ) -> None:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value!r}")
         encoded_output = codec.dumps(output)
         with self._lock:
             run = self._fence(run_id, fence)
+            self._check_seq(run_id, run, expect_seq)
             self._splice(run_id, run, base_len, new_messages)
             run.rec["output"] = encoded_output
             if error is None:

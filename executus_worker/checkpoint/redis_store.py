@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import redis
@@ -206,12 +206,18 @@ class RedisStore:
         new_messages: Sequence[Message],
         checkpoint: Checkpoint,
         now: float,
+        expect_seq: str = "",
+        seq: str = "",
+        meta: Mapping[str, str] | None = None,
     ) -> SaveAck:
-        meta = codec.meta_fields(checkpoint, epoch=fence.epoch, now=now)
+        if meta is None:
+            meta = codec.meta_fields(checkpoint, epoch=fence.epoch, now=now)
         payload = codec.append_payload(new_messages, base_len=base_len)
-        args = [run_id, now, fence.token, base_len, len(new_messages), payload]
+        k = self.keys
+        args = [run_id, now, fence.token, base_len, len(new_messages), payload, expect_seq, seq]
         args.extend(x for pair in meta.items() for x in pair)
-        reply = self._run("save", run_id, self.keys.run(run_id).all(), args)
+        keys = (k.rec(run_id), k.ckpt(run_id), k.msgs(run_id))
+        reply = self._run("save", run_id, keys, args)
         return SaveAck(stored=int(reply[0]), cancel_requested=int(reply[1]) == 1)
 
     def finish(
@@ -226,6 +232,7 @@ class RedisStore:
         new_messages: Sequence[Message],
         now: float,
         result_ttl_s: int,
+        expect_seq: str = "",
     ) -> None:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value!r}")
@@ -241,6 +248,7 @@ class RedisStore:
             "0" if error is None else "1",
             error or "",
             int(result_ttl_s),
+            expect_seq,
         ]
         self._run("finish", run_id, self.keys.run(run_id).all(), args)
 

@@ -51,12 +51,20 @@ local function mark_taken()
   if old then redis.call('HSET', KEYS[1], 'tk:' .. old, 1) end
 end
 
--- (stored message count, nil) or (nil, error reply) if fewer than base_len are stored.
-local function stored_count(base_len)
-  local count = tonumber(redis.call('HGET', KEYS[3], 'msg_count') or '0')
+-- (stored message count, nil), or (nil, error reply) when the stored state is not the one the
+-- writer built on: fewer than base_len messages, or (expect non-empty) another last write than
+-- the one it made. Either means Redis lost writes (a restart with AOF everysec, a failover to a
+-- lagging replica, a restore) while this claim survived; the writer then rewrites everything.
+local function stored_state(ckpt, base_len, expect)
+  local m = redis.call('HMGET', ckpt, 'msg_count', 'wseq')
+  local count = tonumber(m[1] or '0')
   if count < base_len then
     return nil, redis.error_reply('EXECUTUS_SHORT transcript has ' .. count ..
       ' messages, the writer expected at least ' .. base_len)
+  end
+  if expect ~= '' and m[2] ~= expect then
+    return nil, redis.error_reply('EXECUTUS_SHORT the last stored write is ' ..
+      tostring(m[2]) .. ', the writer made ' .. expect)
   end
   return count, nil
 end
@@ -66,10 +74,10 @@ end
 -- load is one GET and one parse, with no copy. Keep the first base_len messages, then write the
 -- payload: a whole array when base_len is 0, else "\n,<new...>]" written over the closing
 -- bracket with SETRANGE, which costs O(payload): a save never pays for the transcript.
-local function splice(base_len, count, payload)
+local function splice(msgs, base_len, count, payload)
   if base_len == 0 then
-    redis.call('DEL', KEYS[4])
-    if payload ~= '' then redis.call('SET', KEYS[4], payload) end
+    redis.call('DEL', msgs)
+    if payload ~= '' then redis.call('SET', msgs, payload) end
     return nil
   end
   local short = redis.error_reply('EXECUTUS_SHORT transcript holds fewer messages than its ' ..
@@ -77,18 +85,18 @@ local function splice(base_len, count, payload)
   if count > base_len then
     -- A rewritten tail (a phased resume re-runs its phase): cut after message base_len.
     -- O(transcript), but only on this rare path; plain appends never get here.
-    local s = redis.call('GET', KEYS[4]) or ''
+    local s = redis.call('GET', msgs) or ''
     local pos = 0
     for _ = 1, base_len do
       pos = string.find(s, '\n,', pos + 1, true)
       if not pos then return short end
     end
-    redis.call('SET', KEYS[4], string.sub(s, 1, pos - 1) .. ']')
+    redis.call('SET', msgs, string.sub(s, 1, pos - 1) .. ']')
   end
   if payload ~= '' then
-    local len = redis.call('STRLEN', KEYS[4])
+    local len = redis.call('STRLEN', msgs)
     if len < 2 then return short end
-    redis.call('SETRANGE', KEYS[4], len - 1, payload)
+    redis.call('SETRANGE', msgs, len - 1, payload)
   end
   return nil
 end
@@ -186,32 +194,37 @@ end
 return 0
 """
 
-# ARGV: run_id, now, fence, base_len, new_count, payload, meta field/value pairs...
+# KEYS: rec, ckpt, msgs (only these: every argument costs client time on the hot path).
+# ARGV: run_id, now, fence, base_len, new_count, payload, expect_wseq, wseq,
+#       changed meta field/value pairs...
 #   -> {new transcript length (messages), cancel requested 0|1}: the cancel flag rides on the
 #   reply the run already waits for every step, so a cancel lands at the next step boundary.
 SAVE = r"""
 local base_len = tonumber(ARGV[4])
-local err = fence(ARGV[3])
-if err then return err end
-local count, short = stored_count(base_len)
-if short then return short end
-err = splice(base_len, count, ARGV[6])
-if err then return err end
+local r = redis.call('HMGET', KEYS[1], 'status', 'fence', 'epoch', 'cancel_requested')
+if r[1] ~= 'running' or r[2] ~= ARGV[3] then
+  return redis.error_reply('EXECUTUS_FENCED run ' .. ARGV[1] .. ' is ' .. tostring(r[1]) ..
+    ' at epoch ' .. tostring(r[3]) .. ' under another claim; this writer is no longer its owner')
+end
+local count, bad = stored_state(KEYS[2], base_len, ARGV[7])
+if bad then return bad end
+bad = splice(KEYS[3], base_len, count, ARGV[6])
+if bad then return bad end
 local total = base_len + tonumber(ARGV[5])
-redis.call('HSET', KEYS[3], 'msg_count', total, unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], 'msg_count', total, 'wseq', ARGV[8], unpack(ARGV, 9))
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-return {total, redis.call('HGET', KEYS[1], 'cancel_requested') == '1' and 1 or 0}
+return {total, r[4] == '1' and 1 or 0}
 """
 
 # ARGV: run_id, now, fence, base_len, new_count, payload, status, output_json, has_error,
-#       error, result_ttl_s
+#       error, result_ttl_s, expect_wseq
 FINISH = r"""
 local base_len = tonumber(ARGV[4])
 local err = fence(ARGV[3])
 if err then return err end
-local count, short = stored_count(base_len)
+local count, short = stored_state(KEYS[3], base_len, ARGV[12] or '')
 if short then return short end
-err = splice(base_len, count, ARGV[6])
+err = splice(KEYS[4], base_len, count, ARGV[6])
 if err then return err end
 -- SETRANGE grows strings greedily (up to 2x); rewrite the retained transcript at its exact size
 -- once, so a day of retention does not hold the slack. With base_len 0 splice wrote it with one

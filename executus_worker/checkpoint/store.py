@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -154,11 +154,17 @@ class RunStore(Protocol):
         new_messages: Sequence[Message],
         checkpoint: Checkpoint,
         now: float,
+        expect_seq: str = "",
+        seq: str = "",
+        meta: Mapping[str, str] | None = None,
     ) -> SaveAck:
-        """Keep the first ``base_len`` stored messages, append ``new_messages``, replace meta.
+        """Keep the first ``base_len`` stored messages, append ``new_messages``, update meta.
 
         Atomic and fenced: raises OwnershipLost if the run is not held by ``fence``, and
-        TranscriptBehind if fewer than ``base_len`` messages are stored (Redis lost writes).
+        TranscriptBehind if fewer than ``base_len`` messages are stored or (``expect_seq``
+        non-empty) the last stored write is not ``expect_seq``: Redis lost writes. ``seq`` is
+        stored as the new last-write marker. ``meta``: only these meta fields are written
+        (the writer's delta); None writes all of them from ``checkpoint``.
         Its cost depends on the new messages only, never on the transcript length.
         """
         ...
@@ -175,6 +181,7 @@ class RunStore(Protocol):
         new_messages: Sequence[Message],
         now: float,
         result_ttl_s: int,
+        expect_seq: str = "",
     ) -> None:
         """Terminal transition: record the result and final transcript with a TTL, delete the
         checkpoint and lease, drop the run from the active index. Fenced like a save."""

@@ -175,6 +175,9 @@ class Checkpoint(BaseModel):
     phase_outputs: dict[str, JsonValue] = Field(default_factory=dict)
     critic_state: dict[str, JsonValue] = Field(default_factory=dict)
     updated_at: float = 0.0
+    # The store's marker of the last write ("<fence>:<n>"), as loaded: the next writer sends it
+    # back so a write that Redis forgot (rollback, failover) is detected, never built upon.
+    write_seq: str = ""
 
 
 class OutcomeKind(enum.StrEnum):

@@ -361,6 +361,27 @@ def test_a_short_transcript_is_reported_as_behind(store: RunStore, backend: Back
     assert store.transcript("r1") == msgs(2)
 
 
+def test_a_forgotten_last_write_is_reported_as_behind(store: RunStore) -> None:
+    """The writer names the last write it made; if the store holds another (it forgot a write
+    that added no messages, e.g. a phase boundary), the write is refused, nothing changes."""
+    fence = claimed(store, registered(store))
+    cp = Checkpoint(run_id="r1", epoch=fence.epoch)
+    args: dict[str, Any] = {"fence": fence, "checkpoint": cp, "now": NOW}
+    store.save_checkpoint("r1", base_len=0, new_messages=msgs(1), seq="a:1", **args)
+    store.save_checkpoint("r1", base_len=1, new_messages=[], expect_seq="a:1", seq="a:2", **args)
+    with pytest.raises(TranscriptBehind):
+        store.save_checkpoint(
+            "r1", base_len=1, new_messages=msgs(1), expect_seq="a:1", seq="a:3", **args
+        )
+    with pytest.raises(TranscriptBehind):
+        store.finish(
+            "r1", fence=fence, status=RunStatus.COMPLETED, output=None, error=None, base_len=1,
+            new_messages=[], now=NOW, result_ttl_s=TTL_S, expect_seq="a:1",
+        )  # fmt: skip
+    loaded = store.load_checkpoint("r1")
+    assert loaded is not None and loaded.write_seq == "a:2" and loaded.messages == msgs(1)
+
+
 def test_clean_interrupts_do_not_count_toward_dead(store: RunStore) -> None:
     """A run interrupted by warm shutdowns many times is never declared dead for it."""
     registered(store)

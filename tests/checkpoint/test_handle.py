@@ -177,6 +177,47 @@ def test_a_transcript_behind_after_data_loss_is_rewritten_whole(
     assert store.sent[-2:] == [("save", 3, 1), ("save", 0, 4)]
 
 
+def test_a_forgotten_phase_boundary_is_rewritten_not_built_upon(
+    store: SpyStore, clock: FakeClock
+) -> None:
+    """Redis forgot a write that changed only meta (same message count): the next save sees
+    another last write than the one it made and rewrites the whole checkpoint."""
+    handle = begin(store, clock)
+    cp = Checkpoint(run_id="r1")
+    handle.save(step(cp, "1"))
+    before = dict(store._runs["r1"].ckpt or {})
+    cp.completed_phases.append("plan")
+    handle.save(cp, force=True)  # the phase boundary: no new message
+    store._runs["r1"].ckpt = before  # the rollback
+    handle.save(step(cp, "2"))
+    loaded = store.load_checkpoint("r1")
+    assert loaded is not None and loaded.completed_phases == ["plan"]
+    assert [m.content for m in loaded.messages] == ["1", "2"]
+    assert store.sent[-1] == ("save", 0, 2)
+
+
+def test_a_step_sends_only_the_meta_fields_that_changed(store: SpyStore, clock: FakeClock) -> None:
+    seen: list[set[str]] = []
+    original = store.save_checkpoint
+
+    def spy(run_id: str, **kw: Any) -> SaveAck:
+        seen.append(set(kw["meta"]))
+        return original(run_id, **kw)
+
+    store.save_checkpoint = spy  # type: ignore[method-assign]
+    handle = begin(store, clock)
+    cp = Checkpoint(run_id="r1")
+    handle.save(step(cp, "1"))
+    handle.save(step(cp, "2"))
+    cp.critic_state["fired"] = True
+    handle.save(step(cp, "3"))
+    assert "completed_phases" in seen[0] and "format_version" in seen[0]
+    assert seen[1] == {"iteration", "updated_at"}
+    assert seen[2] == {"iteration", "updated_at", "critic_state"}
+    loaded = store.load_checkpoint("r1")
+    assert loaded is not None and loaded.iteration == 3 and loaded.critic_state == {"fired": True}
+
+
 def test_ownership_lost_propagates_from_save(store: SpyStore, clock: FakeClock) -> None:
     handle = begin(store, clock)
     store.interrupt("r1", fence=handle.fence, now=clock.now())

@@ -1,0 +1,176 @@
+"""Per-step durable overhead through the kernel, against one Redis round trip in the same run.
+
+A run of S steps (S = 10, 100, 500, 5,000), each step one ~500-byte assistant message, is
+executed by the real kernel (``core.executor.execute``) twice: with the Redis store (a fenced
+save every step, as the worker wires it: ``StoreCheckpointerFactory``, throttle 0) and with no
+checkpointer at all. The difference divided by S is the durable cost of a step; it is compared
+with the median redis-py PING measured in the same run, on the same connection. Run with AOF
+off and with ``appendonly yes`` + ``appendfsync everysec``.
+
+    python bench/step_bench.py [--sizes 10,100,500,5000] [--repeats 5] [--profile]
+
+``--profile`` prints where a save's time goes (cProfile of 2,000 saves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import platform
+import pstats
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from executus_worker.checkpoint.handle import StoreCheckpointerFactory
+from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.core.executor import execute
+from executus_worker.core.models import Checkpoint, Message, RunInfo, RunRequest
+from executus_worker.core.ports import Deps, ModelReply, ModelRequest, NoCheckpoints
+from executus_worker.core.scripted import ScriptedAgent, ScriptedModel, say
+from executus_worker.core.stop import StopToken
+from executus_worker.embedded import EmbeddedRedis
+
+TEXT = "x" * 480  # with the JSON envelope, a ~500-byte message
+
+
+def agent_for(steps: int) -> ScriptedAgent:
+    def reply(request: ModelRequest) -> ModelReply:
+        done = len(request.messages) + 1 >= steps
+        return say(TEXT, done=done, output="done" if done else None)
+
+    return ScriptedAgent(name="bench.steps", model_=ScriptedModel(reply))
+
+
+def run_once(
+    store: RedisStore | None, steps: int, run_id: str
+) -> tuple[float, int]:  # (seconds, transcript length)
+    request = RunRequest(agent="bench.steps", limits={"max_iterations": steps + 1})
+    if store is None:
+        run = RunInfo.from_request(request, run_id=run_id)
+        deps = Deps(checkpoints=NoCheckpoints())
+    else:
+        store.register(request, run_id=run_id, queue="bench", now=time.time())
+        claim = store.claim(run_id, owner="bench", lease_ttl_s=600, max_attempts=5, now=time.time())
+        assert claim.fence is not None
+        run = RunInfo.from_request(
+            request, run_id=run_id, epoch=claim.epoch, fence=claim.fence.token
+        )
+        deps = Deps(checkpoints=StoreCheckpointerFactory(store, throttle_ms=0))
+    agent = agent_for(steps)
+    started = time.perf_counter()
+    outcome = execute(agent, run, deps, StopToken())
+    elapsed = time.perf_counter() - started
+    assert outcome.kind.value == "completed", outcome
+    return elapsed, outcome.iterations
+
+
+def ping_median(client: redis.Redis, n: int = 2_000) -> float:
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        client.ping()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def measure(client: redis.Redis, sizes: Sequence[int], repeats: int) -> list[dict[str, Any]]:
+    store = RedisStore(client, key_prefix="stepbench")
+    rows = []
+    for size in sizes:
+        per_step, pings = [], []
+        for rep in range(repeats):
+            pings.append(ping_median(client, 500))
+            t_null, n = run_once(None, size, f"null-{size}-{rep}")
+            t_store, m = run_once(store, size, f"store-{size}-{rep}")
+            assert n == m == size
+            per_step.append((t_store - t_null) / size)
+            client.delete(*client.keys("stepbench:*"))
+        ping = statistics.median(pings)
+        overhead = statistics.median(per_step)
+        rows.append(
+            {
+                "steps": size,
+                "overhead_ms": overhead * 1e3,
+                "range_ms": (min(per_step) * 1e3, max(per_step) * 1e3),
+                "ping_ms": ping * 1e3,
+                "ratio": overhead / ping,
+            }
+        )
+    return rows
+
+
+def profile_saves(client: redis.Redis, n: int = 2_000) -> str:
+    store = RedisStore(client, key_prefix="stepprof")
+    request = RunRequest(agent="bench.steps")
+    store.register(request, run_id="p", queue="bench", now=time.time())
+    claim = store.claim("p", owner="bench", lease_ttl_s=600, max_attempts=5, now=time.time())
+    assert claim.fence is not None
+    run = RunInfo.from_request(request, run_id="p", epoch=claim.epoch, fence=claim.fence.token)
+    handle = StoreCheckpointerFactory(store).begin(run, StopToken())
+    assert handle is not None
+    cp = Checkpoint(run_id="p")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(n):
+        cp.messages.append(Message(role="assistant", content=TEXT))
+        cp.iteration = i + 1
+        handle.save(cp)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(14)
+    client.delete(*client.keys("stepprof:*"))
+    return out.getvalue()
+
+
+def table(title: str, rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"#### {title}",
+        "",
+        "| steps | overhead per step, median ms | range ms | PING median ms | ratio |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lo, hi = r["range_ms"]
+        lines.append(
+            f"| {r['steps']:,} | {r['overhead_ms']:.3f} | {lo:.3f}-{hi:.3f} | "
+            f"{r['ping_ms']:.3f} | {r['ratio']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10,100,500,5000")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    out = []
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        version = client.info("server")["redis_version"]
+        out.append(
+            f"`python bench/step_bench.py --repeats {args.repeats}` on {platform.machine()}, "
+            f"Python {platform.python_version()}, Redis {version}, private redis-server on "
+            f"loopback; {time.strftime('%Y-%m-%d')}. Medians of {args.repeats} repeats; the "
+            "PING is measured in the same repeat, on the same connection."
+        )
+        out.append(table("AOF off", measure(client, sizes, args.repeats)))
+        client.config_set("appendonly", "yes")
+        client.config_set("appendfsync", "everysec")
+        time.sleep(0.5)  # the AOF rewrite that enabling it starts
+        out.append(table("AOF on, appendfsync everysec", measure(client, sizes, args.repeats)))
+        if args.profile:
+            out.append("```\n" + profile_saves(client) + "```")
+    text = "\n\n".join(out)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ from executus_worker.checkpoint.store import (
     Fence,
     RenewStatus,
     Requeued,
+    RunningLease,
     SaveAck,
     SweepBatch,
 )
@@ -191,6 +192,33 @@ class MemoryStore:
         self, leases: Sequence[tuple[str, Fence]], *, lease_ttl_s: float
     ) -> list[RenewStatus | StoreError]:
         return [self.renew(run_id, fence=f, lease_ttl_s=lease_ttl_s) for run_id, f in leases]
+
+    def running_leases(
+        self, *, cursor: int = 0, batch: int = 1000
+    ) -> tuple[list[RunningLease], int]:
+        with self._lock:
+            ids = list(self._active)[cursor : cursor + batch]
+            found = []
+            for run_id in ids:
+                run = self._get(run_id)
+                if run is None or run.rec.get("status") != "running":
+                    continue
+                owner, fence = run.rec.get("owner"), run.rec.get("fence")
+                if owner and fence:
+                    found.append(RunningLease(run_id, owner, fence))
+        return found, (0 if len(ids) < batch else cursor + len(ids))
+
+    def release_lease(self, run_id: str, *, fence_token: str) -> bool:
+        with self._lock:
+            run = self._get(run_id)
+            if run is None or not self._lease_live(run) or run.lease is None:
+                return False
+            if run.lease[0] != fence_token or run.rec.get("fence") != fence_token:
+                return False
+            if run.rec.get("status") != "running":
+                return False
+            run.lease = None
+            return True
 
     def refund(self, run_id: str, *, fence: Fence) -> bool:
         with self._lock:

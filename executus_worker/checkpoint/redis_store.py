@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import redis
 from pydantic import JsonValue
@@ -25,6 +25,7 @@ from executus_worker.checkpoint.store import (
     ClaimStatus,
     Fence,
     RenewStatus,
+    RunningLease,
     SaveAck,
     SweepBatch,
 )
@@ -157,6 +158,29 @@ class RedisStore:
             else:
                 out.append(RenewStatus(codec.text(reply)))
         return out
+
+    def running_leases(
+        self, *, cursor: int = 0, batch: int = 1000
+    ) -> tuple[list[RunningLease], int]:
+        try:
+            raw = cast("list[bytes]", self._r.zrange(self.keys.active, cursor, cursor + batch - 1))
+            ids = [codec.text(i) for i in raw]
+            pipe = self._r.pipeline(transaction=False)
+            for run_id in ids:
+                pipe.hmget(self.keys.rec(run_id), "status", "owner", "fence")
+            rows = pipe.execute() if ids else []
+        except redis.RedisError as exc:
+            raise StoreError(f"redis scan of running leases failed: {exc}") from exc
+        found = [
+            RunningLease(run_id, codec.text(owner), codec.text(fence))
+            for run_id, (status, owner, fence) in zip(ids, rows, strict=True)
+            if status == b"running" and owner and fence
+        ]
+        return found, (0 if len(ids) < batch else cursor + len(ids))
+
+    def release_lease(self, run_id: str, *, fence_token: str) -> bool:
+        keys = [self.keys.rec(run_id), self.keys.lease(run_id)]
+        return int(self._run("release", run_id, keys, [fence_token])) == 1
 
     def refund(self, run_id: str, *, fence: Fence) -> bool:
         reply = self._run("refund", run_id, [self.keys.rec(run_id)], [fence.token])

@@ -185,6 +185,16 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel' e
 return 'ok'
 """
 
+# KEYS: rec, lease. ARGV: fence -> 1 if the lease of that claim was dropped (its owner is
+# provably dead: see worker/identity.py), so the run is recoverable now rather than at expiry.
+RELEASE = r"""
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local r = redis.call('HMGET', KEYS[1], 'status', 'fence')
+if r[1] ~= 'running' or r[2] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
 # KEYS: rec. ARGV: fence -> 1 if this claim's takeover was booked as a crash and is now undone.
 REFUND = r"""
 if redis.call('HDEL', KEYS[1], 'tk:' .. ARGV[1]) == 1 then
@@ -314,6 +324,7 @@ WITH_LIB = {
     "claim": _LIB + CLAIM,
     "renew": RENEW,
     "refund": REFUND,
+    "release": RELEASE,
     "save": _LIB + SAVE,
     "finish": _LIB + FINISH,
     "interrupt": _LIB + INTERRUPT,

@@ -60,6 +60,13 @@ class ClaimResult:
 
 
 @dataclass(frozen=True)
+class RunningLease:
+    run_id: str
+    owner: str
+    fence_token: str
+
+
+@dataclass(frozen=True)
 class SaveAck:
     """The reply to a checkpoint save: the stored transcript length and whether a cancel was
     requested (it rides on the save's reply, so a cancel lands at the next step boundary)."""
@@ -119,6 +126,17 @@ class RunStore(Protocol):
     ) -> list[RenewStatus | StoreError]:
         """Renew every lease a process holds in one round trip; a per-lease error is returned
         in its slot, a failure of the round trip itself raises StoreError."""
+        ...
+
+    def running_leases(
+        self, *, cursor: int = 0, batch: int = 1000
+    ) -> tuple[list[RunningLease], int]:
+        """One page of the running runs: (run id, owner, fence token); cursor 0 at the end."""
+        ...
+
+    def release_lease(self, run_id: str, *, fence_token: str) -> bool:
+        """Drop the lease of claim ``fence_token`` if it is still the run's current claim (its
+        owner is provably dead): the run is recoverable at once. True if dropped."""
         ...
 
     def refund(self, run_id: str, *, fence: Fence) -> bool:

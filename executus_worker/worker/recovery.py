@@ -31,6 +31,7 @@ import redis
 from executus_worker.checkpoint.store import Requeued, RunStore
 from executus_worker.publish import RunMessage
 from executus_worker.worker.shutdown import DrainToken
+from executus_worker.worker.takeover import release_dead_owners
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,10 @@ class Recovery:
         self._lock = lock
         self._batch = batch
         self._clock = clock
+
+    @property
+    def store(self) -> RunStore:
+        return self._store
 
     def sweep(self) -> SweepReport:
         """Walk the active index once; re-publish every run the store moved back to queued."""
@@ -194,9 +199,15 @@ class RecoveryLoop:
 
     def _run(self) -> None:
         recovery: Recovery | None = None
+        booted = False
         while not self._drain.requested():
             try:
                 recovery = recovery or self._recovery_factory()
+                if not booted:
+                    # Before the boot sweep: runs of provably dead local owners (this worker's
+                    # previous incarnation) are recovered now, not after their leases expire.
+                    release_dead_owners(recovery.store)
+                    booted = True
                 recovery.sweep()
             except Exception:
                 log.exception("recovery sweep failed; retrying in %.1fs", self._interval_s)

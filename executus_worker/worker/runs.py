@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +28,7 @@ from executus_worker.core.stop import StopToken
 from executus_worker.errors import ConfigError, PayloadError, StoreError, UnknownAgentError
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats, Lease
+from executus_worker.worker.identity import process_owner
 from executus_worker.worker.messages import parse_request, readable_agent, split_args, valid_run_id
 
 log = logging.getLogger(__name__)
@@ -73,8 +72,9 @@ class _Claimed:
 
 
 def default_owner() -> str:
-    # Computed per delivery: a prefork child has its own pid, and the owner names the process.
-    return f"{socket.gethostname()}:{os.getpid()}"
+    # Computed per delivery: a prefork child has its own pid, and the owner names the process
+    # precisely enough that a restarted worker can prove it dead (worker/identity.py).
+    return process_owner()
 
 
 class RunHandler:

@@ -267,3 +267,24 @@ def test_newer_format_version_raises_unsupported_format(store: RunStore, backend
     backend.set_meta_field("r1", "format_version", str(CHECKPOINT_FORMAT_VERSION + 1))
     with pytest.raises(UnsupportedFormatError, match="r1"):
         store.load_checkpoint("r1")
+
+
+def test_running_leases_and_release_of_the_current_claim_only(
+    store: RunStore,
+) -> None:
+    """running_leases pages through running runs; release_lease drops a lease only for the
+    run's current claim (a stale fence releases nothing)."""
+    for run_id in ("a", "b", "c"):
+        registered(store, run_id)
+    fa = claimed(store, "a", owner="wa")
+    claimed(store, "b", owner="wb")
+    page, cursor = store.running_leases(cursor=0, batch=2)
+    rest, end = store.running_leases(cursor=cursor, batch=2)
+    assert end == 0
+    found = {(lease.run_id, lease.owner, lease.fence_token) for lease in page + rest}
+    assert ("a", "wa", fa.token) in found and {x[0] for x in found} == {"a", "b"}
+    assert not store.release_lease("a", fence_token="stale")
+    assert store.release_lease("a", fence_token=fa.token)
+    assert not store.release_lease("a", fence_token=fa.token)  # already released
+    again = store.claim("a", owner="w2", lease_ttl_s=LEASE_S, max_attempts=5, now=NOW)
+    assert again.status is ClaimStatus.CLAIMED

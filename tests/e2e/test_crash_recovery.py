@@ -156,3 +156,31 @@ def test_a_run_that_kills_its_worker_every_time_ends_dead_with_the_reason(
     assert a.alive()
     good = cluster.submit("e2e.counter", steps=2, step_s=0)
     cluster.wait_status(good, RunStatus.COMPLETED, timeout_s=20)
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_worker_restarted_on_the_same_host_resumes_its_crashed_runs_at_boot(
+    cluster: Cluster, pool: str, timing
+) -> None:
+    """With a long lease (20 s), a SIGKILLed worker's runs would wait for expiry. The worker
+    started next on this host proves the old owner dead (its pid is gone from this kernel's
+    pid namespace) and resumes the run at boot -- long before the lease could have expired."""
+    cluster.settings["EXECUTUS_LEASE_TTL_S"] = "20"
+    cluster.settings["EXECUTUS_SWEEP_INTERVAL_S"] = "60"  # only the boot sweep can act here
+    a = cluster.start(pool)
+    run_id = cluster.submit("e2e.counter", steps=6, step_s=STEP_S)
+    cluster.wait_steps_ended(run_id, 2)
+    for pid in a.children():
+        os.kill(pid, signal.SIGKILL)
+    a.signal(signal.SIGKILL)
+    killed_at = time.time()
+    a.wait_exit(timeout_s=20)
+    assert cluster.lease_exists(run_id)  # nobody released it: a crash
+    b = cluster.start(pool)
+    cluster.wait_status(run_id, RunStatus.COMPLETED, timeout_s=40)
+    resumed_at = min(e["t"] for e in cluster.steps(run_id) if e["epoch"] == 2)
+    timing(f"{pool}: SIGKILL -> first resumed step, restarted on this host", resumed_at - killed_at)
+    assert resumed_at - killed_at < 15  # the lease alone would hold it for 20 s
+    assert {e["pid"] for e in cluster.steps(run_id) if e["epoch"] == 2} <= {b.pid, *b.children()}
+    assert_resumed_exactly(cluster, run_id, 6)
+    assert cluster.record(run_id).attempts == 2

@@ -11,6 +11,7 @@
     ├── RunNotFoundError            a run id with no run record
     ├── WaitTimeout                 Client.wait gave up (also a builtin TimeoutError; defined
     │                               in client.ports because it carries the last RunRecord)
+    ├── RunConflictError            an existing run id enqueued again with a different payload
     ├── PublishError                a registered run whose message the broker did not take
     ├── StoreError                  Redis said something the store did not expect
     └── ScheduleError               an unparseable cron, unknown timezone or bad job
@@ -72,6 +73,26 @@ class RunNotFoundError(ExecutusError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id!r} not found")
         self.run_id = run_id
+
+
+class RunConflictError(ExecutusError):
+    """A run id that already exists was enqueued again with a different request.
+
+    A run id is an idempotency key, bound to the payload it was first registered with: the
+    same payload returns the existing run, a different one is refused rather than silently
+    answered with a run that does something else. ``fields`` names what differs (``input``,
+    ``input.steps``, ``limits.max_iterations``, ...), never the values (they may carry user
+    content). The existing run is left unchanged and nothing is published.
+    """
+
+    def __init__(self, run_id: str, fields: tuple[str, ...]) -> None:
+        super().__init__(
+            f"run {run_id!r} already exists with a different request "
+            f"(differs in: {', '.join(fields)}); nothing was changed or sent: "
+            "enqueue the same request again, or use a new run id"
+        )
+        self.run_id = run_id
+        self.fields = fields
 
 
 class PublishError(ExecutusError):

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from executus_worker.client import Client, JobSpec, PublishError, WaitTimeout
+from executus_worker.client import Client, JobSpec, PublishError, RunConflictError, WaitTimeout
 from executus_worker.core.models import Message, RunRequest, RunStatus
 from executus_worker.embedded import free_port
 from executus_worker.errors import (
@@ -94,14 +94,72 @@ def test_enqueue_without_run_id_generates_a_uuid4_hex(client: Client) -> None:
     assert int(first, 16) >= 0
 
 
-def test_enqueue_with_an_existing_run_id_returns_it_and_sends_nothing(
+def test_enqueue_with_an_existing_run_id_and_the_same_request_returns_it_and_sends_nothing(
     client: Client, redis_client: redis.Redis
 ) -> None:
-    assert client.enqueue(agent="demo.counter", input={"steps": 1}, run_id="job-1") == "job-1"
-    assert client.enqueue(agent="demo.counter", input={"steps": 9}, run_id="job-1") == "job-1"
-
+    first = client.enqueue(agent="demo.counter", input={"steps": 1}, run_id="job-1")
+    # The same payload spelled differently (defaults explicit) is the same request.
+    again = client.enqueue(
+        agent="demo.counter", input={"steps": 1}, run_id="job-1", metadata={}, limits={}
+    )
+    assert first == again == "job-1"
     assert len(published(redis_client)) == 1
-    assert client.status("job-1").request.input == {"steps": 1}  # first request wins
+
+
+def test_enqueue_with_an_existing_run_id_and_a_different_request_is_a_conflict(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    client.enqueue(agent="demo.counter", input={"steps": 1, "step_s": 0}, run_id="job-1")
+    with pytest.raises(RunConflictError) as caught:
+        client.enqueue(
+            agent="demo.counter",
+            input={"steps": 9, "step_s": 0, "extra": True},
+            run_id="job-1",
+            guild_id="g2",
+            limits={"max_iterations": 3},
+        )
+    conflict = caught.value
+    assert isinstance(conflict, ExecutusError)
+    assert conflict.run_id == "job-1"
+    assert conflict.fields == ("input.steps", "input.extra", "guild_id", "limits.max_iterations")
+    assert "differs in: input.steps, input.extra, guild_id, limits.max_iterations" in str(conflict)
+    assert "\n" not in str(conflict)
+    assert "9" not in str(conflict)  # names fields, never echoes values
+    # Nothing changed and nothing sent.
+    assert client.status("job-1").request.input == {"steps": 1, "step_s": 0}
+    assert len(published(redis_client)) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"agent": "demo.phased"}, "agent"),
+        ({"model_tier": "large"}, "model_tier"),
+        ({"metadata": {"team": "b"}}, "metadata.team"),
+        ({"input": {}}, "input.steps"),
+    ],
+)
+def test_every_payload_field_is_bound_to_the_run_id(
+    client: Client, change: dict[str, Any], field: str
+) -> None:
+    base: dict[str, Any] = {"agent": "demo.counter", "input": {"steps": 1}, "run_id": "r-9"}
+    client.submit({**base, "metadata": {"team": "a"}})
+    with pytest.raises(RunConflictError) as caught:
+        client.submit({**base, "metadata": {"team": "a"}, **change})
+    assert caught.value.fields == (field,)
+
+
+def test_a_run_registered_without_run_id_in_its_request_matches_the_same_payload(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    """A worker registers a raw message's run with the id outside the request: same payload."""
+    client.store.register(
+        RunRequest(agent="demo.counter", input={"steps": 2}), run_id="raw-1",
+        queue=DEFAULT_QUEUE, now=time.time(),
+    )  # fmt: skip
+    result = client.submit({"agent": "demo.counter", "input": {"steps": 2}, "run_id": "raw-1"})
+    assert result.created is False
+    assert published(redis_client) == []
 
 
 def test_submit_reports_whether_it_created_the_run(client: Client) -> None:

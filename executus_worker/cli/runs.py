@@ -56,7 +56,12 @@ def _metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.command()
 @click.argument("agent")
 @click.option("--input", "-i", "input_", default="{}", help="JSON object, @file or @- (stdin).")
-@click.option("--run-id", default=None, help="Idempotency: an existing id sends nothing.")
+@click.option(
+    "--run-id",
+    default=None,
+    help="Idempotency key: the same id and request again sends nothing; a different request "
+    "with it is an error.",
+)
 @click.option("--guild-id", default=None)
 @click.option("--model-tier", default=None, help="Selects the tier's queue.")
 @click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeatable).")

@@ -10,7 +10,9 @@
 Enqueue order matters: the run is *registered* in Redis (status ``queued``) before its message
 is published, so a crash between the two still leaves a run the recovery sweep re-publishes
 (after ``queued_timeout_s``). Enqueue is idempotent on ``run_id``: a second call with an
-existing id returns the same run and publishes nothing.
+existing id and the same request returns the same run and publishes nothing; the same id with a
+different request raises ``RunConflictError`` naming the differing fields (an idempotency key
+is bound to its payload).
 
 Raw enqueue from another language (no Python, no registration): publish Celery task
 ``executus.run`` (protocol 2, JSON serializer) with ``args=[run_id, request_json]``, where
@@ -30,7 +32,7 @@ Nothing connects until the first call that needs Redis or the broker.
 
 from executus_worker.client.client import Client
 from executus_worker.client.ports import EnqueueResult, Publisher, WaitTimeout
-from executus_worker.errors import PublishError
+from executus_worker.errors import PublishError, RunConflictError
 from executus_worker.schedules.admin import JobView
 from executus_worker.schedules.model import JobSpec
 
@@ -41,5 +43,6 @@ __all__ = [
     "JobView",
     "PublishError",
     "Publisher",
+    "RunConflictError",
     "WaitTimeout",
 ]

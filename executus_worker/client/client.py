@@ -13,12 +13,14 @@ from pydantic import ValidationError
 
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import RunStore
+from executus_worker.client.idempotency import request_differences
 from executus_worker.client.ports import EnqueueResult, Publisher, WaitTimeout
 from executus_worker.core.models import Message, RunLimits, RunRecord, RunRequest, RunStatus
 from executus_worker.errors import (
     ConfigError,
     PayloadError,
     PublishError,
+    RunConflictError,
     RunNotFoundError,
     ScheduleError,
 )
@@ -74,7 +76,7 @@ class Client:
             return cls(Settings(**fields))
         except ValidationError as exc:
             # Only locations and messages: the rejected value may be a URL with a password.
-            problems = "; ".join(f"{err['loc'][0]}: {err['msg']}" for err in exc.errors())
+            problems = "; ".join(_problem(err["loc"], err["msg"]) for err in exc.errors())
             raise ConfigError(f"invalid client settings: {problems}") from None
 
     # -- connections ---------------------------------------------------------------------
@@ -150,9 +152,11 @@ class Client:
     ) -> str:
         """Validate, register (status ``queued``) and publish a run; return its id.
 
-        ``run_id`` defaults to a fresh uuid4 hex. An existing ``run_id`` returns at once and
-        publishes nothing. Raises ``PayloadError`` (nothing registered) for a request that
-        is malformed, wrong-schema or over ``settings.max_payload_bytes``.
+        ``run_id`` defaults to a fresh uuid4 hex. An existing ``run_id`` enqueued with the same
+        request returns at once and publishes nothing; with a different request it raises
+        ``RunConflictError`` naming the differing fields (nothing changed, nothing sent).
+        Raises ``PayloadError`` (nothing registered) for a request that is malformed,
+        wrong-schema or over ``settings.max_payload_bytes``.
         """
         payload: dict[str, Any] = {
             "run_id": run_id if run_id is not None else uuid.uuid4().hex,
@@ -172,7 +176,8 @@ class Client:
         """``enqueue`` for a whole request (a model, a dict or JSON), reporting what happened.
 
         A request without ``run_id`` gets a uuid4 hex one. ``created`` is False when the run
-        already existed (then nothing was published).
+        already existed with this same request (then nothing was published);
+        ``RunConflictError`` when it exists with a different one.
         """
         if isinstance(request, RunRequest):
             raw: dict[str, Any] | str | bytes = request.model_dump(mode="json")
@@ -198,12 +203,18 @@ class Client:
             )
         queue = self.settings.queue_for(parsed.model_tier)
         record, created = self.store.register(parsed, run_id=run_id, queue=queue, now=time.time())
-        if created:
-            try:
-                self.publisher.publish(run_id, request_json, queue=queue)
-            except (redis.RedisError, OSError) as exc:
-                raise PublishError(run_id, str(exc)) from exc
-        return EnqueueResult(record, created=created)
+        if not created:
+            # Registration is atomic, so the stored request is the first registrant's; a
+            # retry of the same call (a producer's, a beat's) compares equal and passes.
+            differing = request_differences(record.request, parsed)
+            if differing:
+                raise RunConflictError(run_id, differing)
+            return EnqueueResult(record, created=False)
+        try:
+            self.publisher.publish(run_id, request_json, queue=queue)
+        except (redis.RedisError, OSError) as exc:
+            raise PublishError(run_id, str(exc)) from exc
+        return EnqueueResult(record, created=True)
 
     def status(self, run_id: str) -> RunRecord:
         """The run's record; ``RunNotFoundError`` if unknown or past its retention."""
@@ -279,6 +290,11 @@ class Client:
 
     def resume_schedule(self, name: str) -> bool:
         return self.schedule_admin.resume(name)
+
+
+def _problem(loc: tuple[int | str, ...], msg: str) -> str:
+    # A check across fields (retention vs visibility timeout) has no location.
+    return f"{loc[0]}: {msg}" if loc else msg
 
 
 def _job_spec(job: Mapping[str, Any]) -> JobSpec:

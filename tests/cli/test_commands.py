@@ -83,6 +83,19 @@ def test_enqueue_prints_only_the_run_id_on_stdout(env: dict[str, str]) -> None:
     assert "already exists (queued); nothing sent" in again.stderr
 
 
+def test_enqueue_of_an_existing_run_id_with_another_payload_is_a_one_line_error(
+    env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    first = run(["enqueue", "demo.counter", "--input", '{"steps": 2}', "--run-id", "c-1"], env)
+    assert first.exit_code == 0, first.output
+    result = run(["enqueue", "demo.counter", "--input", '{"steps": 3}', "--run-id", "c-1"], env)
+    assert_clean_error(result, 1, "run 'c-1' already exists with a different request")
+    assert "differs in: input.steps" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""
+    assert redis_client.llen("executus") == 1
+
+
 def test_enqueue_reads_input_from_a_file_and_stdin(env: dict[str, str], tmp_path: Path) -> None:
     payload = tmp_path / "input.json"
     payload.write_text('{"steps": 4}')

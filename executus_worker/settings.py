@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     # crash between ack and claim). Must exceed the normal queue wait under load.
     queued_timeout_s: float = Field(default=900.0, gt=0)
     max_recovery_attempts: int = Field(default=5, ge=1)
+    # At least visibility_timeout_s (checked below): the record is what drops a late duplicate.
     result_ttl_s: int = Field(default=86_400, ge=1)
     throttle_ms: int = Field(default=0, ge=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
@@ -71,6 +72,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"EXECUTUS_LEASE_MARGIN_S={self.lease_margin_s} must be below "
                 f"EXECUTUS_LEASE_TTL_S={self.lease_ttl_s}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _retention_outlives_redelivery(self) -> Settings:
+        # kombu restores a crashed worker's unacked message visibility_timeout_s after it
+        # was delivered. The run's retained record is what makes that late copy a no-op; once
+        # the record has expired the copy registers the run afresh and executes it again.
+        if self.result_ttl_s < self.visibility_timeout_s:
+            raise ValueError(
+                f"EXECUTUS_RESULT_TTL_S ({self.result_ttl_s}s) must be at least "
+                f"EXECUTUS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}s): the broker "
+                "redelivers a crashed worker's message up to the visibility timeout later, "
+                "and a finished run whose record has expired by then would run again"
             )
         return self
 

@@ -36,7 +36,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"EXECUTUS_{str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
+            # A check across fields has no location; its message names the variables.
+            f"EXECUTUS_{str(err['loc'][0]).upper()}: {err['msg']}" if err["loc"] else err["msg"]
             for err in exc.errors()
         )
         raise click.ClickException(f"invalid settings: {problems}") from None

@@ -22,7 +22,7 @@ from celery.beat import Scheduler
 
 from beat.enqueue import ClientEnqueuer
 from beat.sweep import PeriodicSweep
-from beat.ticker import DEFAULT_MAX_SLEEP_S, Ticker
+from beat.ticker import DEFAULT_MAX_SLEEP_S, RetryPolicy, Ticker
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.client import Client
 from executus_worker.core.stop import StopToken
@@ -74,6 +74,7 @@ def build_parts(settings: Settings, *, sweep: Callable[[], object] | None = None
         store=store,
         runs=runs,
         enqueuer=enqueuer,
+        retry=RetryPolicy(enqueue_timeout_s=settings.beat_enqueue_timeout_s),
     )
     periodic = PeriodicSweep(
         sweep if sweep is not None else recovery_sweep(settings),
@@ -129,7 +130,7 @@ class ExecutusScheduler(Scheduler):
         return min(wait_s, float(self.max_interval or DEFAULT_MAX_SLEEP_S))
 
     def sync(self) -> None:
-        """Nothing to flush: every reservation was written to Redis when it was made."""
+        """Nothing to flush: every reservation and attempt is written to Redis as it is made."""
 
     def close(self) -> None:
         try:

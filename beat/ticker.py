@@ -1,12 +1,14 @@
 """One pass over every scheduled job: reserve the due fire in Redis, then enqueue it.
 
-Order matters. The next fire is *reserved* (a compare-and-set on the job's state row) before
-the run is enqueued, as Celery's own scheduler does: a beat that dies or fails between the
-two loses that one fire, and can never fire it twice or fire every tick. The run id is
-deterministic (``sched:<job>:<nominal time>``) and enqueue is idempotent on it, so even a
-reservation made twice by mistake creates one run.
+Order matters. The next fire is *reserved* (a compare-and-set on the job's state row that
+moves ``next_fire`` on and records the fire as pending) before the run is enqueued, as
+Celery's own scheduler does: of several beats exactly one wins each fire, and the next fire
+is computed before the enqueue, so a failing enqueue can never make a job fire every tick.
+A pending fire is not lost when its enqueue fails or its beat dies: any beat retries it with
+backoff until it is enqueued or its catch-up window passes (``beat.fires``). The run id is
+deterministic (``sched:<job>:<nominal time>``) and enqueue is idempotent on it, so retries,
+takeovers and even a reservation made twice by mistake create one run per fire.
 
-Several beats may tick at once: the compare-and-set lets exactly one of them win each fire.
 A failing job (its enqueue, its Redis row, a bug) is logged and the pass moves on.
 """
 
@@ -15,42 +17,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
+from beat.fires import Enqueuer, FireAttempts, Pending, RetryPolicy, TickerStats
+from beat.retention import StateRetention
 from executus_worker.core.models import RunRecord, RunRequest
 from executus_worker.errors import ScheduleError
 from executus_worker.schedules.admin import RunLookup
 from executus_worker.schedules.catalog import CatalogEntry, JobCatalog
 from executus_worker.schedules.cron import Schedule
 from executus_worker.schedules.model import JobSpec, OverlapPolicy
-from executus_worker.schedules.store import JobState, ScheduleStore
+from executus_worker.schedules.store import FireOutcome, JobState, ScheduleStore
 from executus_worker.schedules.timing import format_fire, parse_fire, plan_fire
+
+__all__ = ["DEFAULT_MAX_SLEEP_S", "Enqueuer", "RetryPolicy", "Ticker", "TickerStats"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SLEEP_S = 5.0  # also how fast file and Redis job edits take effect
-
-
-class Enqueuer(Protocol):
-    """Registers and publishes a run; idempotent on ``run_id``. True if this call created it."""
-
-    def enqueue(self, request: RunRequest, run_id: str) -> bool: ...
-
-
-@dataclass
-class TickerStats:
-    """Counters since this process started (what a metrics exporter would read)."""
-
-    ticks: int = 0
-    fired: int = 0
-    duplicates: int = 0  # enqueue found the run already there (another beat, a retry)
-    enqueue_failures: int = 0  # each one is a fire lost
-    skipped_overlap: int = 0
-    missed: int = 0  # batches of fires dropped by the catch-up window
-    lost_races: int = 0  # another beat reserved the fire first
-    job_errors: int = 0  # unexpected exceptions, contained per job
 
 
 class Ticker:
@@ -65,14 +49,24 @@ class Ticker:
         enqueuer: Enqueuer,
         clock: Callable[[], float] = time.time,
         max_sleep_s: float = DEFAULT_MAX_SLEEP_S,
+        retry: RetryPolicy | None = None,
+        retention: StateRetention | None = None,
     ) -> None:
         self._catalog = catalog
         self._store = store
         self._runs = runs
-        self._enqueuer = enqueuer
         self._clock = clock
         self.max_sleep_s = max_sleep_s
         self.stats = TickerStats()
+        self._fires = FireAttempts(
+            store=store,
+            runs=runs,
+            enqueuer=enqueuer,
+            clock=clock,
+            stats=self.stats,
+            policy=retry or RetryPolicy(),
+        )
+        self.retention = retention or StateRetention(store, clock=clock)
         self._schedules: dict[str, Schedule] = {}
         self._file_error: str | None = None
 
@@ -102,6 +96,10 @@ class Ticker:
                 continue
             if wait_s is not None:
                 sleep_s = min(sleep_s, wait_s)
+        try:
+            self.retention.maintain(entry.name for entry in catalog.entries)
+        except Exception:
+            log.warning("schedules: could not refresh state row expiries", exc_info=True)
         return max(sleep_s, 0.0)
 
     # -- one job -----------------------------------------------------------------------
@@ -124,6 +122,13 @@ class Ticker:
             self._store.compare_and_set(
                 spec.name, expect={"invalid": state.invalid}, values={"invalid": ""}
             )
+        held: Pending | None = None
+        if entry.active and state.pending:
+            held = self._fires.settle(spec, state, now_ts)
+            if held is None:
+                state = self._store.state(spec.name)  # what the attempt or give-up left
+            elif held.blocks_next:
+                return held.wait_s
         reserved = parse_fire(state.next_fire)
         if not entry.active:
             if reserved <= now:
@@ -136,7 +141,8 @@ class Ticker:
                     values={"next_fire": following, "updated_at": now_ts},
                 )
             return None
-        return self._fire_if_due(spec, schedule, state, now, now_ts)
+        wait_s = self._fire_if_due(spec, schedule, state, now, now_ts)
+        return wait_s if held is None else min(wait_s, held.wait_s)
 
     def _fire_if_due(
         self,
@@ -160,33 +166,40 @@ class Ticker:
         if fire is not None and spec.overlap is OverlapPolicy.SKIP:
             busy = self._active_run(state.last_run_id)
             if busy is not None:
-                values["last_outcome"] = "skipped_overlap"
+                values["last_outcome"] = FireOutcome.SKIPPED_OVERLAP.value
                 values["last_error"] = (
                     f"fire {format_fire(fire)} skipped: {busy.run_id} is still {busy.status}"
                 )
                 fire = None
+        expect = {"schedule_key": state.schedule_key, "next_fire": state.next_fire}
+        increments: dict[str, int] = {}
         request: tuple[str, RunRequest] | None = None
+        replaces_missed = False
         if fire is not None:
             request = spec.fire_request(fire)
-            values |= {
-                "last_fire": format_fire(fire),
-                "last_run_id": request[0],
-                "last_outcome": "reserved",
-                "last_error": "",
-            }
+            values["last_fire"] = format_fire(fire)
+            values |= self._fires.reservation(request[0], now_ts)
+            increments["fires"] = 1
+            if state.pending:
+                # Backing off after failed attempts: the newer due fire takes its place (only
+                # the newest due fire runs, as after an outage). Pinning the attempt makes a
+                # retry another beat claimed meanwhile win over this replacement.
+                expect |= state.attempt_guard()
+                replaces_missed = not self._fires.registered(state.last_run_id)
+                if replaces_missed:
+                    increments["missed_fires"] = 1
         # The reservation: only the beat whose compare-and-set moves next_fire on may enqueue.
         won = self._store.compare_and_set(
-            spec.name,
-            expect={"schedule_key": state.schedule_key, "next_fire": state.next_fire},
-            values=values,
-            increments={"fires": 1} if request is not None else None,
+            spec.name, expect=expect, values=values, increments=increments or None
         )
         if not won:
             self.stats.lost_races += 1
             return 0.0  # another beat moved this job on; the next pass reads its state
         self._log_plan(spec, plan.missed_from, values)
-        if request is not None:
-            self._enqueue(spec, *request, now_ts)
+        if fire is not None and request is not None:
+            if state.pending:
+                self._fires.report_superseded(spec, state, request[0], missed=replaces_missed)
+            self._fires.first(spec, fire, *request)
         return (spec.timing.due_at(plan.next_fire) - now).total_seconds()
 
     def _start(
@@ -207,50 +220,6 @@ class Ticker:
         )
         log.info("schedule %s: next fire %s", spec.name, format_fire(first))
         return (spec.timing.due_at(first) - now).total_seconds()
-
-    def _enqueue(self, spec: JobSpec, run_id: str, request: RunRequest, now_ts: float) -> None:
-        try:
-            created = self._enqueuer.enqueue(request, run_id)
-        except Exception as exc:
-            # The reservation already moved on, so this fire is lost (and counted); the
-            # alternative, retrying every tick, is how schedulers end up in storms.
-            self.stats.enqueue_failures += 1
-            log.exception("schedule %s: enqueue of %s failed; this fire is lost", spec.name, run_id)
-            self._record(
-                spec.name,
-                run_id,
-                {"last_outcome": "enqueue_failed", "last_error": f"{type(exc).__name__}: {exc}"},
-                {"enqueue_failures": 1},
-                now_ts,
-            )
-            return
-        if created:
-            self.stats.fired += 1
-            log.info("schedule %s: enqueued %s", spec.name, run_id)
-        else:
-            self.stats.duplicates += 1
-            log.info("schedule %s: %s already existed; nothing sent", spec.name, run_id)
-        outcome = "enqueued" if created else "duplicate"
-        self._record(spec.name, run_id, {"last_outcome": outcome}, None, now_ts)
-
-    def _record(
-        self,
-        name: str,
-        run_id: str,
-        values: dict[str, str | float],
-        increments: dict[str, int] | None,
-        now_ts: float,
-    ) -> None:
-        # Only if no later fire has been reserved since: never overwrite newer news.
-        try:
-            self._store.compare_and_set(
-                name,
-                expect={"last_run_id": run_id},
-                values={**values, "updated_at": now_ts},
-                increments=increments,
-            )
-        except Exception:
-            log.exception("schedule %s: could not record the outcome of %s", name, run_id)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -302,6 +271,6 @@ class Ticker:
                 spec.catchup_window_s,
                 f"catching up once with {catch_up}" if catch_up else "none of them runs",
             )
-        if values.get("last_outcome") == "skipped_overlap":
+        if values.get("last_outcome") == FireOutcome.SKIPPED_OVERLAP:
             self.stats.skipped_overlap += 1
             log.info("schedule %s: %s (overlap=skip)", spec.name, values["last_error"])

@@ -108,6 +108,7 @@ class PublishError(ExecutusError):
             "the recovery sweep will re-publish it"
         )
         self.run_id = run_id
+        self.detail = detail
 
 
 class StoreError(ExecutusError):

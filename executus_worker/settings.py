@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     critic_on_idle: Literal["warn", "stop"] = "warn"
 
     schedule_file: Path | None = None
+    # How long a beat's enqueue of a scheduled fire may take before other beats assume that
+    # beat died and retry the fire (idempotent, so a slow one taken over costs nothing).
+    beat_enqueue_timeout_s: float = Field(default=30.0, gt=0)
     agents_file: Path | None = None
 
     @field_validator("redis_url", "broker_url")

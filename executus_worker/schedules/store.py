@@ -8,10 +8,14 @@
 Nothing lives in a local file, so any number of beat processes share one schedule and a
 restarted beat continues where the last one stopped. The state hash is only ever changed by a
 compare-and-set script, so of several beats racing for the same fire exactly one wins.
+
+State rows expire (``STATE_TTL_S``) unless a beat keeps them: beats refresh the rows of the
+jobs they schedule, so the row of a job deleted from the schedule file goes away by itself.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -20,7 +24,7 @@ import redis
 from pydantic import ValidationError
 
 from executus_worker.errors import StoreError
-from executus_worker.schedules.model import JobSource, JobSpec
+from executus_worker.schedules.model import MAX_CATCHUP_WINDOW_S, JobSource, JobSpec
 from executus_worker.schedules.source_toml import JobProblem, validation_problems
 
 # KEYS[1] = state hash. ARGV = n, then n (field, expected) pairs, where '' means absent;
@@ -39,6 +43,34 @@ n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2 end
 return 1
 """
+
+
+# Longer than any catch-up window, so a row only expires when no beat has scheduled its job
+# for longer than the job could ever catch up: the job is gone (or every beat was down that
+# long, and then it restarts from the next fire, which is what the window would do anyway).
+STATE_TTL_S = int(MAX_CATCHUP_WINDOW_S) + 86_400
+
+
+class FireOutcome(enum.StrEnum):
+    """What happened to a job's last reserved fire (``JobState.last_outcome``)."""
+
+    RESERVED = "reserved"  # reserved; its first enqueue attempt is in flight
+    RETRYING = "retrying"  # a later attempt is in flight
+    ENQUEUE_FAILED = "enqueue_failed"  # the last attempt failed; retried from retry_at
+    ENQUEUED = "enqueued"  # registered and published by this fire
+    DUPLICATE = "duplicate"  # the run already existed (an earlier attempt, another beat)
+    PUBLISH_FAILED = "publish_failed"  # registered, message not sent: the sweep re-publishes
+    REJECTED = "rejected"  # the request cannot be accepted (too large): never retried
+    MISSED = "missed"  # never enqueued: its catch-up window passed or a newer fire replaced it
+    SKIPPED_OVERLAP = "skipped_overlap"  # overlap=skip and the previous run still active
+
+
+# A fire in one of these states is owed a run: some beat retries it until it is enqueued or
+# its catch-up window passes.
+PENDING_OUTCOMES = frozenset(
+    {FireOutcome.RESERVED, FireOutcome.RETRYING, FireOutcome.ENQUEUE_FAILED}
+)
+IN_FLIGHT_OUTCOMES = frozenset({FireOutcome.RESERVED, FireOutcome.RETRYING})
 
 
 @dataclass(frozen=True)
@@ -73,13 +105,35 @@ class JobState:
     next_fire: str = ""  # the reservation: the next nominal fire
     last_fire: str = ""  # the last fire this job reserved for enqueueing
     last_run_id: str = ""
-    last_outcome: str = ""  # reserved | enqueued | duplicate | enqueue_failed | skipped_*
+    last_outcome: str = ""  # a FireOutcome value
     last_error: str = ""
+    attempts: int = 0  # enqueue attempts made for last_fire
+    # While an attempt is in flight: when other beats may assume it died and take over.
+    # After a failed attempt: when the next one is due.
+    retry_at: float = 0.0
     missed_from: str = ""  # oldest fire of the last batch dropped by the catch-up window
     invalid: str = ""  # why the job cannot fire; shown by `schedules ls`
     fires: int = 0
-    enqueue_failures: int = 0
+    enqueue_failures: int = 0  # failed attempts (each retried while the window allows)
+    missed_fires: int = 0  # reserved fires that were never enqueued
     updated_at: float = 0.0
+
+    @property
+    def pending(self) -> bool:
+        """``last_fire`` was reserved and is not enqueued yet."""
+        return self.last_outcome in PENDING_OUTCOMES and bool(self.last_run_id and self.last_fire)
+
+    def in_flight(self, now_ts: float) -> bool:
+        """A beat is attempting the pending fire and may still report back."""
+        return self.last_outcome in IN_FLIGHT_OUTCOMES and self.retry_at > now_ts
+
+    def attempt_guard(self) -> dict[str, str]:
+        """The compare-and-set expectations that pin this exact attempt of this fire."""
+        return {
+            "last_run_id": self.last_run_id,
+            "attempts": str(self.attempts) if self.attempts else "",
+            "last_outcome": self.last_outcome,
+        }
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> JobState:
@@ -91,14 +145,15 @@ class JobState:
             value = values[spec.name]
             if spec.name in _INT_FIELDS:
                 kwargs[spec.name] = int(value or 0)
-            elif spec.name == "updated_at":
+            elif spec.name in _FLOAT_FIELDS:
                 kwargs[spec.name] = float(value or 0)
             else:
                 kwargs[spec.name] = value
         return cls(**kwargs)
 
 
-_INT_FIELDS = frozenset({"fires", "enqueue_failures"})
+_INT_FIELDS = frozenset({"fires", "enqueue_failures", "missed_fires", "attempts"})
+_FLOAT_FIELDS = frozenset({"retry_at", "updated_at"})
 
 
 def _text(value: bytes | str) -> str:
@@ -208,3 +263,35 @@ class ScheduleStore:
 
     def delete_state(self, name: str) -> None:
         self._client.delete(self.keys.state(name))
+
+    # -- retention ---------------------------------------------------------------------
+
+    def keep_states(self, names: Iterable[str], *, ttl_s: int = STATE_TTL_S) -> set[str]:
+        """Push the expiry of these jobs' rows ``ttl_s`` out; the names whose row exists."""
+        ordered = list(names)
+        pipe = self._client.pipeline(transaction=False)
+        for name in ordered:
+            pipe.expire(self.keys.state(name), ttl_s)
+        return {name for name, ok in zip(ordered, pipe.execute(), strict=True) if ok}
+
+    def expire_unkept_states(
+        self, cursor: int = 0, *, ttl_s: int = STATE_TTL_S, count: int = 1000
+    ) -> tuple[int, int]:
+        """One SCAN step over the state rows: give a row without an expiry one (rows written
+        before rows expired). Returns the next cursor (0 when done) and how many were set.
+
+        A SCAN step is bounded work, so callers spread a pass over many ticks.
+        """
+        next_cursor, keys = self._client.scan(
+            cursor, match=f"{self.keys.prefix}:sched:state:*", count=count
+        )
+        if not keys:
+            return int(next_cursor), 0
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.ttl(key)
+        persistent = [key for key, ttl in zip(keys, pipe.execute(), strict=True) if ttl == -1]
+        for key in persistent:
+            pipe.expire(key, ttl_s)
+        pipe.execute()
+        return int(next_cursor), len(persistent)

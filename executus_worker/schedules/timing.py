@@ -49,6 +49,17 @@ class FireTiming:
     def due_at(self, nominal: datetime) -> datetime:
         return nominal + timedelta(seconds=jitter_offset_s(self.job_name, nominal, self.jitter_s))
 
+    def gives_up_at(self, nominal: datetime) -> datetime:
+        """After this, a fire not yet enqueued is missed: the catch-up window has passed."""
+        return self.due_at(nominal) + timedelta(seconds=self.catchup_window_s)
+
+
+def retry_delay_s(failed_attempts: int, *, base_s: float, max_s: float) -> float:
+    """Exponential backoff after the ``failed_attempts``-th failed enqueue of one fire:
+    ``base_s``, twice that, ... capped at ``max_s`` (a broker outage is not hammered)."""
+    exponent = min(max(failed_attempts - 1, 0), 32)  # 2.0 ** 1100 would overflow
+    return min(base_s * 2.0**exponent, max_s)
+
 
 @dataclass(frozen=True)
 class FirePlan:

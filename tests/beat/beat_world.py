@@ -14,10 +14,11 @@ from pathlib import Path
 import redis
 
 from beat.enqueue import ClientEnqueuer
-from beat.ticker import Enqueuer, Ticker
+from beat.retention import StateRetention
+from beat.ticker import Enqueuer, RetryPolicy, Ticker
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.client import Client
-from executus_worker.core.models import RunRequest
+from executus_worker.core.models import RunRecord, RunRequest
 from executus_worker.schedules.catalog import JobCatalog
 from executus_worker.schedules.model import JobSpec
 from executus_worker.schedules.source_toml import TomlJobFile
@@ -70,7 +71,12 @@ class World:
         self.schedule_file: Path | None = None
 
     def ticker(
-        self, enqueuer: Enqueuer | None = None, *, client: redis.Redis | None = None
+        self,
+        enqueuer: Enqueuer | None = None,
+        *,
+        client: redis.Redis | None = None,
+        retry: RetryPolicy | None = None,
+        retention: Callable[[ScheduleStore], StateRetention] | None = None,
     ) -> Ticker:
         """A beat process's ticker; ``client`` gives it its own connection (threads)."""
         conn = client or self.client
@@ -82,7 +88,18 @@ class World:
             runs=RedisStore(conn, key_prefix=PREFIX),
             enqueuer=enqueuer or self.enqueuer,
             clock=self.clock,
+            retry=retry,
+            retention=retention(store) if retention is not None else None,
         )
+
+    def flaky_enqueuer(
+        self, *, register_failures: int = 0, publish_failures: int = 0
+    ) -> tuple[ClientEnqueuer, FlakyStore, FlakyPublisher]:
+        """The real enqueue path, with Redis registration and broker publish failing first."""
+        store = FlakyStore(self.client, register_failures)
+        publisher = FlakyPublisher(self.publisher, publish_failures)
+        settings = Settings(redis_url=self.url, key_prefix=PREFIX)
+        return ClientEnqueuer(Client(settings, store=store, publisher=publisher)), store, publisher
 
     def add(self, name: str, cron: str, **fields: object) -> JobSpec:
         run = fields.pop("run", {"agent": "demo.counter", "input": {"steps": 1}})
@@ -113,3 +130,38 @@ class FailingEnqueuer:
         if job in self.failing:
             raise self.exc()
         return self.inner.enqueue(request, run_id)
+
+
+class FlakyStore(RedisStore):
+    """The real run store whose registration fails like a Redis blip the first N times."""
+
+    def __init__(self, client: redis.Redis, failures: int) -> None:
+        super().__init__(client, key_prefix=PREFIX)
+        self.failures = failures
+        self.calls = 0
+
+    def register(
+        self, request: RunRequest, *, run_id: str, queue: str, now: float
+    ) -> tuple[RunRecord, bool]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise redis.ConnectionError(f"injected: register failure {self.calls}")
+        return super().register(request, run_id=run_id, queue=queue, now=now)
+
+
+class FlakyPublisher:
+    """Records like ``RecordingPublisher``; the first N publishes fail like a broker blip."""
+
+    def __init__(self, inner: RecordingPublisher, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.calls = 0
+
+    def publish(self, run_id: str, request_json: str, *, queue: str) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise redis.ConnectionError(f"injected: publish failure {self.calls}")
+        self.inner.publish(run_id, request_json, queue=queue)
+
+    def close(self) -> None:
+        pass

@@ -91,7 +91,7 @@ def test_three_beats_ticking_concurrently_create_exactly_one_run_per_fire(
     assert world.store.state("minutely").fires == fires
 
 
-def test_a_beat_killed_between_reserve_and_enqueue_loses_that_fire_and_never_doubles_it(
+def test_a_beat_killed_between_reserve_and_enqueue_is_taken_over_once_its_attempt_expires(
     world: World,
 ) -> None:
     world.add("j", "*/5 * * * *", overlap="allow")
@@ -107,16 +107,29 @@ def test_a_beat_killed_between_reserve_and_enqueue_loses_that_fire_and_never_dou
     state = world.store.state("j")
     assert state.next_fire == "2026-05-01T12:05:00Z"  # reserved before the enqueue
     assert (state.last_run_id, state.last_outcome) == ("sched:j:2026-05-01T12:00:00Z", "reserved")
+    assert state.retry_at == (NOON + timedelta(seconds=31)).timestamp()  # 30 s attempt lease
 
-    # The replacement beat (and a retried tick) at the same moment: the fire is not redone.
-    survivor = world.ticker()
+    # Other beats (and a retried tick) while the dead beat's attempt could still report back:
+    # nothing is redone yet.
+    survivor, other = world.ticker(), world.ticker()
+    world.clock.set(NOON + timedelta(seconds=20))
     survivor.tick()
-    survivor.tick()
+    other.tick()
     assert world.run_ids() == []
+    # Its lease has passed: exactly one of them takes the fire over.
+    world.clock.set(NOON + timedelta(seconds=32))
+    survivor.tick()
+    other.tick()
+    survivor.tick()
+    assert world.run_ids() == ["sched:j:2026-05-01T12:00:00Z"]
+    assert world.publisher.sent == ["sched:j:2026-05-01T12:00:00Z"]
+    assert survivor.stats.retries + other.stats.retries == 1
+    state = world.store.state("j")
+    assert (state.last_outcome, state.attempts, state.fires) == ("enqueued", 2, 1)
     world.clock.set(NOON + timedelta(minutes=5, seconds=1))
     survivor.tick()
-    assert world.run_ids() == ["sched:j:2026-05-01T12:05:00Z"]
-    assert world.publisher.sent == ["sched:j:2026-05-01T12:05:00Z"]
+    assert world.run_ids() == ["sched:j:2026-05-01T12:00:00Z", "sched:j:2026-05-01T12:05:00Z"]
+    assert len(world.publisher.sent) == 2
 
 
 KILLED_BEAT = textwrap.dedent(
@@ -168,13 +181,14 @@ def test_a_beat_process_sigkilled_mid_enqueue_leaves_one_run_and_no_second_fire(
     assert result.returncode == -9, result.stderr
     assert "survived" not in result.stdout
 
-    world.clock.set(NOON + timedelta(seconds=2))
-    for _ in range(3):  # other beats, retried ticks
+    for seconds in (2, 40, 41):  # other beats, retried ticks; past the dead attempt's lease
+        world.clock.set(NOON + timedelta(seconds=seconds))
         world.ticker().tick()
     # Registered (status queued) but never published: the recovery sweep re-publishes such
     # runs after queued_timeout_s. What matters here: one record, no second publish.
     assert world.run_ids() == ["sched:j:2026-05-01T12:00:00Z"]
     assert world.publisher.sent == []
+    assert world.store.state("j").last_outcome == "duplicate"  # the takeover found it
     world.clock.set(NOON + timedelta(minutes=5, seconds=1))
     world.ticker().tick()
     assert world.run_ids() == ["sched:j:2026-05-01T12:00:00Z", "sched:j:2026-05-01T12:05:00Z"]

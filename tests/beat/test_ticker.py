@@ -79,7 +79,7 @@ def test_a_reservation_made_twice_still_creates_one_run(world: World) -> None:
     assert world.publisher.sent == [run_id]
 
 
-def test_an_enqueue_that_raises_loses_that_fire_only_and_never_storms(
+def test_an_enqueue_that_raises_is_retried_with_backoff_and_never_storms(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     world.add("broken", "*/5 * * * *", overlap="allow")
@@ -87,7 +87,7 @@ def test_an_enqueue_that_raises_loses_that_fire_only_and_never_storms(
     enqueuer = FailingEnqueuer(world.enqueuer, {"broken"}, lambda: ConnectionError("broker down"))
     ticker = world.ticker(enqueuer)
     ticker.tick()
-    for _ in range(5):  # many ticks while the fire is due: one attempt only
+    for _ in range(5):  # many ticks while the fire is due: one attempt, then backoff
         at(world, NOON + timedelta(seconds=3), ticker)
     assert enqueuer.calls == {"broken": 1, "fine": 1}
     assert world.run_ids() == ["sched:fine:2026-05-01T12:00:00Z"]
@@ -99,10 +99,21 @@ def test_an_enqueue_that_raises_loses_that_fire_only_and_never_storms(
     assert ticker.stats.enqueue_failures == 1
     assert "enqueue of sched:broken:2026-05-01T12:00:00Z failed" in caplog.text
 
-    enqueuer.failing.clear()  # the broker is back: the next fire goes through
+    at(world, NOON + timedelta(seconds=4), ticker)  # 1 s backoff passed: attempt 2
+    assert enqueuer.calls["broken"] == 2
+    at(world, NOON + timedelta(seconds=5), ticker)  # now 2 s backoff
+    assert enqueuer.calls["broken"] == 2
+    enqueuer.failing.clear()  # the broker is back: the retry goes through
+    at(world, NOON + timedelta(seconds=6, milliseconds=100), ticker)
+    assert enqueuer.calls["broken"] == 3
+    assert world.run_ids("sched:broken") == ["sched:broken:2026-05-01T12:00:00Z"]
+    state = world.store.state("broken")
+    assert (state.last_outcome, state.attempts, state.enqueue_failures) == ("enqueued", 3, 2)
     at(world, NOON + timedelta(minutes=5, seconds=1), ticker)
-    assert world.run_ids("sched:broken") == ["sched:broken:2026-05-01T12:05:00Z"]
-    assert world.store.state("broken").enqueue_failures == 1
+    assert world.run_ids("sched:broken") == [
+        "sched:broken:2026-05-01T12:00:00Z",
+        "sched:broken:2026-05-01T12:05:00Z",
+    ]
 
 
 def test_an_exception_in_one_job_never_stops_the_others(world: World) -> None:

@@ -114,7 +114,7 @@ class FireAttempts:
 
     def first(self, spec: JobSpec, fire: datetime, run_id: str, request: RunRequest) -> None:
         """The attempt the reserving beat makes at once."""
-        self._attempt(spec, fire, run_id, request, attempt=1)
+        self._attempt(spec, fire, run_id, request, attempt=1, in_flight=FireOutcome.RESERVED)
 
     def settle(self, spec: JobSpec, state: JobState, now_ts: float) -> Pending | None:
         """Move a pending fire on (see the module table); None once it is settled here."""
@@ -147,7 +147,7 @@ class FireAttempts:
             return Pending(0.0, blocks_next=True)  # another beat moved first: reread
         self.stats.retries += 1
         log.info("schedule %s: retrying %s (attempt %d)", spec.name, run_id, attempt)
-        self._attempt(spec, fire, run_id, request, attempt=attempt)
+        self._attempt(spec, fire, run_id, request, attempt=attempt, in_flight=FireOutcome.RETRYING)
         return None
 
     def registered(self, run_id: str) -> bool:
@@ -179,9 +179,17 @@ class FireAttempts:
     # -- internals ---------------------------------------------------------------------
 
     def _attempt(
-        self, spec: JobSpec, fire: datetime, run_id: str, request: RunRequest, *, attempt: int
+        self,
+        spec: JobSpec,
+        fire: datetime,
+        run_id: str,
+        request: RunRequest,
+        *,
+        attempt: int,
+        in_flight: FireOutcome,
     ) -> None:
-        in_flight = FireOutcome.RESERVED if attempt == 1 else FireOutcome.RETRYING
+        # What the row says while this attempt runs: its outcome is recorded only if that
+        # still holds (no other beat took the fire over, no newer fire was reserved).
         guard = {"last_run_id": run_id, "attempts": str(attempt), "last_outcome": in_flight}
         values: dict[str, str | float] = {"last_error": ""}
         increments: dict[str, int] | None = None

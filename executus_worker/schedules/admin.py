@@ -18,8 +18,19 @@ from executus_worker.errors import ScheduleError
 from executus_worker.schedules.catalog import Catalog, CatalogEntry, JobCatalog
 from executus_worker.schedules.model import JobSource, JobSpec
 from executus_worker.schedules.source_toml import TomlJobFile
-from executus_worker.schedules.store import JobState, ScheduleStore
+from executus_worker.schedules.store import FireOutcome, JobState, ScheduleStore
 from executus_worker.schedules.timing import format_fire
+
+# The last fire's outcomes whose last_error `schedules ls` shows as the job's error.
+_OUTCOMES_WITH_ERRORS = frozenset(
+    {
+        FireOutcome.ENQUEUE_FAILED,
+        FireOutcome.PUBLISH_FAILED,
+        FireOutcome.REJECTED,
+        FireOutcome.MISSED,
+        FireOutcome.SKIPPED_OVERLAP,
+    }
+)
 
 
 class RunLookup(Protocol):
@@ -44,7 +55,8 @@ class JobView:
     last_run_status: str  # the run's status now, or '' (never fired / expired)
     last_outcome: str
     fires: int
-    enqueue_failures: int
+    enqueue_failures: int  # failed enqueue attempts (retried within the catch-up window)
+    missed_fires: int  # reserved fires never enqueued
     missed_from: str
     error: str
 
@@ -121,7 +133,7 @@ class ScheduleAdmin:
                 except ScheduleError as exc:
                     invalid = str(exc)
         error = invalid or entry.error or ""
-        if not error and state.last_outcome in {"enqueue_failed", "skipped_overlap"}:
+        if not error and state.last_outcome in _OUTCOMES_WITH_ERRORS:
             error = state.last_error
         return JobView(
             name=entry.name,
@@ -137,6 +149,7 @@ class ScheduleAdmin:
             last_outcome=state.last_outcome,
             fires=state.fires,
             enqueue_failures=state.enqueue_failures,
+            missed_fires=state.missed_fires,
             missed_from=state.missed_from,
             error=error,
         )

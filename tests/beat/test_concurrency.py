@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,9 @@ from beat.ticker import Ticker
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.client import Client
 from executus_worker.core.models import RunRequest
-from executus_worker.schedules.timing import fire_run_id
+from executus_worker.schedules.model import JobSpec
+from executus_worker.schedules.store import ScheduleStore
+from executus_worker.schedules.timing import fire_run_id, format_fire
 from executus_worker.settings import Settings
 
 pytestmark = pytest.mark.redis
@@ -193,3 +196,101 @@ def test_a_beat_process_sigkilled_mid_enqueue_leaves_one_run_and_no_second_fire(
     world.ticker().tick()
     assert world.run_ids() == ["sched:j:2026-05-01T12:00:00Z", "sched:j:2026-05-01T12:05:00Z"]
     assert world.publisher.sent == ["sched:j:2026-05-01T12:05:00Z"]
+
+
+# A real `celery beat` with one fault injected: it SIGKILLs itself at the enqueue, after its
+# reservation is in Redis and before anything is registered or sent.
+DIES_AT_ENQUEUE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from beat.enqueue import ClientEnqueuer
+
+    def die(self, request, run_id):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    ClientEnqueuer.enqueue = die
+    from celery.__main__ import main
+    sys.argv = ["celery", *sys.argv[1:]]
+    main()
+    """
+)
+BEAT_ARGS = ["-A", "executus_worker.worker", "beat", "-S", "beat.scheduler:ExecutusScheduler",
+             "--loglevel", "INFO"]  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_a_celery_beat_sigkilled_between_reserve_and_enqueue_still_fires_exactly_once(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    prefix = "killed"
+    store = ScheduleStore(redis_client, key_prefix=prefix)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    fire = format_fire(midnight)
+    run_id = fire_run_id("daily", midnight)
+    store.add_job(
+        JobSpec.model_validate(
+            {"name": "daily", "cron": "0 0 * * *", "catchup_window_s": 86_400,
+             "overlap": "allow", "run": {"agent": "demo.counter"}}
+        )
+    )  # fmt: skip
+    # Today's fire is reserved and due for whichever beat looks first.
+    store.compare_and_set(
+        "daily", expect={}, values={"schedule_key": "0 0 * * *|UTC", "next_fire": fire}
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECUTUS_", "CELERY_"))}
+    env |= {
+        "EXECUTUS_REDIS_URL": redis_url,
+        "EXECUTUS_KEY_PREFIX": prefix,
+        "EXECUTUS_BEAT_ENQUEUE_TIMEOUT_S": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+
+    def start(argv: list[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+
+    killed = start([sys.executable, "-c", DIES_AT_ENQUEUE, *BEAT_ARGS])
+    try:
+        killed_output, _ = killed.communicate(timeout=90)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    assert killed.returncode == -9, killed_output
+    state = store.state("daily")
+    assert (state.last_run_id, state.last_outcome, state.attempts) == (run_id, "reserved", 1)
+    runs = RedisStore(redis_client, key_prefix=prefix)
+    assert runs.get(run_id) is None
+    assert redis_client.llen("executus") == 0
+
+    # A replacement and a second beat: once the dead beat's attempt lease (2 s) has passed,
+    # one of them retries the fire; the other never sends it again.
+    beats = [start([sys.executable, "-m", "celery", *BEAT_ARGS]) for _ in range(2)]
+    outputs: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if store.state("daily").last_outcome == "enqueued":
+                break
+            if any(p.poll() is not None for p in beats):
+                break
+            time.sleep(0.1)
+        time.sleep(2.0)  # give the other beat the chance to (wrongly) send it again
+    finally:
+        for proc in beats:
+            proc.send_signal(signal.SIGTERM)
+        for proc in beats:
+            try:
+                outputs.append(proc.communicate(timeout=20)[0])
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                outputs.append(proc.communicate()[0])
+    joined = "\n".join(outputs)
+    assert [r.run_id for r in runs.list_runs(limit=100)] == [run_id], joined
+    assert redis_client.llen("executus") == 1, joined
+    state = store.state("daily")
+    assert (state.last_outcome, state.attempts, state.fires) == ("enqueued", 2, 1), joined
+    assert joined.count(f"retrying {run_id}") == 1, joined
+    assert joined.count(f"enqueued {run_id}") == 1, joined
+    assert "Traceback" not in joined, joined

@@ -15,7 +15,7 @@ from executus_worker.core.models import RunRequest
 from executus_worker.errors import ScheduleError
 from executus_worker.schedules.admin import ScheduleAdmin
 from executus_worker.schedules.model import JobSpec
-from executus_worker.schedules.store import ScheduleStore
+from executus_worker.schedules.store import JobState, ScheduleStore
 
 pytestmark = pytest.mark.redis
 
@@ -53,6 +53,28 @@ def test_compare_and_set_writes_only_when_every_expectation_holds(store: Schedul
     )
     state = store.state("j")
     assert (state.next_fire, state.fires) == ("B", 1)
+
+
+def test_a_state_row_says_whether_its_last_fire_is_pending_and_in_flight(
+    store: ScheduleStore,
+) -> None:
+    values = {
+        "last_fire": "2026-05-01T12:00:00Z",
+        "last_run_id": "sched:j:2026-05-01T12:00:00Z",
+        "last_outcome": "reserved",
+        "attempts": 1,
+        "retry_at": 1000.5,
+    }
+    assert store.compare_and_set("j", expect={}, values=values)
+    state = store.state("j")
+    assert (state.attempts, state.retry_at, state.pending) == (1, 1000.5, True)
+    assert state.in_flight(1000.0) and not state.in_flight(1000.5)
+    # The guard pins this attempt: it holds now and fails once another attempt is claimed.
+    assert store.compare_and_set("j", expect=state.attempt_guard(), values={"attempts": 2})
+    assert not store.compare_and_set("j", expect=state.attempt_guard(), values={"attempts": 3})
+    settled = JobState(last_fire="x", last_run_id="y", last_outcome="enqueued")
+    assert not settled.pending
+    assert not JobState(last_outcome="enqueue_failed").pending  # nothing named to retry
 
 
 def test_runtime_jobs_add_replace_remove(store: ScheduleStore) -> None:

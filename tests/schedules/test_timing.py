@@ -16,6 +16,7 @@ from executus_worker.schedules.timing import (
     jitter_offset_s,
     parse_fire,
     plan_fire,
+    retry_delay_s,
 )
 
 HOURLY = Schedule.parse("0 * * * *")
@@ -124,3 +125,14 @@ def test_fire_time_text_is_always_utc(tz: str) -> None:
     local = datetime(2026, 7, 1, 3, 0, tzinfo=ZoneInfo(tz))
     assert format_fire(local).endswith("Z")
     assert parse_fire(format_fire(local)) == local
+
+
+def test_retry_delays_double_from_the_base_up_to_the_cap() -> None:
+    delays = [retry_delay_s(n, base_s=1, max_s=60) for n in range(1, 9)]
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert retry_delay_s(10_000, base_s=1, max_s=60) == 60  # no float overflow
+
+
+def test_a_fire_gives_up_when_its_catch_up_window_ends_after_its_jitter() -> None:
+    jittered = timing(window_s=600, jitter_s=120)
+    assert jittered.gives_up_at(T0) == jittered.due_at(T0) + timedelta(seconds=600)

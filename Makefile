@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint types unit e2e bench clean
+.PHONY: demo test lint types unit e2e faults bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,14 @@ types: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e and not faults"
 
 e2e: $(STAMP)
 	$(BIN)/pytest -m e2e
+
+# Real faults injected into real Redis and worker processes (also part of `make test`).
+faults: $(STAMP)
+	$(BIN)/pytest -m faults
 
 test: lint types
 	$(BIN)/pytest

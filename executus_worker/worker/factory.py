@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery, signals
 from kombu import Exchange, Queue
@@ -42,16 +43,35 @@ def create_app(settings: Settings) -> Celery:
 _HARDENED_TRANSPORT = "executus_worker.worker.transport:Transport"
 
 
+def _transport_config(broker_url: str) -> dict[str, Any]:
+    """The hardened transport (see transport.py) for redis:// and rediss:// brokers.
+
+    kombu turns TLS on from the transport *name* 'rediss', which naming our transport
+    replaces; so a rediss:// URL says it explicitly, with exactly what kombu would have used:
+    the URL's ``ssl_*`` options when it has some, else kombu's default for a bare rediss://
+    (encrypted, certificate not verified -- add ``?ssl_cert_reqs=required`` to verify).
+    redis+socket:// names its transport in the URL, so it keeps the stock one.
+    """
+    parts = urlsplit(broker_url)
+    if parts.scheme not in {"redis", "rediss"}:
+        return {}
+    config: dict[str, Any] = {"broker_transport": _HARDENED_TRANSPORT}
+    if parts.scheme == "rediss" and not any(k.startswith("ssl_") for k in parse_qs(parts.query)):
+        config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_NONE}
+    return config
+
+
+def unverified_tls(broker_url: str) -> bool:
+    """True for a rediss:// broker URL that does not ask for certificate checks."""
+    parts = urlsplit(broker_url)
+    reqs = parse_qs(parts.query).get("ssl_cert_reqs", ["none"])[-1].lower()
+    return parts.scheme == "rediss" and reqs in {"none", "cert_none"}
+
+
 def _config(settings: Settings) -> dict[str, Any]:
     queues = dict.fromkeys([settings.default_queue, *settings.tier_queues.values()])
     broker_url = settings.effective_broker_url
-    config: dict[str, Any] = {}
-    if urlsplit(broker_url).scheme == "redis":
-        # One stray item on a queue list must not stop the worker (see transport.py). Only
-        # for plain redis://: kombu derives TLS from the 'rediss' transport name, and
-        # redis+socket:// names its transport in the URL, so those keep the stock one.
-        config["broker_transport"] = _HARDENED_TRANSPORT
-    return config | {
+    return _transport_config(broker_url) | {
         "broker_url": broker_url,
         # A worker that starts before Redis keeps retrying instead of exiting (Celery 6 will
         # stop retrying at startup unless told to).
@@ -163,6 +183,11 @@ class WorkerHooks:
             s.sweep_interval_s,
             s.shutdown_grace_s,
         )
+        if unverified_tls(s.effective_broker_url):
+            log.warning(
+                "broker TLS without certificate verification; add ?ssl_cert_reqs=required "
+                "(and ssl_ca_certs=...) to the broker URL to verify the server"
+            )
         # A thread, not work in this handler: the handler blocks the consumer.
         self.recovery.start()
         self.shutdown.start_escalation()

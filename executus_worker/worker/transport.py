@@ -1,14 +1,32 @@
-"""kombu's Redis transport, hardened: an undecodable item on a queue list is dropped, not fatal.
+"""kombu's Redis transport, hardened: no broker item and no Redis restart stops the worker.
 
-Stock kombu 5.7 decodes each popped list item with ``json.loads`` and builds a message from
-its ``properties`` before Celery sees it. Anything else -- a stray ``LPUSH`` of plain text, a
-JSON value without the envelope's fields, a body that is not base64 -- raises out of the
-consumer loop and Celery stops the worker with "Unrecoverable error" (measured in
-tests/e2e/test_delivery.py). One bad producer must not take down every worker on the queue.
+Stock kombu 5.7 has three ways to take a whole worker down that this module closes:
+
+1. **Undecodable items.** Each popped list item is decoded with ``json.loads`` and turned into
+   a message from its ``properties`` before Celery sees it. A stray ``LPUSH`` of plain text,
+   a JSON value without the envelope's fields, a body that is not base64 raises out of the
+   consumer loop and Celery stops with "Unrecoverable error" (tests/e2e/test_delivery.py).
+   Such an item is dropped with one log line naming its queue; it was already popped, so
+   dropping it loses nothing that could be delivered.
+2. **Hand-built messages.** A message another service built without
+   ``properties.delivery_info`` (or without its ``exchange``/``routing_key``) makes kombu raise
+   ``KeyError('exchange')`` while recording it as unacked -- and kombu counts ``KeyError`` as a
+   *connection* error, so Celery tears the connection down: runs in flight are cancelled and the
+   message vanishes unlogged. Such a message is legitimate: it gets the defaults a publish
+   would have written (default exchange, routing key = the queue it came from) and is delivered.
+   Any other failure to deliver one message drops that message with a log line; it is never
+   reported to Celery as a connection loss.
+3. **Redis restarts.** When the connection breaks, Celery's consumer closes the kombu
+   ``Connection``, which first sets ``Transport.client`` to None and then closes the channels;
+   closing a channel restores its unacked messages, which builds a new Redis pool from
+   ``self.connection.client.hostname`` -> ``AttributeError``, which Celery treats as
+   unrecoverable: the worker stops consuming and exits when its last run ends. A late ack of
+   a run that was in flight during the blip goes through the same path. Our channel computes
+   its connection parameters once, while the transport still knows them, so its close path and
+   late acks reach Redis (or fail with a connection error, which Celery rides through).
 
 Only the envelope is checked here; a well-formed envelope with a bad *task* body is left to
-Celery (it logs and acks it) and to our task (which validates its arguments). The item is
-already popped when it is found bad, so dropping it loses nothing that could be delivered.
+Celery (it logs and acks it) and to our task (which validates its arguments).
 """
 
 from __future__ import annotations
@@ -20,6 +38,7 @@ import logging
 from queue import Empty  # what kombu's channels raise for 'nothing to read'
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger(__name__)
@@ -42,6 +61,22 @@ def envelope_problem(message: object) -> str | None:
     if problem is None and "task" in (message.get("headers") or {}):
         problem = _task_problem(message)
     return problem
+
+
+def fill_delivery_info(message: dict[str, Any], queue: str) -> None:
+    """Give a hand-built message the ``delivery_info`` a publish would have written.
+
+    kombu needs ``exchange`` and ``routing_key`` to record the message as unacked and to
+    restore it later; the default exchange ('') with the queue as routing key routes a
+    restored copy back to the queue it came from. Values the sender did set are kept.
+    Call only after ``envelope_problem`` found none (properties is a dict, delivery_info
+    absent or a dict).
+    """
+    info = message["properties"].setdefault("delivery_info", {})
+    if not isinstance(info.get("exchange"), str):
+        info["exchange"] = ""
+    if not isinstance(info.get("routing_key"), str) or not info["routing_key"]:
+        info["routing_key"] = queue
 
 
 _BAD = object()
@@ -82,13 +117,46 @@ def _task_problem(message: dict[str, Any]) -> str | None:
     return None if shape_ok else "task body is not [args, kwargs, embed]"
 
 
-def _describe(message: object) -> str:
-    # Enough to find the producer, never the whole payload (it may carry user content).
+def describe(message: object) -> str:
+    """Enough to find the producer, never the whole payload (it may carry user content)."""
+    if isinstance(message, dict):
+        headers = message.get("headers")
+        if isinstance(headers, dict) and isinstance(headers.get("task"), str):
+            return f"task {headers['task']!r} id {str(headers.get('id'))[:64]!r}"
     text = message if isinstance(message, str) else json.dumps(message, default=str)
     return text[:120] + ("..." if len(text) > 120 else "")
 
 
 class Channel(kombu_redis.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._params_by_mode: dict[bool, dict[str, Any]] = {}
+        super().__init__(*args, **kwargs)  # computes the async parameters (its first PING)
+        # And the synchronous ones now, while the transport still knows its connection:
+        # the close path and late acks need them after Celery has let go of it.
+        self._connparams(asynchronous=False)
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params = self._params_by_mode.get(asynchronous)
+        if params is None:
+            transport = self.connection
+            if transport is None or transport.client is None:
+                # Only reachable for a channel closed before it ever connected: a connection
+                # error is what Celery expects from a broker that went away.
+                raise redis.ConnectionError("the broker connection of this channel is closed")
+            # kombu-stubs omit the private methods this class overrides and calls.
+            params = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+            self._params_by_mode[asynchronous] = params
+        # A copy: callers may edit what they get (kombu's Sentinel path pops keys).
+        return dict(params)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            # Restoring the unacked messages on close opens a new pool after kombu has
+            # disconnected the old ones; do not leave its socket open until GC.
+            self._disconnect_pools()  # type: ignore[attr-defined]
+
     def _brpop_read(self, **options: Any) -> bool:
         try:
             # kombu-stubs omit this private method; it is the one place an item is decoded.
@@ -109,7 +177,25 @@ class Transport(kombu_redis.Transport):
                 "dropped a malformed message on queue %s (%s): %s",
                 queue,
                 problem,
-                _describe(message),
+                describe(message),
             )
             return
-        super()._deliver(message, queue)
+        if queue:
+            fill_delivery_info(message, queue)
+        try:
+            super()._deliver(message, queue)
+        except (redis.RedisError, OSError):
+            raise  # the broker itself failed: Celery reconnects
+        except Exception as exc:
+            # kombu reports any KeyError as a connection error, and Celery answers those by
+            # tearing down the connection (and, by default, the runs in flight). One message
+            # kombu could not take must cost that message only. One line, no traceback: an
+            # exception's text may quote the payload.
+            log.error(
+                "dropped a message on queue %s that could not be delivered (%s: %.200s): %s",
+                queue,
+                type(exc).__name__,
+                exc,
+                describe(message),
+            )
+            log.debug("delivery failure on queue %s", queue, exc_info=True)

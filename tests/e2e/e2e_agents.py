@@ -23,12 +23,28 @@ from executus_worker.core.ports import Agent, Model, ModelReply, ModelRequest, T
 _clients: dict[int, redis.Redis] = {}
 
 
+# How long a step waits for the step log through a Redis outage (the fault tests restart it).
+_LOG_PATIENCE_S = 30.0
+
+
 def _log(event: dict[str, object]) -> None:
     pid = os.getpid()
     client = _clients.get(pid)
     if client is None:  # one client per process: prefork children must not share sockets
-        client = _clients[pid] = redis.Redis.from_url(os.environ["EXECUTUS_REDIS_URL"])
-    client.rpush(f"{os.environ['EXECUTUS_KEY_PREFIX']}:e2e:steps", json.dumps(event))
+        # E2E_STEPS_URL: straight to Redis even when the worker's own URLs go through a proxy.
+        url = os.environ.get("E2E_STEPS_URL") or os.environ["EXECUTUS_REDIS_URL"]
+        client = _clients[pid] = redis.Redis.from_url(url, socket_timeout=5)
+    key = f"{os.environ['EXECUTUS_KEY_PREFIX']}:e2e:steps"
+    deadline = time.monotonic() + _LOG_PATIENCE_S
+    while True:
+        try:
+            client.rpush(key, json.dumps(event))
+            return
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            # The record of a step must not be what fails a run during a Redis restart.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 class _LoggedModel:

@@ -91,6 +91,11 @@ class Worker:
     def children(self) -> list[int]:
         return _children(self.pid)
 
+    def pids(self) -> set[int]:
+        """The main pid and every child pid seen so far (prefork replaces children)."""
+        self._children.update(self.children())
+        return {self.pid, *self._children}
+
     def signal(self, signum: int) -> None:
         self._children.update(self.children())
         self.signalled_at = time.monotonic()
@@ -150,6 +155,7 @@ class Cluster:
             "EXECUTUS_SWEEP_INTERVAL_S": "0.5",
             "EXECUTUS_SHUTDOWN_GRACE_S": "30",
             "EXECUTUS_QUEUED_TIMEOUT_S": "600",
+            "E2E_STEPS_URL": self.redis_url,
         }
 
     # -- workers ---------------------------------------------------------------------
@@ -186,7 +192,9 @@ class Cluster:
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
-        self.client.delete(self.queue)
+        # A fault test may leave its Redis stopped; cleanup must not hide the test's result.
+        with contextlib.suppress(redis.RedisError):
+            self.client.delete(self.queue)
         self.client.close()
 
     # -- runs ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -108,3 +109,30 @@ def test_the_lazy_app_is_what_celery_dash_a_finds() -> None:
         " a.conf.task_default_queue)"
     )
     assert out == "Celery True executus"
+
+
+HARDENED = "executus_worker.worker.transport:Transport"
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "transport", "tls"),
+    [
+        ("redis://h:6379/0", HARDENED, False),
+        # kombu's own default for a bare rediss:// URL: encrypted, certificate not checked.
+        ("rediss://h:6380/0", HARDENED, {"ssl_cert_reqs": ssl.CERT_NONE}),
+        (
+            "rediss://h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem",
+            HARDENED,
+            {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"},
+        ),
+        ("redis+socket:///run/redis.sock", "redis", False),
+    ],
+    ids=["redis", "rediss-bare", "rediss-verified", "redis+socket"],
+)
+def test_the_broker_connection_keeps_its_tls_options_on_the_hardened_transport(
+    broker_url: str, transport: str, tls: object
+) -> None:
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", broker_url=broker_url))
+    with app.connection_for_write() as conn:  # built, never connected
+        assert conn.transport_cls == transport
+        assert (conn.ssl or False) == tls

@@ -53,7 +53,8 @@ class _LoggedModel:
         self._run = run
 
     def complete(self, request: ModelRequest) -> ModelReply:
-        base = {"run": self._run.run_id, "epoch": self._run.epoch, "pid": os.getpid()}
+        run = self._run
+        base = {"run": run.run_id, "epoch": run.epoch, "fence": run.fence, "pid": os.getpid()}
         _log({**base, "ev": "start", "phase": request.phase, "t": time.time()})
         reply = self._inner.complete(request)
         content = reply.message.content if reply.message else ""

@@ -15,7 +15,12 @@ from e2e.harness import Cluster
 
 from .proxy import TcpProxy
 from .redis_server import RedisServer
-from .workers import assert_completed_exactly, assert_keeps_consuming, wait_for_progress
+from .workers import (
+    assert_completed_exactly,
+    assert_keeps_consuming,
+    assert_one_owner_at_a_time,
+    wait_for_progress,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -52,5 +57,8 @@ def test_runs_in_flight_survive_a_broker_blip_and_workers_keep_consuming(
         wait_for_progress(cluster, in_flight, [worker], since=healed_at, timeout_s=30)
         assert_completed_exactly(cluster, dict.fromkeys(in_flight, STEPS), [worker], timeout_s=45)
         timing(f"{pool} via proxy ({route}): runs done after the blip", time.monotonic() - started)
+        assert_one_owner_at_a_time(cluster, in_flight)
+        # Duplicates are fenced by the claim, so a broker blip never kills a run in flight.
+        assert "Terminating it instead" not in worker.text()
         assert_keeps_consuming(cluster, worker)
         assert "Connection to broker lost" in worker.text()  # the blip did reach the consumer

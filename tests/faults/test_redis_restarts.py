@@ -14,7 +14,12 @@ import pytest
 from e2e.harness import Cluster
 
 from .redis_server import RedisServer
-from .workers import assert_completed_exactly, assert_keeps_consuming, wait_for_progress
+from .workers import (
+    assert_completed_exactly,
+    assert_keeps_consuming,
+    assert_one_owner_at_a_time,
+    wait_for_progress,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -46,4 +51,7 @@ def test_workers_ride_through_two_redis_restarts_with_runs_in_flight(
 
     assert_completed_exactly(cluster, dict.fromkeys(in_flight, STEPS), [worker], timeout_s=45)
     timing(f"{pool}: runs done after the first restart", time.monotonic() - started)
+    assert_one_owner_at_a_time(cluster, in_flight)
+    # Duplicates are fenced by the claim, so a lost connection never kills a run in flight.
+    assert "Terminating it instead" not in worker.text()
     assert_keeps_consuming(cluster, worker)

@@ -76,3 +76,25 @@ def wait_for_progress(
 
     check = watched(workers, lambda: all(moved(r) for r in runs))
     wait_for("every run to make progress", check, timeout_s, every_s=0.1)
+
+
+def assert_one_owner_at_a_time(cluster: Cluster, run_ids: Sequence[str]) -> None:
+    """No step of one claim overlaps in time with a step of another claim of the same run.
+
+    Steps are the model calls the test agent logs (start and end, wall clock, one host). A
+    claim is its fencing token (unique per claim, even when Redis forgot the epoch)."""
+    for run_id in run_ids:
+        intervals: list[tuple[float, float, str]] = []
+        open_steps: dict[tuple[str, int], float] = {}
+        for event in cluster.steps(run_id):
+            owner = (str(event.get("fence") or event["epoch"]), int(event["pid"]))
+            if event["ev"] == "start":
+                open_steps[owner] = event["t"]
+            elif event["ev"] == "end" and owner in open_steps:
+                intervals.append((open_steps.pop(owner), event["t"], owner[0]))
+        # A step that never ended (its process died) still occupied its owner from its start.
+        intervals += [(t, t, owner[0]) for owner, t in open_steps.items()]
+        for a in intervals:
+            for b in intervals:
+                if a[2] != b[2] and a[0] < b[1] and b[0] < a[1]:
+                    raise AssertionError(f"run {run_id}: two owners stepped at once: {a} {b}")

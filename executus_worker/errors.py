@@ -5,6 +5,7 @@
     ├── PayloadError                a run request that is malformed, wrong-schema or oversized
     ├── UnknownAgentError           the request names an agent nobody registered
     ├── RunLimitExceeded            a run reached limits.max_iterations without finishing
+    ├── ModelError                  the model endpoint refused, timed out or answered nonsense
     ├── CheckpointError
     │   ├── CorruptCheckpointError  stored bytes that do not decode (names the run and key)
     │   └── UnsupportedFormatError  a checkpoint written by a newer format version
@@ -42,6 +43,11 @@ class UnknownAgentError(ExecutusError):
 
 class RunLimitExceeded(ExecutusError):
     """A run reached one of its limits (``limits.max_iterations``) without finishing."""
+
+
+class ModelError(ExecutusError):
+    """The model endpoint failed for good: rejected the request or the key, stayed overloaded
+    or unreachable through every retry, or sent a reply that is not a chat completion."""
 
 
 class CheckpointError(ExecutusError):

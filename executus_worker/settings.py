@@ -10,10 +10,25 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ModelTier(BaseModel):
+    """One named model tier: overrides of the flat ``model_*`` settings (unset fields keep
+    them). Set as JSON, e.g. ``EXECUTUS_MODEL_TIERS='{"fast": {"model": "gpt-4o-mini"}}'``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(default=None, min_length=1)
+    base_url: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0, le=20)
+    input_cost_per_mtok: float | None = Field(default=None, ge=0)
+    output_cost_per_mtok: float | None = Field(default=None, ge=0)
 
 
 class Settings(BaseSettings):
@@ -58,6 +73,22 @@ class Settings(BaseSettings):
     # beat died and retry the fire (idempotent, so a slow one taken over costs nothing).
     beat_enqueue_timeout_s: float = Field(default=30.0, gt=0)
     agents_file: Path | None = None
+
+    # The model endpoint (any OpenAI-compatible chat-completions API) of the default tier;
+    # model_tiers names more tiers, each overriding some of these. The API key is never a
+    # setting (settings get printed and copied): it is read, when a model is built, from the
+    # environment variable *named* by model_api_key_env.
+    model_name: str | None = Field(default=None, min_length=1)
+    model_base_url: str | None = None  # None: the SDK's default (api.openai.com)
+    model_api_key_env: str = Field(default="OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    model_timeout_s: float = Field(default=60.0, gt=0)
+    # Retries of one model call on 429, 5xx, timeouts and dropped connections, with backoff.
+    model_max_retries: int = Field(default=3, ge=0, le=20)
+    model_input_cost_per_mtok: float = Field(default=0.0, ge=0)  # USD per million tokens
+    model_output_cost_per_mtok: float = Field(default=0.0, ge=0)
+    model_tiers: dict[str, ModelTier] = Field(default_factory=dict)
+    # A tool call still running after this becomes a tool error the model sees.
+    tool_timeout_s: float = Field(default=60.0, gt=0)
 
     @field_validator("redis_url", "broker_url")
     @classmethod

@@ -1,9 +1,17 @@
 """The agent registry: name -> Agent, with the built-ins and an optional agents file.
 
-The agents file (``EXECUTUS_AGENTS_FILE``) maps names to factories::
+The agents file (``EXECUTUS_AGENTS_FILE``) maps names to factories, or declares agents as
+tables (model, system prompt, tools, phases: see ``executus_worker.models.declarative``)::
 
     [agents]
     "my.agent" = "my_package.agents:make_agent"
+
+    [agents."my.declared"]
+    system_prompt = "You are ..."
+
+A declared agent needs a model adapter, which core may not import: whoever loads the file
+passes ``declared``, the function that validates a table and returns the agent's factory (the
+worker passes the models package's). Without one a table is a ConfigError.
 
 Loading is explicit (``load_file``) and the file is checked whole when loaded, but a factory's
 module is imported only when its agent is first asked for: a worker that never runs an agent
@@ -12,13 +20,14 @@ never pays for (or breaks on) its imports. ``load_all`` imports everything, for 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import threading
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from executus_worker.core.demo_agents import builtin_agents
 from executus_worker.core.outcome import describe
@@ -29,6 +38,11 @@ _NAME = re.compile(r"^[A-Za-z0-9._\-]{1,120}$")  # AgentName in core.models
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _AGENT_METHODS = ("phases", "model", "tools", "seed")
 
+AgentFactory = Callable[[], Agent]
+# (name, the entry's table, source file) -> the agent's factory; raises ConfigError for a bad
+# table, naming the file and the entry.
+DeclaredAgents = Callable[[str, Mapping[str, Any], str], AgentFactory]
+
 
 class AgentRegistry:
     """Thread-safe: a threads-pool worker may resolve agents from several runs at once."""
@@ -36,18 +50,22 @@ class AgentRegistry:
     def __init__(self, agents: Iterable[Agent] = ()) -> None:
         self._lock = threading.Lock()
         self._agents: dict[str, Agent] = {}
-        self._factories: dict[str, tuple[str, str]] = {}  # name -> (target, source file)
+        self._factories: dict[str, AgentFactory] = {}  # built (and cached) on first get
         for agent in agents:
             self.register(agent)
 
     @classmethod
     def with_builtins(
-        cls, *, clock: Clock | None = None, agents_file: Path | None = None
+        cls,
+        *,
+        clock: Clock | None = None,
+        agents_file: Path | None = None,
+        declared: DeclaredAgents | None = None,
     ) -> AgentRegistry:
         """The built-in demo agents, plus the agents file's entries if one is given."""
         registry = cls(builtin_agents(clock))
         if agents_file is not None:
-            registry.load_file(agents_file)
+            registry.load_file(agents_file, declared=declared)
         return registry
 
     def register(self, agent: Agent, *, name: str | None = None) -> None:
@@ -64,11 +82,34 @@ class AgentRegistry:
             raise ConfigError(
                 f"{source}: agent {name!r} must map to 'package.module:factory', got {target!r}"
             )
+        self._add_factory(name, functools.partial(_build, name, target, source))
+
+    def register_declared(
+        self,
+        name: str,
+        table: Mapping[str, Any],
+        *,
+        declared: DeclaredAgents | None,
+        source: str = "<code>",
+    ) -> None:
+        """Register an agent declared as a table; ``declared`` validates it now."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"{source}: invalid agent name {name!r}")
+        if declared is None:
+            raise ConfigError(
+                f"{source}: agent {name!r} is declared as a table, which only the worker can "
+                "build (it needs a model adapter); give a 'package.module:factory' here"
+            )
         with self._lock:
             self._check_free(name)
-            self._factories[name] = (target, source)
+        self._add_factory(name, declared(name, table, source))
 
-    def load_file(self, path: Path) -> list[str]:
+    def _add_factory(self, name: str, factory: AgentFactory) -> None:
+        with self._lock:
+            self._check_free(name)
+            self._factories[name] = factory
+
+    def load_file(self, path: Path, *, declared: DeclaredAgents | None = None) -> list[str]:
         """Read an agents file and register its entries (lazily). Returns the names added."""
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -82,8 +123,11 @@ class AgentRegistry:
         table = data.get("agents")
         if not isinstance(table, dict):
             raise ConfigError(f"agents file {path}: needs an [agents] table of name = target")
-        for name, target in table.items():
-            self.register_factory(name, target, source=str(path))
+        for name, entry in table.items():
+            if isinstance(entry, dict):
+                self.register_declared(name, entry, declared=declared, source=str(path))
+            else:
+                self.register_factory(name, entry, source=str(path))
         return list(table)
 
     def get(self, name: str) -> Agent:
@@ -95,8 +139,7 @@ class AgentRegistry:
             if name not in self._factories:
                 known = ", ".join(sorted({*self._agents, *self._factories})) or "none"
                 raise UnknownAgentError(f"unknown agent {name!r}; known agents: {known}")
-            target, source = self._factories[name]
-            agent = _build(name, target, source)
+            agent = self._factories[name]()
             # Cache only a successful build: a fixed module can be retried without a restart.
             self._agents[name] = agent
             del self._factories[name]

@@ -21,6 +21,7 @@ from executus_worker.core.executor import execute
 from executus_worker.core.ports import Audit, Critic, Deps, NullCritic
 from executus_worker.core.stop import StopToken
 from executus_worker.critic import Escalation, TimeoutCritic, TimeoutPolicy
+from executus_worker.models.declarative import declared_agents
 from executus_worker.publish import BatchPublisher
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats
@@ -45,6 +46,13 @@ def redis_client(url: str, *, timeout_s: float = _SOCKET_TIMEOUT_S) -> redis.Red
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
+    )
+
+
+def agent_registry(settings: Settings) -> AgentRegistry:
+    """The built-ins plus the agents file: factories and declared (no-code) agents."""
+    return AgentRegistry.with_builtins(
+        agents_file=settings.agents_file, declared=declared_agents(settings)
     )
 
 
@@ -113,7 +121,7 @@ class Runtime:
 
     def _build_handler(self, store: RedisStore) -> RunHandler:
         s = self.settings
-        registry = AgentRegistry.with_builtins(agents_file=s.agents_file)
+        registry = agent_registry(s)
         # Ids and outcomes only (never inputs), at DEBUG: the worker log stays readable.
         audit = LoggingAudit(level=logging.DEBUG)
         deps = Deps(

@@ -16,12 +16,11 @@ from executus_worker.core.scripted import ScriptedAgent
 from executus_worker.core.stop import StopToken
 from executus_worker.errors import ModelError
 from executus_worker.models.endpoints import ModelEndpoint
+from executus_worker.models.fake_server import Answer, FakeOpenAI, completion, error_body, tool_call
 from executus_worker.models.openai_chat import OpenAIChatModel
 from executus_worker.models.retry import Backoff
 from executus_worker.models.tools import RAW_ARGUMENTS_KEY, FunctionTools
 from executus_worker.models.transcript import LOST_RESULT
-
-from .fake_openai import Answer, FakeOpenAI, completion, error_body, tool_call
 
 RUN = RunInfo(run_id="run-oa", agent="a", epoch=1)
 SECRET = "sk-test-4242-do-not-log"

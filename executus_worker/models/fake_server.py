@@ -1,9 +1,15 @@
-"""A fake OpenAI-compatible chat-completions server over real HTTP, for tests.
+"""A fake OpenAI-compatible chat-completions server over real HTTP, for tests (ours and yours).
 
-It listens on 127.0.0.1 (a free port) in a thread of the test process, so a worker subprocess
-can reach it too. Each POST to ``/v1/chat/completions`` is answered by the next scripted
-``Answer`` (or, once the script is used up, by ``brain(request_body)``). Every request is
-recorded with its headers, so tests can check what the adapter sent.
+    with FakeOpenAI(brain) as fake:          # listens on 127.0.0.1, a free port
+        settings = Settings(model_base_url=fake.base_url, model_name="fake-model")
+        ...                                   # run an agent; fake.requests has what it sent
+
+It serves from a thread of the calling process, so a worker subprocess can reach it too. Each
+POST to ``<base_url>/chat/completions`` is answered by the next scripted ``Answer`` (see
+``answer``), or once the script is used up by ``brain(request_body)``. A brain that derives its
+reply from the transcript it is sent behaves the same after a resume, like a real model at
+temperature 0. Every request is recorded with its headers. Shipped in the package, like the
+scripted model, so users can test their declared agents without a network.
 """
 
 from __future__ import annotations
@@ -72,8 +78,8 @@ def error_body(message: str, kind: str, code: str | None = None) -> dict[str, An
 
 class FakeOpenAI:
     def __init__(self, brain: Brain | None = None) -> None:
-        self.script: list[Answer] = []
         self.brain = brain
+        self.script: list[Answer] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -82,14 +88,20 @@ class FakeOpenAI:
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        if self._server is None:
+            raise RuntimeError("the fake server is not started")
+        return f"http://127.0.0.1:{self._server.server_port}/v1"
 
     def answer(self, *answers: Answer) -> FakeOpenAI:
         with self._lock:
             self.script.extend(answers)
         return self
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def start(self) -> FakeOpenAI:
         fake = self

@@ -1,0 +1,1 @@
+"""The tools of the example support agent (see examples/README.md)."""

@@ -20,14 +20,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-
-import openai
+from typing import TYPE_CHECKING
 
 from executus_worker.core.ports import ModelReply, ModelRequest, Usage
 from executus_worker.errors import ModelError
 from executus_worker.models.endpoints import ModelEndpoint
 from executus_worker.models.retry import Backoff, retryable
+from executus_worker.models.sdk import sdk
 from executus_worker.models.wire import parse_completion, to_wire_messages, to_wire_tools
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,13 @@ def build_client(endpoint: ModelEndpoint) -> openai.OpenAI:
     key = endpoint.api_key()
     if key is None:
         log.info("no API key in $%s for %s; sending none", endpoint.api_key_env, endpoint.where)
-    return openai.OpenAI(
+    client: openai.OpenAI = sdk().OpenAI(
         api_key=key or _NO_KEY,
         base_url=endpoint.base_url,
         timeout=endpoint.timeout_s,
         max_retries=0,  # ours (logged, one policy); see the module docstring
     )
+    return client
 
 
 class OpenAIChatModel:
@@ -123,13 +127,14 @@ class OpenAIChatModel:
 
     def _post(self, request: ModelRequest, params: dict[str, object]) -> bytes:
         """The raw reply body; retries what is worth retrying, ModelError for the rest."""
+        api = sdk()
         attempts = self.endpoint.max_retries + 1
         for attempt in range(attempts):
             try:
                 raw = self.client.chat.completions.with_raw_response.create(**params)  # type: ignore[call-overload]
                 body: bytes = raw.http_response.content
                 return body
-            except openai.APIError as exc:
+            except api.APIError as exc:
                 if not retryable(exc):
                     raise ModelError(self._refused(exc)) from None
                 delay_s = self._backoff.delay_s(attempt, exc) if attempt + 1 < attempts else None
@@ -145,16 +150,17 @@ class OpenAIChatModel:
     # -- messages (never the key: the server's own message, the status, where) -----------
 
     def _what(self, exc: openai.APIError) -> str:
-        if isinstance(exc, openai.APITimeoutError):
+        api = sdk()
+        if isinstance(exc, api.APITimeoutError):
             return f"no answer within {self.endpoint.timeout_s:g}s"
-        if isinstance(exc, openai.APIConnectionError):
+        if isinstance(exc, api.APIConnectionError):
             return f"cannot connect: {exc.__cause__ or exc.message}"
         status = getattr(exc, "status_code", None)
         return f"HTTP {status}: {_server_message(exc)}"
 
     def _refused(self, exc: openai.APIError) -> str:
         where = self.endpoint.where
-        if isinstance(exc, openai.AuthenticationError):
+        if isinstance(exc, sdk().AuthenticationError):
             return (
                 f"{where} rejected the API key (HTTP 401; the key is read from "
                 f"${self.endpoint.api_key_env}): {_server_message(exc)}"

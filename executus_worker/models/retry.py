@@ -16,15 +16,16 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import openai
+from executus_worker.models.sdk import sdk
 
 _RETRY_STATUSES = frozenset({408, 409, 429})
 
 
 def retryable(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+    api = sdk()
+    if isinstance(exc, api.APIConnectionError):  # includes APITimeoutError
         return True
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, api.APIStatusError):
         return exc.status_code in _RETRY_STATUSES or exc.status_code >= 500
     return False
 

@@ -3,7 +3,8 @@
     ExecutusError
     ├── ConfigError                 settings, agents file, schedule file
     ├── PayloadError                a run request that is malformed, wrong-schema or oversized
-    ├── UnknownAgentError           the request names an agent nobody registered
+    ├── UnknownAgentError           an agent the worker does not know, or (at enqueue) no
+    │                               live worker serves
     ├── RunLimitExceeded            a run reached limits.max_iterations without finishing
     ├── ModelError                  the model endpoint refused, timed out or answered nonsense
     ├── CheckpointError
@@ -38,7 +39,8 @@ class PayloadError(ExecutusError):
 
 
 class UnknownAgentError(ExecutusError):
-    """The request names an agent that is not registered on this worker."""
+    """The request names an agent that is not registered on this worker, or -- raised at
+    enqueue -- that no live worker advertises on the run's queue."""
 
 
 class RunLimitExceeded(ExecutusError):

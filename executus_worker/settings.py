@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     # A tool call still running after this becomes a tool error the model sees.
     tool_timeout_s: float = Field(default=60.0, gt=0)
 
+    # Workers advertise the agents they serve with this TTL (refreshed every quarter of it);
+    # enqueueing an agent no live worker serves is refused unless the check is off here (a
+    # pool scaled to zero) or the caller overrides it (a deploy in progress).
+    worker_advert_ttl_s: float = Field(default=60.0, ge=1)
+    check_agents_on_enqueue: bool = True
+
     @field_validator("redis_url", "broker_url")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:

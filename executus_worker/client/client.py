@@ -23,13 +23,17 @@ from executus_worker.errors import (
     RunConflictError,
     RunNotFoundError,
     ScheduleError,
+    UnknownAgentError,
 )
+from executus_worker.fleet.directory import AgentDirectory, Directory
 from executus_worker.publish import CeleryPublisher
 from executus_worker.schedules.admin import JobView, ScheduleAdmin
 from executus_worker.schedules.model import JobSpec
 from executus_worker.schedules.source_toml import validation_problems
 from executus_worker.schedules.store import ScheduleStore
 from executus_worker.settings import Settings
+
+_SERVED_CACHE_S = 5.0
 
 
 class Client:
@@ -47,6 +51,8 @@ class Client:
         self._publisher = publisher
         self._redis: redis.Redis | None = None
         self._admin: ScheduleAdmin | None = None
+        # (agent, queue) -> monotonic time until which a live worker was seen serving it.
+        self._served: dict[tuple[str, str], float] = {}
 
     @classmethod
     def from_url(
@@ -108,6 +114,16 @@ class Client:
         return self._admin
 
     @property
+    def directory(self) -> AgentDirectory:
+        """The live workers' advertisements (which agents each serves, on which queues)."""
+        s = self.settings
+        return AgentDirectory(self._client(), key_prefix=s.key_prefix, ttl_s=s.worker_advert_ttl_s)
+
+    def agents(self) -> Directory:
+        """A snapshot of the live workers and the agents they serve."""
+        return self.directory.read()
+
+    @property
     def publisher(self) -> Publisher:
         if self._publisher is None:
             self._publisher = CeleryPublisher(self.settings)
@@ -149,6 +165,7 @@ class Client:
         model_tier: str | None = None,
         metadata: Mapping[str, str] | None = None,
         limits: RunLimits | Mapping[str, Any] | None = None,
+        allow_unknown_agent: bool = False,
     ) -> str:
         """Validate, register (status ``queued``) and publish a run; return its id.
 
@@ -156,7 +173,10 @@ class Client:
         request returns at once and publishes nothing; with a different request it raises
         ``RunConflictError`` naming the differing fields (nothing changed, nothing sent).
         Raises ``PayloadError`` (nothing registered) for a request that is malformed,
-        wrong-schema or over ``settings.max_payload_bytes``.
+        wrong-schema or over ``settings.max_payload_bytes``, and ``UnknownAgentError``
+        (nothing registered) when no live worker serves ``agent`` on the run's queue --
+        unless ``allow_unknown_agent`` (a deploy in progress) or
+        ``settings.check_agents_on_enqueue`` is off.
         """
         payload: dict[str, Any] = {
             "run_id": run_id if run_id is not None else uuid.uuid4().hex,
@@ -170,9 +190,14 @@ class Client:
             payload["limits"] = (
                 limits.model_dump() if isinstance(limits, RunLimits) else dict(limits)
             )
-        return self.submit(payload).run_id
+        return self.submit(payload, allow_unknown_agent=allow_unknown_agent).run_id
 
-    def submit(self, request: RunRequest | Mapping[str, Any] | str | bytes) -> EnqueueResult:
+    def submit(
+        self,
+        request: RunRequest | Mapping[str, Any] | str | bytes,
+        *,
+        allow_unknown_agent: bool = False,
+    ) -> EnqueueResult:
         """``enqueue`` for a whole request (a model, a dict or JSON), reporting what happened.
 
         A request without ``run_id`` gets a uuid4 hex one. ``created`` is False when the run
@@ -202,6 +227,14 @@ class Client:
                 f"over the {self.settings.max_payload_bytes}-byte limit"
             )
         queue = self.settings.queue_for(parsed.model_tier)
+        if self.settings.check_agents_on_enqueue and not allow_unknown_agent:
+            try:
+                self.require_agent(parsed.agent, queue)
+            except UnknownAgentError:
+                # A retry of an enqueue that got through before its workers went away stays
+                # idempotent (register below finds the run); only a new run is refused.
+                if self.store.get(run_id) is None:
+                    raise
         record, created = self.store.register(parsed, run_id=run_id, queue=queue, now=time.time())
         if not created:
             # Registration is atomic, so the stored request is the first registrant's; a
@@ -215,6 +248,20 @@ class Client:
         except (redis.RedisError, OSError) as exc:
             raise PublishError(run_id, str(exc)) from exc
         return EnqueueResult(record, created=True)
+
+    def require_agent(self, agent: str, queue: str) -> None:
+        """UnknownAgentError unless a live worker serves ``agent`` on ``queue``.
+
+        A positive answer is remembered for a few seconds (far under the advertisement TTL),
+        so a burst of enqueues reads the directory once; a negative one never is, so a worker
+        that just started is seen at once.
+        """
+        key = (agent, queue)
+        now = time.monotonic()
+        if self._served.get(key, 0.0) > now:
+            return
+        self.agents().require(agent, queue)
+        self._served[key] = now + min(_SERVED_CACHE_S, self.settings.worker_advert_ttl_s / 4)
 
     def status(self, run_id: str) -> RunRecord:
         """The run's record; ``RunNotFoundError`` if unknown or past its retention."""
@@ -266,13 +313,22 @@ class Client:
 
     # -- schedules (delegating to executus_worker.schedules) ------------------------------
 
-    def add_schedule(self, job: JobSpec | Mapping[str, Any], *, replace: bool = False) -> JobSpec:
+    def add_schedule(
+        self,
+        job: JobSpec | Mapping[str, Any],
+        *,
+        replace: bool = False,
+        allow_unknown_agent: bool = False,
+    ) -> JobSpec:
         """Store a runtime cron job; beats pick it up on their next pass (no restart).
 
         ``ScheduleError`` for an invalid job, an existing name (unless ``replace``) or a name
-        the schedule file owns.
+        the schedule file owns; ``UnknownAgentError`` when no live worker serves its agent
+        (as for ``enqueue``; fires themselves are never refused).
         """
         spec = job if isinstance(job, JobSpec) else _job_spec(job)
+        if self.settings.check_agents_on_enqueue and not allow_unknown_agent:
+            self.require_agent(spec.run.agent, self.settings.queue_for(spec.run.model_tier))
         self.schedule_admin.add(spec, replace=replace)
         return spec
 

@@ -19,6 +19,7 @@ from kombu import Exchange, Queue
 
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings, redact_url
+from executus_worker.worker.advertise import start_advertising
 from executus_worker.worker.recovery import RecoveryLoop
 from executus_worker.worker.runtime import Runtime
 from executus_worker.worker.shutdown import ShutdownCoordinator
@@ -191,6 +192,8 @@ class WorkerHooks:
         # A thread, not work in this handler: the handler blocks the consumer.
         self.recovery.start()
         self.shutdown.start_escalation()
+        # Before "ready." is logged: a producer that waits for it finds this worker's agents.
+        start_advertising(s, sender, self.runtime, self.shutdown.drain)
 
     def on_shutting_down(self, how: str = "Warm", **kwargs: Any) -> None:
         """Inside the MainProcess signal handler: flag and forward only, never block."""

@@ -15,7 +15,10 @@ class ClientEnqueuer:
         self._client = client
 
     def enqueue(self, request: RunRequest, run_id: str) -> bool:
-        return self._client.submit(request.model_copy(update={"run_id": run_id})).created
+        # A fire is never refused for want of a live worker: its agent was checked when the
+        # job was added, and a fire during a deploy must still create its run (it waits queued).
+        request = request.model_copy(update={"run_id": run_id})
+        return self._client.submit(request, allow_unknown_agent=True).created
 
     def close(self) -> None:
         self._client.close()

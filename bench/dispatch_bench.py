@@ -189,8 +189,12 @@ def bench_executus(url: str, n: int, pool: str, concurrency: int, timeout_s: flo
     r = redis.Redis.from_url(url)
     r.flushall()
     with Client.from_url(url) as client:
+        # The queue is filled before the worker starts, on purpose: no worker advertises yet.
         run_ids = [
-            client.enqueue(agent="demo.counter", input={"steps": 1, "step_s": 0}) for _ in range(n)
+            client.enqueue(
+                agent="demo.counter", input={"steps": 1, "step_s": 0}, allow_unknown_agent=True
+            )
+            for _ in range(n)
         ]
         done_key = KeySchema(client.settings.key_prefix).done
         env = {key: value for key, value in os.environ.items() if not key.startswith("EXECUTUS_")}
@@ -263,8 +267,10 @@ def in_process_breakdown(url: str, n: int) -> Breakdown:
             pass
 
     with Client(settings, publisher=Collect()) as client:
-        for _ in range(n):
-            client.enqueue(agent="demo.counter", input={"steps": 1, "step_s": 0})
+        for _ in range(n):  # no worker process here: the handler below is the worker
+            client.enqueue(
+                agent="demo.counter", input={"steps": 1, "step_s": 0}, allow_unknown_agent=True
+            )
     handler = RunHandler(
         store=store,  # a duck-typed proxy of the RunStore
         agents=AgentRegistry.with_builtins(),

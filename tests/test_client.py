@@ -29,11 +29,13 @@ from executus_worker.settings import Settings
 pytestmark = pytest.mark.redis
 
 DEFAULT_QUEUE = "executus"
+# No worker runs in these tests: the live-agent check at enqueue is tested in test_agents.py.
+NO_WORKERS = {"check_agents_on_enqueue": False}
 
 
 @pytest.fixture
 def client(redis_url: str, redis_client: redis.Redis) -> Iterator[Client]:
-    with Client.from_url(redis_url) as c:
+    with Client.from_url(redis_url, settings=Settings.model_construct(**NO_WORKERS)) as c:
         yield c
 
 
@@ -171,7 +173,7 @@ def test_submit_reports_whether_it_created_the_run(client: Client) -> None:
 
 
 def test_a_model_tier_routes_to_its_queue(redis_url: str, redis_client: redis.Redis) -> None:
-    settings = Settings.model_construct(tier_queues={"large": "executus.large"})
+    settings = Settings.model_construct(tier_queues={"large": "executus.large"}, **NO_WORKERS)
     with Client.from_url(redis_url, settings=settings) as c:
         run_id = c.enqueue(agent="demo.counter", model_tier="large")
         other = c.enqueue(agent="demo.counter", model_tier="unknown-tier")
@@ -202,7 +204,7 @@ def test_a_wrong_schema_request_is_rejected_and_nothing_is_registered(
 def test_an_oversized_request_is_rejected_and_nothing_is_registered(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    settings = Settings.model_construct(max_payload_bytes=1024)
+    settings = Settings.model_construct(max_payload_bytes=1024, **NO_WORKERS)
     with Client.from_url(redis_url, settings=settings) as c:
         c.enqueue(agent="demo.counter", input={"text": "x" * 700})  # under the cap
         redis_client.flushall()
@@ -314,7 +316,8 @@ def test_from_url_rejects_a_bad_url_without_echoing_it() -> None:
 
 
 def test_key_prefix_namespaces_every_record_key(redis_url: str, redis_client: redis.Redis) -> None:
-    with Client.from_url(redis_url, key_prefix="tenant-a") as c:
+    no_workers = Settings.model_construct(**NO_WORKERS)
+    with Client.from_url(redis_url, key_prefix="tenant-a", settings=no_workers) as c:
         run_id = c.enqueue(agent="demo.counter")
         assert c.status(run_id).run_id == run_id
     with Client.from_url(redis_url) as other, pytest.raises(RunNotFoundError):
@@ -348,7 +351,8 @@ def test_a_broker_failure_after_registration_is_a_publish_error(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     dead_broker = f"redis://127.0.0.1:{free_port()}/0"
-    with Client.from_url(redis_url, broker_url=dead_broker) as c:
+    no_workers = Settings.model_construct(**NO_WORKERS)
+    with Client.from_url(redis_url, broker_url=dead_broker, settings=no_workers) as c:
         with pytest.raises(PublishError) as caught:
             c.enqueue(agent="demo.counter", run_id="orphan")
         assert caught.value.run_id == "orphan"

@@ -6,6 +6,7 @@ output.py     how runs are printed: text, tables, JSON
 processes.py  worker, beat: exec into Celery
 dev.py        dev: Redis + worker + beat in one foreground command
 runs.py       enqueue, status, runs, cancel, recover, schema
+agents.py     agents: which live worker serves which agent
 check.py      check: is this deployment fit to hold runs?
 demo.py       demo: the whole story, live
 schedules.py  schedules: cron jobs in the file and in Redis

@@ -22,6 +22,7 @@ from executus_worker.cli.common import ErrorsAsMessages
 # command name -> module under executus_worker.cli defining it (as a function of the same name,
 # dashes as underscores). Adding a command is one line here.
 COMMANDS = {
+    "agents": "agents",
     "beat": "processes",
     "cancel": "runs",
     "check": "check",

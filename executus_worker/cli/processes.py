@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import click
 
+from executus_worker.cli.agents import check_agents_file
 from executus_worker.cli.common import load_settings
 from executus_worker.settings import Settings
 
@@ -82,6 +83,7 @@ def worker(
 ) -> None:
     """Exec into `celery -A executus_worker.worker worker` (extra args pass through)."""
     settings = load_settings()
+    check_agents_file(settings)  # a bad agents file: one message here, not a worker that fails
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     exec_celery(worker_argv(
         settings, pool=pool, concurrency=concurrency, queues=queue_list,

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from executus_worker.cli.agents import allow_unknown_agent_option
 from executus_worker.cli.common import json_option, load_settings, make_client
 from executus_worker.cli.output import (
     emit_json,
@@ -67,6 +68,7 @@ def _metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeatable).")
 @click.option("--max-iterations", type=click.IntRange(min=1), default=None)
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS")
+@allow_unknown_agent_option
 @json_option
 def enqueue(
     *,
@@ -78,11 +80,14 @@ def enqueue(
     meta: tuple[str, ...],
     max_iterations: int | None,
     wait_s: float | None,
+    allow_unknown_agent: bool,
     as_json: bool,
 ) -> None:
     """Validate, register and publish a run of AGENT; print its id on stdout.
 
-    With --wait, exit 0 only if the run completed (1 otherwise, 124 on timeout).
+    Refused if no live worker serves AGENT on the run's queue (see `agents`), unless
+    --allow-unknown-agent. With --wait, exit 0 only if the run completed (1 otherwise, 124 on
+    timeout).
     """
     payload: dict[str, Any] = {
         "agent": agent,
@@ -95,7 +100,7 @@ def enqueue(
     if max_iterations is not None:
         payload["limits"] = {"max_iterations": max_iterations}
     with make_client() as client:
-        result = client.submit(payload)
+        result = client.submit(payload, allow_unknown_agent=allow_unknown_agent)
         document: dict[str, Any] = {
             "run_id": result.run_id,
             "created": result.created,

@@ -19,7 +19,9 @@ import redis
 from pydantic import ValidationError
 
 from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.cli.agents import allow_unknown_agent_option
 from executus_worker.cli.common import ErrorsAsMessages, load_settings
+from executus_worker.client import Client
 from executus_worker.schedules.admin import JobView, ScheduleAdmin
 from executus_worker.schedules.cron import Schedule
 from executus_worker.schedules.model import JobSpec, OverlapPolicy
@@ -118,10 +120,18 @@ def _table(views: Sequence[JobView]) -> str:
 @click.option("--disabled", is_flag=True, help="Store it without firing.")
 @click.option("--description", default="")
 @click.option("--replace", is_flag=True, help="Overwrite a Redis job of the same name.")
+@allow_unknown_agent_option
 @click.pass_context
 def add(ctx: click.Context, /, name: str, **options: Any) -> None:
-    """Add (or with --replace, change) a job stored in Redis."""
+    """Add (or with --replace, change) a job stored in Redis.
+
+    Refused if no live worker serves its agent (see `agents`), unless --allow-unknown-agent.
+    """
     spec = _spec_from_options(name, options)
+    settings = _settings(ctx)
+    if settings.check_agents_on_enqueue and not options["allow_unknown_agent"]:
+        with Client(settings) as client:
+            client.require_agent(spec.run.agent, settings.queue_for(spec.run.model_tier))
     with _admin(ctx) as admin:
         admin.add(spec, replace=options["replace"])
         views, _ = admin.list()

@@ -174,6 +174,18 @@ class WorkerDemo:
                         f"run {run_id} not finished after {FINISH_TIMEOUT_S:.0f}s"
                     ) from None
 
+    def wait_served(self, worker: _Worker, agent: str) -> None:
+        """Until the worker advertises ``agent``: enqueue refuses agents no live worker serves."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.client.agents().serving(agent, self.queue):
+            if worker.proc.poll() is not None:
+                raise DemoFailure(f"worker {worker.label} exited early:\n{worker.tail()}")
+            if time.monotonic() > deadline:
+                raise DemoFailure(f"worker {worker.label} did not advertise {agent} in time")
+            time.sleep(0.1)
+        served = ", ".join(self.client.agents().agents())
+        self.say(f"   worker {worker.label} is up and serves: {served}")
+
     def iteration(self, run_id: str) -> int:
         checkpoint = self.store.load_checkpoint(run_id)
         return checkpoint.iteration if checkpoint is not None else 0
@@ -181,6 +193,7 @@ class WorkerDemo:
     def run(self) -> bool:
         self.say(f"Part 2: real worker processes (key prefix {self.prefix}, queue {self.queue})")
         a = self.start_worker("A")
+        self.wait_served(a, "demo.counter")
         counter = self.client.enqueue(
             agent="demo.counter", input={"steps": COUNTER_STEPS, "step_s": STEP_S}
         )

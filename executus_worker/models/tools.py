@@ -213,8 +213,10 @@ def _problems(exc: ValidationError) -> str:
 
 
 def _fallback_context(run: RunInfo, call: ToolCall) -> ToolContext:
-    """Outside the kernel (a direct call in a test): what can be known without a claim."""
-    return ToolContext(run_id=run.run_id, fence="", epoch=run.epoch, iteration=0, call_id=call.id)
+    """Outside the kernel's dispatch (a direct call in a test): all but the iteration."""
+    return ToolContext(
+        run_id=run.run_id, fence=run.fence, epoch=run.epoch, iteration=0, call_id=call.id
+    )
 
 
 class _ToolTimedOut(Exception):

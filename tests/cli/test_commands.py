@@ -29,7 +29,8 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture
 def env(redis_url: str, redis_client: redis.Redis) -> dict[str, str]:
-    return {"EXECUTUS_REDIS_URL": redis_url}
+    # No worker runs in these tests: enqueue's live-agent check is tested in test_agents.py.
+    return {"EXECUTUS_REDIS_URL": redis_url, "EXECUTUS_CHECK_AGENTS_ON_ENQUEUE": "false"}
 
 
 @pytest.fixture
@@ -334,6 +335,9 @@ def test_dev_serves_runs_and_stops_every_child_on_sigterm(
         pids = [int(p) for p in re.findall(r"pid (\d+)", banner[0])]
         assert len(pids) == 2  # worker and beat
         with Client.from_url(redis_url) as client:
+            deadline = time.monotonic() + 60
+            while not client.agents().serving("demo.counter") and time.monotonic() < deadline:
+                time.sleep(0.1)  # the worker advertises its agents once it is ready
             run_id = client.enqueue(agent="demo.counter", input={"steps": 2, "step_s": 0})
             assert client.wait(run_id, timeout_s=60).status.value == "completed"
         proc.send_signal(signal.SIGTERM)

@@ -7,11 +7,13 @@ HTTP; its replies derive from the transcript it is sent, like a real model at te
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from executus_worker.client import Client
 from executus_worker.core.models import Message, RunStatus
 from executus_worker.models.fake_server import Answer, FakeOpenAI, completion, tool_call
 
@@ -78,6 +80,10 @@ def test_a_declared_agent_calling_a_tool_survives_sigterm_with_the_exact_transcr
         E2E_MODEL_KEY=SECRET,
     )
     a = cluster.start("prefork")
+    # Advertised before "ready." was logged: producers can check the agent at enqueue.
+    with Client.from_url(cluster.redis_url, key_prefix=cluster.prefix) as client:
+        [worker] = client.agents().serving("e2e.ticker", cluster.queue)
+        assert worker.worker == a.name + "@" + socket.gethostname()
     run_id = cluster.submit("e2e.ticker", prompt="count")
     wait_for("two finished steps", lambda: len(fake.requests) >= 3, 30)
     a.signal(signal.SIGTERM)
@@ -102,8 +108,8 @@ def test_a_declared_agent_calling_a_tool_survives_sigterm_with_the_exact_transcr
     assert {h["authorization"] for h in fake.headers} == {f"Bearer {SECRET}"}
     # A warm stop re-runs nothing: each tool call ran once, under its own idempotency key.
     calls = cluster.steps(run_id, "tool")
-    keys = [c["key"] for c in calls]
-    assert len(keys) == TICKS == len(set(keys))
-    assert [k.rsplit(":", 1)[1] for k in keys] == [f"call_{i}" for i in range(1, TICKS + 1)]
-    assert {c["epoch"] for c in calls} == {1, 2}
+    assert [c["key"] for c in calls] == [f"{run_id}:{i}:call_{i}" for i in range(1, TICKS + 1)]
+    # Each claim's own fence reached the tool: a downstream service can refuse a stale owner.
+    fences = {c["epoch"]: c["fence"] for c in calls}
+    assert len(fences) == 2 and len(set(fences.values())) == 2 and all(fences.values())
     assert SECRET not in a.text() + b.text()

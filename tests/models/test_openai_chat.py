@@ -219,7 +219,7 @@ class _Factory:
     def __init__(self, handle: _Resumed) -> None:
         self.handle = handle
 
-    def begin(self, run: RunInfo) -> _Resumed:
+    def begin(self, run: RunInfo, stop: StopToken) -> _Resumed:
         return self.handle
 
 

@@ -31,6 +31,8 @@ def env(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> dict[str, 
         "EXECUTUS_REDIS_URL": redis_url,
         "EXECUTUS_KEY_PREFIX": "cli",
         "EXECUTUS_SCHEDULE_FILE": str(path),
+        # No worker runs here: the live-agent check of `add` is tested in test_agents.py.
+        "EXECUTUS_CHECK_AGENTS_ON_ENQUEUE": "false",
     }
 
 

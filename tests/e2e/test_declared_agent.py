@@ -113,3 +113,22 @@ def test_a_declared_agent_calling_a_tool_survives_sigterm_with_the_exact_transcr
     fences = {c["epoch"]: c["fence"] for c in calls}
     assert len(fences) == 2 and len(set(fences.values())) == 2 and all(fences.values())
     assert SECRET not in a.text() + b.text()
+    assert SECRET.encode() not in stored_bytes(cluster)
+
+
+def stored_bytes(cluster: Cluster) -> bytes:
+    """Every value under the test's key prefix (records, checkpoints, transcripts, adverts)."""
+    r = cluster.client
+    out = []
+    for key in r.scan_iter(f"{cluster.prefix}:*"):
+        kind = r.type(key)
+        if kind == b"string":
+            out.append(r.get(key) or b"")
+        elif kind == b"hash":
+            out += [k + v for k, v in r.hgetall(key).items()]
+        elif kind == b"zset":
+            out += r.zrange(key, 0, -1)
+        elif kind == b"list":
+            out += r.lrange(key, 0, -1)
+    assert out, "nothing stored under the prefix: the check would prove nothing"
+    return b"\n".join(out)

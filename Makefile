@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint types unit e2e faults bench clean
+.PHONY: demo test lint types unit e2e faults chaos bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ e2e: $(STAMP)
 # Real faults injected into real Redis and worker processes (also part of `make test`).
 faults: $(STAMP)
 	$(BIN)/pytest -m faults
+
+# A long chaos soak (10 min of random kills and two Redis restarts over 600 runs) with its
+# summary table; CI runs a 45 s one as part of `make test`. CHAOS_SEED=... replays one.
+CHAOS_S ?= 600
+CHAOS_RUNS ?= 600
+chaos: $(STAMP)
+	CHAOS_S=$(CHAOS_S) CHAOS_RUNS=$(CHAOS_RUNS) $(BIN)/pytest -s tests/faults/test_chaos.py
 
 test: lint types
 	$(BIN)/pytest

@@ -91,11 +91,11 @@ class MemoryStore:
         return run
 
     @staticmethod
-    def _mark_taken(run: _Run) -> None:
+    def _mark_taken(run: _Run, now: float) -> None:
         # Same bookkeeping as the Lua mark_taken: the replaced owner may prove it survived.
         old = run.rec.get("fence")
         if old:
-            run.rec[f"tk:{old}"] = "1"
+            run.rec[f"tk:{old}"] = repr(now)
 
     def _splice(self, run_id: str, run: _Run, base_len: int, new: Sequence[Message]) -> None:
         if len(run.msgs) < base_len:
@@ -152,7 +152,7 @@ class MemoryStore:
                 if self._lease_live(run):
                     return ClaimResult(ClaimStatus.BUSY)
                 reason = "lease expired while running (worker lost)"
-                self._mark_taken(run)
+                self._mark_taken(run, now)
             if run.rec.get("cancel_requested") == "1":
                 self._finalize(run_id, run, "cancelled", now, self._result_ttl_s)
                 return self._claim_result(ClaimStatus.CANCELLED, run_id, run)
@@ -161,6 +161,11 @@ class MemoryStore:
             failures = (
                 attempts - int(run.rec.get("interrupts", "0")) - int(run.rec.get("survived", "0"))
             )
+            # The previous claim's takeover is not counted while its owner may still refund
+            # it (same rule as the Lua claim).
+            taken = run.rec.get(f"tk:{run.rec.get('fence')}")
+            if taken is not None and now - float(taken) < 2 * lease_ttl_s:
+                failures -= 1
             if failures + 1 > max_attempts:
                 run.rec["error"] = f"gave up after {attempts} attempts: {reason}"
                 self._finalize(run_id, run, "dead", now, self._result_ttl_s)
@@ -321,7 +326,7 @@ class MemoryStore:
             if self._lease_live(run):
                 return None
             run.rec["last_reason"] = "lease expired while running (worker lost)"
-            self._mark_taken(run)
+            self._mark_taken(run, now)
         elif status == "queued":
             if now - float(run.rec.get("enqueued_at", "0")) < queued_timeout_s:
                 return None

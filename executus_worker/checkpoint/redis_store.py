@@ -36,6 +36,9 @@ from executus_worker.errors import RunNotFoundError, StoreError, TranscriptBehin
 log = logging.getLogger(__name__)
 
 DEFAULT_RESULT_TTL_S = 86_400
+# How long after a takeover its owner may still refund it (prove it survived) before the
+# takeover counts toward dead, in lease TTLs: one to notice, one to reach Redis again.
+_REFUND_GRACE_LEASES = 2
 
 # SHA1 of each script's source, as Redis computes it (the sources are ASCII). Updated from
 # SCRIPT LOAD's reply should a server ever disagree. Computed once here, not per store: building
@@ -114,7 +117,17 @@ class RedisStore:
         self, run_id: str, *, owner: str, lease_ttl_s: float, max_attempts: int, now: float
     ) -> ClaimResult:
         token = Fence.new().token
-        args = [run_id, now, owner, _ms(lease_ttl_s), max_attempts, self._result_ttl_s, token]
+        grace = _REFUND_GRACE_LEASES * lease_ttl_s
+        args = [
+            run_id,
+            now,
+            owner,
+            _ms(lease_ttl_s),
+            max_attempts,
+            self._result_ttl_s,
+            token,
+            grace,
+        ]
         reply = self._run("claim", run_id, self.keys.run(run_id).all(), args)
         status = ClaimStatus(codec.text(reply[0]))
         if len(reply) < 2:

@@ -48,7 +48,7 @@ end
 -- prove it survived (REFUND) and the attempt does not count as a crash.
 local function mark_taken()
   local old = redis.call('HGET', KEYS[1], 'fence')
-  if old then redis.call('HSET', KEYS[1], 'tk:' .. old, 1) end
+  if old then redis.call('HSET', KEYS[1], 'tk:' .. old, ARGV[2]) end
 end
 
 -- (stored message count, nil), or (nil, error reply) when the stored state is not the one the
@@ -128,7 +128,7 @@ redis.call('ZREM', KEYS[6], ARGV[1])
 return {1}
 """
 
-# ARGV: run_id, now, owner, lease_ttl_ms, max_attempts, result_ttl_s, fence
+# ARGV: run_id, now, owner, lease_ttl_ms, max_attempts, result_ttl_s, fence, refund_grace_s
 #   -> {outcome, record} with outcome claimed | busy | gone | cancelled | dead; the record is the
 #   HGETALL array as one JSON string (one bulk reply: redis-py's pure-Python parser spends
 #   ~50 us per claim walking 30 bulk strings, json.loads on one string a few)
@@ -155,6 +155,14 @@ local attempts = tonumber(r[2]) or 0
 -- not be declared dead; nor are attempts whose owner survived (see REFUND). Only attempts whose
 -- process died count.
 local failures = attempts - (tonumber(r[3]) or 0) - (tonumber(r[7]) or 0)
+-- The takeover of the previous claim is not counted while its owner may still come back and
+-- refund it (an outage longer than the lease: the next claim usually comes first). A dead
+-- owner never refunds, so the next claim counts it: a poison run dies one attempt later.
+local prev = redis.call('HGET', KEYS[1], 'fence')
+if prev then
+  local taken = tonumber(redis.call('HGET', KEYS[1], 'tk:' .. prev) or '')
+  if taken and tonumber(now) - taken < tonumber(ARGV[8] or '0') then failures = failures - 1 end
+end
 if failures + 1 > tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'error', 'gave up after ' .. attempts .. ' attempts: ' .. reason)
   finalize('dead', now, tonumber(ARGV[6]))

@@ -299,21 +299,46 @@ def test_claim_of_a_run_with_pending_cancel_cancels_it(store: RunStore, backend:
 
 
 def test_crashing_run_becomes_dead_after_max_attempts(store: RunStore, backend: Backend) -> None:
-    """Each crashed attempt counts; the claim past max_attempts ends the run as dead."""
+    """Each crashed attempt counts. The takeover in the very claim being decided gets the
+    benefit of the doubt (its owner may still refund it), so a run that crashes on every
+    attempt is dead at the claim after max_attempts + 1 crashed attempts."""
     registered(store)
-    for attempt in range(1, 4):
-        epoch = claimed(store, "r1", owner=f"w{attempt}", max_attempts=3)
-        assert epoch.epoch == attempt
+    for attempt in range(1, 5):
+        result = store.claim(
+            "r1", owner=f"w{attempt}", lease_ttl_s=LEASE_S, max_attempts=3, now=NOW + 100 * attempt
+        )
+        assert result.status is ClaimStatus.CLAIMED and result.epoch == attempt, result
         backend.expire_lease("r1")  # the worker was killed
-    result = store.claim("r1", owner="w4", lease_ttl_s=LEASE_S, max_attempts=3, now=NOW)
+    result = store.claim("r1", owner="w5", lease_ttl_s=LEASE_S, max_attempts=3, now=NOW + 500)
     assert result.status is ClaimStatus.DEAD
     record = store.get("r1")
     assert record is not None and record.status is RunStatus.DEAD
-    assert record.error is not None and record.error.startswith("gave up after 3 attempts: ")
+    assert record.error is not None and record.error.startswith("gave up after 4 attempts: ")
     assert "lease expired" in record.error
     assert record.finished_at is not None
     assert store.list_runs(status=RunStatus.DEAD)[0].run_id == "r1"
     assert store.list_runs(status=RunStatus.RUNNING) == []
+
+
+def test_a_fresh_takeover_is_not_counted_until_its_owner_could_have_refunded(
+    store: RunStore, backend: Backend
+) -> None:
+    """An owner cut off longer than its lease is replaced, and the next claim usually comes
+    before that owner is back to refund: within the grace the takeover does not count, so a
+    run with max_attempts=1 survives one outage; a dead owner's takeover counts afterwards."""
+    registered(store)
+    first = store.claim("r1", owner="a", lease_ttl_s=LEASE_S, max_attempts=1, now=NOW)
+    assert first.fence is not None
+    backend.expire_lease("r1")
+    second = store.claim("r1", owner="b", lease_ttl_s=LEASE_S, max_attempts=1, now=NOW + 1)
+    assert second.status is ClaimStatus.CLAIMED  # a's takeover is still refundable
+    assert store.refund("r1", fence=first.fence)  # a was alive
+    backend.expire_lease("r1")  # now b really dies
+    third = store.claim("r1", owner="c", lease_ttl_s=LEASE_S, max_attempts=1, now=NOW + 2)
+    assert third.status is ClaimStatus.CLAIMED  # b's takeover: still within the grace
+    backend.expire_lease("r1")  # c dies too; b never refunded: b's crash now counts
+    fourth = store.claim("r1", owner="d", lease_ttl_s=LEASE_S, max_attempts=1, now=NOW + 500)
+    assert fourth.status is ClaimStatus.DEAD
 
 
 def test_a_replaced_owner_that_survived_does_not_count_toward_dead(
@@ -335,11 +360,15 @@ def test_a_replaced_owner_that_survived_does_not_count_toward_dead(
     assert record is not None and record.status is RunStatus.INTERRUPTED
     # Nothing to refund for a claim that was never taken over.
     assert not store.refund("r1", fence=Fence.new(1))
-    # Two real crashes (nobody refunds) still end it.
-    for _ in range(2):
-        claimed(store, "r1", max_attempts=2)
+    # Real crashes (nobody refunds) still end it: with max_attempts=2, the claim after the
+    # third (the last one's takeover gets the benefit of the doubt).
+    for i in range(3):
+        crashed = store.claim(
+            "r1", owner="z", lease_ttl_s=LEASE_S, max_attempts=2, now=NOW + 1000 * (i + 1)
+        )
+        assert crashed.status is ClaimStatus.CLAIMED
         backend.expire_lease("r1")
-    dead = store.claim("r1", owner="y", lease_ttl_s=LEASE_S, max_attempts=2, now=NOW)
+    dead = store.claim("r1", owner="y", lease_ttl_s=LEASE_S, max_attempts=2, now=NOW + 5000)
     assert dead.status is ClaimStatus.DEAD
 
 
@@ -435,7 +464,13 @@ def test_finished_run_leaves_no_key_without_ttl(store: RunStore, backend: Backen
     epoch = claimed(store, registered(store, "d"), max_attempts=1)
     save(store, "d", epoch, 0, msgs(1))
     backend.expire_lease("d")
-    assert store.claim("d", owner="w", lease_ttl_s=1, max_attempts=1, now=NOW).status == "dead"
+    # A second crash: the first one's takeover is past its refund grace and counts.
+    again = store.claim("d", owner="w", lease_ttl_s=1, max_attempts=1, now=NOW + 100)
+    assert again.status is ClaimStatus.CLAIMED
+    backend.expire_lease("d")
+    assert (
+        store.claim("d", owner="w", lease_ttl_s=1, max_attempts=1, now=NOW + 200).status == "dead"
+    )
     assert backend.keys_without_ttl() == []
 
 

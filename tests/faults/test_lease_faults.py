@@ -139,6 +139,30 @@ def test_redis_rolled_back_under_a_live_claim_loses_no_step(
     assert_keeps_consuming(cluster, worker)
 
 
+def test_an_outage_longer_than_the_lease_burns_no_attempt(
+    fault_redis: RedisServer, fault_cluster: Cluster
+) -> None:
+    """Redis is down for twice the lease, with EXECUTUS_MAX_RECOVERY_ATTEMPTS=1 (no crash
+    tolerated at all). The owner survives the outage; whether it takes its lapsed lease back
+    or is replaced meanwhile, the run completes exactly and is never declared dead."""
+    cluster = fault_cluster
+    cluster.settings["EXECUTUS_MAX_RECOVERY_ATTEMPTS"] = "1"
+    worker = cluster.start("threads", concurrency=3)
+    runs = {cluster.submit("e2e.counter", steps=12, step_s=0.2): 12 for _ in range(2)}
+    for run_id in runs:
+        cluster.wait_steps_ended(run_id, 2)
+    fault_redis.kill()
+    time.sleep(4.0)  # lease TTL 2 s: every lease lapses while Redis is away
+    fault_redis.start()
+    assert_completed_exactly(cluster, runs, [worker], timeout_s=60)
+    for run_id in runs:
+        record = cluster.record(run_id)
+        survived = int(cluster.client.hget(cluster.store.keys.rec(run_id), "survived") or 0)
+        assert record.attempts - survived == 1, (record.attempts, survived)
+    assert_one_owner_at_a_time(cluster, list(runs))
+    assert_keeps_consuming(cluster, worker)
+
+
 def test_an_epoch_handed_out_twice_after_a_rollback_never_lets_the_stale_owner_write(
     fault_redis: RedisServer,
 ) -> None:

@@ -356,26 +356,32 @@ def test_dev_serves_runs_and_stops_every_child_on_sigterm(
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc (Linux)")
-def test_worker_execs_so_sigterm_reaches_celery_main_process_directly(redis_url: str) -> None:
+def test_worker_execs_so_sigterm_reaches_celery_main_process_directly(
+    redis_url: str, tmp_path: Path
+) -> None:
     env = {**os.environ, "EXECUTUS_REDIS_URL": redis_url}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "executus_worker.cli", "worker", "-P", "solo", "-l", "WARNING"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "executus_worker.cli", "worker", "-P", "solo", "-l", "INFO"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         # Same pid, new program: the process we started *is* Celery's main process.
         cmdline = Path(f"/proc/{proc.pid}/cmdline")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while b"celery" not in cmdline.read_bytes() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert b"executus_worker.worker\0worker" in cmdline.read_bytes()
-        # Let it finish booting (a SIGTERM before Celery installs its handlers kills it with
-        # the default action); 1.5 s was too short on a loaded 2-core box.
-        time.sleep(4)
+        # A SIGTERM before Celery installs its handlers kills it with the default action:
+        # wait until it says it is ready (a fixed sleep was too short on a loaded box).
+        while b" ready." not in log.read_bytes() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 0, log.read_text(errors="replace")[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -148,10 +148,12 @@ def test_a_run_that_kills_its_worker_every_time_ends_dead_with_the_reason(
     a = cluster.start("prefork", concurrency=1)
     run_id = cluster.submit("e2e.poison")
     record = cluster.wait_status(run_id, RunStatus.DEAD, timeout_s=40)
-    assert record.error is not None and "gave up after 2 attempts" in record.error
+    # Two crashes are counted; the third attempt's takeover gets the benefit of the doubt
+    # (its owner could still prove it survived), so the claim after it decides: MAX + 1.
+    assert record.error is not None and "gave up after 3 attempts" in record.error
     assert "lease expired" in record.error
-    assert len(cluster.steps(run_id, "poison")) == 2  # it never looped past the cap
-    assert record.attempts == 2
+    assert len(cluster.steps(run_id, "poison")) == 3  # it never looped past the cap
+    assert record.attempts == 3
     # The worker survived it all and still runs good work.
     assert a.alive()
     good = cluster.submit("e2e.counter", steps=2, step_s=0)

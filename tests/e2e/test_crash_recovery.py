@@ -148,12 +148,14 @@ def test_a_run_that_kills_its_worker_every_time_ends_dead_with_the_reason(
     a = cluster.start("prefork", concurrency=1)
     run_id = cluster.submit("e2e.poison")
     record = cluster.wait_status(run_id, RunStatus.DEAD, timeout_s=40)
-    # Two crashes are counted; the third attempt's takeover gets the benefit of the doubt
-    # (its owner could still prove it survived), so the claim after it decides: MAX + 1.
-    assert record.error is not None and "gave up after 3 attempts" in record.error
+    # Two crashes are counted. A takeover decided less than two lease TTLs before the claim
+    # gets the benefit of the doubt (its owner could still prove it survived), so depending on
+    # timing the run is dead after MAX or MAX + 1 attempts -- never more.
+    assert record.attempts in {2, 3}, record
+    assert record.error is not None
+    assert f"gave up after {record.attempts} attempts" in record.error
     assert "lease expired" in record.error
-    assert len(cluster.steps(run_id, "poison")) == 3  # it never looped past the cap
-    assert record.attempts == 3
+    assert len(cluster.steps(run_id, "poison")) == record.attempts  # never past the cap
     # The worker survived it all and still runs good work.
     assert a.alive()
     good = cluster.submit("e2e.counter", steps=2, step_s=0)

@@ -7,7 +7,6 @@ package reads the environment at import time and there is no module-level instan
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -62,11 +61,19 @@ class Settings(BaseSettings):
     # Far above the longest run: crash recovery comes from our lease, not from redelivery.
     visibility_timeout_s: int = Field(default=4 * 3600, ge=60)
 
-    # The critic (two-tier watchdog), off unless a timeout is set. Idle: one step running
-    # longer than this -> warn or stop (critic_on_idle). Run: active time across attempts.
-    critic_idle_timeout_s: float | None = Field(default=None, gt=0)
-    critic_run_timeout_s: float | None = Field(default=None, gt=0)
-    critic_on_idle: Literal["warn", "stop"] = "warn"
+    # The critic (critic/watchdog.py) watches runs that have a runtime budget: the request's
+    # metadata "executus.runtime_s", else the agent's runtime_s, else critic_runtime_s.
+    # Past the budget (soft deadline) the policy decides; at critic_backstop_mul x the budget
+    # the run is killed whatever the policy said. Policy: extend_once (one extension of
+    # critic_extend_s, default half the budget, with the optional critic_nudge message; the
+    # next stall is killed), kill_on_stall, or "module:factory" returning a policy.
+    critic_enabled: bool = True
+    critic_runtime_s: float | None = Field(default=None, gt=0)
+    critic_backstop_mul: float = Field(default=2.0, gt=1)
+    critic_policy: str = Field(default="extend_once", min_length=1)
+    critic_extend_s: float | None = Field(default=None, gt=0)
+    critic_nudge: str | None = None
+    critic_tick_s: float = Field(default=1.0, gt=0)
 
     schedule_file: Path | None = None
     # How long a beat's enqueue of a scheduled fire may take before other beats assume that

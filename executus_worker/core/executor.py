@@ -87,15 +87,18 @@ class _Execution:
         loaded = self.checkpointer.load()
         if loaded is not None:
             self.state = RunState.from_checkpoint(run, loaded)
+            # Until the first commit, an ending must write back what was loaded, never the
+            # empty fresh state (that would wipe the stored transcript).
+            self.committed = loaded
         self.watch = self.deps.critic.watch(run, dict(self.state.critic_state), self.stop)
         phases = self.agent.phases(run)
         model = self.agent.model(run)
         tools = Toolbox(run, self.agent.tools(run), self.deps.skills.tools(run))
         step = _Stepper(self, model, tools, self.deps.persona.system_prompt(run))
         self._audit(
-            "run_started",
-            {"resumed": loaded is not None, "iteration": self.state.iteration,
-             "attempt": run.attempt, "phased": phases is not None},
+            "resumed" if loaded is not None else "started",
+            {"iteration": self.state.iteration, "attempt": run.attempt,
+             "phased": phases is not None},
         )  # fmt: skip
         if phases is None:
             return self._single_loop(step, resumed=loaded is not None)
@@ -156,6 +159,14 @@ class _Execution:
         )
 
     def _close_watch(self) -> None:
+        def settle() -> None:
+            # Runtime spent and escalations decided since the last completed step count too:
+            # an interrupted run must not get its time or its one extension back on resume.
+            state = self.watch.state()
+            if state:
+                self.committed.critic_state = dict(state)
+
+        _contained("critic state", settle, self.run_info)
         _contained("critic close", self.watch.close, self.run_info)
 
     def _finish(self) -> Finish:
@@ -183,10 +194,13 @@ class _Stepper:
         ex, run, state = self.ex, self.ex.run_info, self.ex.state
         iteration = state.iteration + 1
         ex.watch.step_started(iteration)
+        # Budget calls are contained: only its stop (BudgetExceeded, a BaseException) ends a run.
+        _contained("budget check", lambda: ex.deps.budget.check(run), run)
+        nudges = tuple(ex.watch.nudges())  # the critic asking the agent to wrap up
         request = ModelRequest(
             run=run,
             phase=phase,
-            messages=tuple(state.transcript),
+            messages=(*state.transcript, *nudges),
             tools=self.tools.specs,
             system_prompt=self.system_prompt,
         )
@@ -194,8 +208,8 @@ class _Stepper:
         # run for at least the lease's safety margin (it pauses while that is unknown).
         ex.stop.ensure_owner("model call")
         reply = self.model.complete(request)
-        ex.deps.budget.charge(run, reply.usage)
-        new: list[Message] = []
+        _contained("budget charge", lambda: ex.deps.budget.charge(run, reply.usage), run)
+        new: list[Message] = list(nudges)
         if reply.message is not None:
             new.append(reply.message)
             for call in reply.message.tool_calls:

@@ -11,8 +11,9 @@ import enum
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
+from executus_worker.core.limits import check_metadata
 from executus_worker.errors import PayloadError
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -63,6 +64,14 @@ class RunRequest(_Strict):
     model_tier: str | None = Field(default=None, max_length=64)
     metadata: dict[str, str] = Field(default_factory=dict)
     limits: RunLimits = Field(default_factory=RunLimits)
+
+    @field_validator("metadata")
+    @classmethod
+    def _known_limits(cls, metadata: dict[str, str]) -> dict[str, str]:
+        # executus.runtime_s / max_tokens / max_cost_usd (core.limits): rejected here, at the
+        # door, rather than by a worker that would have to fail the run later.
+        check_metadata(metadata)
+        return metadata
 
     @classmethod
     def parse(cls, raw: str | bytes | dict[str, Any], *, max_bytes: int) -> RunRequest:
@@ -192,7 +201,8 @@ class RunOutcome(_Strict):
     kind: OutcomeKind
     run_id: str
     output: JsonValue = None
-    error: str | None = None
+    error: str | None = None  # one line: "ExcType: message" or "<reason>: <detail>"
+    traceback: str | None = None  # bounded; kept in the record after the error line
     iterations: int = 0
 
 

@@ -6,7 +6,7 @@ The decision table (``classify``), in order:
     OwnershipLost (token or a fenced write) -> LOST         nothing: the new owner decides
     ShutdownRequested                       -> INTERRUPTED  interrupt(last completed step)
     CancelRequested                         -> CANCELLED    cancel(...)
-    CriticKilled                            -> FAILED       fail(..., reason)
+    CriticKilled, BudgetExceeded            -> FAILED       fail(..., "<reason>: <detail>")
     Exception while a stop is pending       -> as that stop (a SHUTDOWN makes it INTERRUPTED)
     any other Exception                     -> FAILED       fail(..., "ExcType: message")
     the finalize write itself raises        -> LOST         the lease expires; recovery decides
@@ -15,11 +15,17 @@ The "exception while a stop is pending" row exists because the way to cut a long
 to raise *into* it (Celery's SoftTimeLimitExceeded is an ``Exception``): a run cut short by a
 shutdown must stay resumable, not be failed. Foreign BaseExceptions (KeyboardInterrupt,
 SystemExit) never reach this module: the executor re-raises them after writing nothing.
+
+A failure caused by an exception keeps its traceback, bounded (``MAX_TRACEBACK_CHARS``, the
+innermost frames kept): the recorded error is ``ExcType: message`` on the first line and the
+traceback after it, which is what ``status`` shows. Stops record their reason code instead
+(``critic_kill: ...``, ``budget_exceeded: ...``): they are decisions, not bugs.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from dataclasses import dataclass
 
 from pydantic import JsonValue
@@ -34,20 +40,44 @@ _KIND_FOR_STOP = {
     StopReason.SHUTDOWN: OutcomeKind.INTERRUPTED,
     StopReason.CANCEL: OutcomeKind.CANCELLED,
     StopReason.CRITIC: OutcomeKind.FAILED,
+    StopReason.BUDGET: OutcomeKind.FAILED,
     StopReason.LOST_OWNERSHIP: OutcomeKind.LOST,
 }
+
+
+# A record keeps this much traceback: enough for the innermost frames of a deep stack, small
+# enough that a failing agent cannot bloat every record it leaves behind.
+MAX_TRACEBACK_CHARS = 4096
+MAX_SUMMARY_CHARS = 1000
 
 
 @dataclass(frozen=True)
 class Verdict:
     kind: OutcomeKind
     error: str | None = None
+    traceback: str | None = None
 
 
 def describe(exc: BaseException) -> str:
     """``ExcType: message``, the form errors are recorded in."""
     message = str(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def bounded_traceback(exc: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
+    """The formatted traceback, cut from the front to ``limit`` characters: the frames nearest
+    the failure and the exception line are what a reader needs."""
+    text = "".join(traceback.format_exception(exc)).rstrip("\n")
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return f"... ({cut} characters cut)\n{text[cut:]}"
+
+
+def error_text(error: str, tb: str | None) -> str:
+    """What a failed run's record holds: the one-line summary, then the traceback if any."""
+    summary = error if len(error) <= MAX_SUMMARY_CHARS else error[:MAX_SUMMARY_CHARS] + "..."
+    return summary if not tb else f"{summary}\n{tb}"
 
 
 def classify(exc: BaseException | None, stop: StopToken) -> Verdict:
@@ -59,11 +89,16 @@ def classify(exc: BaseException | None, stop: StopToken) -> Verdict:
     else:
         pending = _pending_stop(stop)
         if pending is None:
-            return Verdict(OutcomeKind.FAILED, describe(exc))
+            return Verdict(OutcomeKind.FAILED, describe(exc), bounded_traceback(exc))
         log.warning("run raised %s while stop %r was pending", describe(exc), pending.reason)
         cause = pending
     kind = _KIND_FOR_STOP[cause.reason]
-    if kind in {OutcomeKind.FAILED, OutcomeKind.LOST}:
+    if kind is OutcomeKind.FAILED:
+        # An exception raised into a step to end it (the critic's backstop) shows where the
+        # step was stuck: worth keeping.
+        tb = None if exc is cause else bounded_traceback(exc)
+        return Verdict(kind, f"{cause.reason.value}: {cause.detail or 'stopped'}", tb)
+    if kind is OutcomeKind.LOST:
         return Verdict(kind, describe(cause))
     return Verdict(kind)
 
@@ -99,7 +134,7 @@ def finalize(
         elif verdict.kind is OutcomeKind.CANCELLED:
             checkpointer.cancel(checkpoint)
         elif verdict.kind is OutcomeKind.FAILED:
-            checkpointer.fail(checkpoint, verdict.error or "failed")
+            checkpointer.fail(checkpoint, error_text(verdict.error or "failed", verdict.traceback))
         # LOST: another attempt owns the run now; any write of ours would be fenced anyway.
     except (Exception, RunStopped) as write_error:
         log.warning(
@@ -114,19 +149,21 @@ def finalize(
         run_id=finish.run.run_id,
         output=output if verdict.kind is OutcomeKind.COMPLETED else None,
         error=verdict.error,
+        traceback=verdict.traceback,
         iterations=checkpoint.iteration,
     )
     log.info(
         "run %s %s after %d steps%s", outcome.run_id, outcome.kind, outcome.iterations,
         f": {outcome.error}" if outcome.error else "",
     )  # fmt: skip
-    data: dict[str, JsonValue] = {
-        "outcome": outcome.kind.value,
-        "error": outcome.error,
-        "iterations": outcome.iterations,
-    }
+    data: dict[str, JsonValue] = {"iterations": outcome.iterations}
+    if outcome.error is not None:
+        data["error"] = outcome.error
+    if outcome.traceback is not None:
+        data["traceback"] = outcome.traceback
     try:
-        finish.audit.record(finish.run, "run_finished", data)
+        # The event is named after the outcome: completed, failed, interrupted, cancelled, lost.
+        finish.audit.record(finish.run, outcome.kind.value, data)
     except Exception:
         log.exception("audit failed for run %s (ignored)", finish.run.run_id)
     return outcome

@@ -174,12 +174,21 @@ class NullAudit:
 
 
 class Budget(Protocol):
+    """Raises ``core.stop.BudgetExceeded`` to end a run; any other error is logged and ignored."""
+
+    def check(self, run: RunInfo) -> None:
+        """Before a model call: stop a run whose budget is already spent."""
+        ...
+
     def charge(self, run: RunInfo, usage: Usage) -> None:
-        """Account for a model step; raise an ExecutusError subclass to fail the run."""
+        """Account for a model step (its usage, whatever the step does next)."""
         ...
 
 
 class NullBudget:
+    def check(self, run: RunInfo) -> None:
+        return None
+
     def charge(self, run: RunInfo, usage: Usage) -> None:
         return None
 
@@ -209,6 +218,11 @@ class CriticWatch(Protocol):
 
     def step_started(self, iteration: int) -> None: ...
 
+    def nudges(self) -> Sequence[Message]:
+        """Messages for the step about to call the model (a request to wrap up). They stay
+        pending, and in ``state()``, until that step finishes: a resumed run gets them again."""
+        ...
+
     def step_finished(self, iteration: int) -> None: ...
 
     def state(self) -> dict[str, JsonValue]: ...
@@ -225,6 +239,9 @@ class Critic(Protocol):
 class NullWatch:
     def step_started(self, iteration: int) -> None:
         return None
+
+    def nudges(self) -> Sequence[Message]:
+        return ()
 
     def step_finished(self, iteration: int) -> None:
         return None

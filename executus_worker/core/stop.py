@@ -15,7 +15,10 @@ from collections.abc import Callable, Sequence
 class StopReason(enum.StrEnum):
     SHUTDOWN = "shutdown"  # warm shutdown: keep the checkpoint, status interrupted
     CANCEL = "cancel"  # a user cancelled: delete the checkpoint, status cancelled
-    CRITIC = "critic"  # the watchdog killed the run: status failed, reason recorded
+    # The values of the two below are the failure reasons recorded on the run ("critic_kill:
+    # <detail>"), so a user can tell a kill or a budget stop from a bug at a glance.
+    CRITIC = "critic_kill"  # the watchdog killed the run: status failed, never recovered
+    BUDGET = "budget_exceeded"  # the budget battery stopped the run: status failed
     LOST_OWNERSHIP = "lost_ownership"  # another owner holds the run: write nothing more
 
 
@@ -41,6 +44,16 @@ class CriticKilled(RunStopped):
     reason = StopReason.CRITIC
 
 
+class BudgetExceeded(RunStopped):
+    """The run spent more tokens or money than a limit allows (raised by the budget battery).
+
+    A stop, not an ``Exception``: the battery's one declared control exception, so the executor
+    contains every other budget failure (a Redis blip) but lets this one end the run.
+    """
+
+    reason = StopReason.BUDGET
+
+
 class OwnershipLost(RunStopped):
     """Raised when an epoch check fails: a newer claim exists, this owner must stop writing."""
 
@@ -51,6 +64,7 @@ _EXCEPTIONS: dict[StopReason, type[RunStopped]] = {
     StopReason.SHUTDOWN: ShutdownRequested,
     StopReason.CANCEL: CancelRequested,
     StopReason.CRITIC: CriticKilled,
+    StopReason.BUDGET: BudgetExceeded,
     StopReason.LOST_OWNERSHIP: OwnershipLost,
 }
 
@@ -60,6 +74,7 @@ _PRIORITY = (
     StopReason.LOST_OWNERSHIP,
     StopReason.CANCEL,
     StopReason.CRITIC,
+    StopReason.BUDGET,
     StopReason.SHUTDOWN,
 )
 

@@ -1,5 +1,25 @@
-"""The critic: a per-run two-tier timeout watchdog with an escalation policy."""
+"""The critic: a per-run two-tier runtime watchdog with an escalation policy."""
 
-from executus_worker.critic.watchdog import Escalation, TimeoutCritic, TimeoutPolicy
+from executus_worker.critic.policy import (
+    Decision,
+    EscalationPolicy,
+    ExtendBy,
+    ExtendOnce,
+    Kill,
+    KillOnStall,
+    Nudge,
+    Stall,
+)
+from executus_worker.critic.watchdog import TimeoutCritic
 
-__all__ = ["Escalation", "TimeoutCritic", "TimeoutPolicy"]
+__all__ = [
+    "Decision",
+    "EscalationPolicy",
+    "ExtendBy",
+    "ExtendOnce",
+    "Kill",
+    "KillOnStall",
+    "Nudge",
+    "Stall",
+    "TimeoutCritic",
+]

@@ -18,15 +18,15 @@ from executus_worker.checkpoint.handle import StoreCheckpointerFactory
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.core.agents import AgentRegistry
 from executus_worker.core.executor import execute
-from executus_worker.core.ports import Audit, Critic, Deps, NullCritic
+from executus_worker.core.ports import Deps
 from executus_worker.core.stop import StopToken
-from executus_worker.critic import Escalation, TimeoutCritic, TimeoutPolicy
 from executus_worker.models.declarative import declared_agents
 from executus_worker.publish import BatchPublisher
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats
 from executus_worker.worker.recovery import Recovery, ScanLock
 from executus_worker.worker.runs import RunHandler
+from executus_worker.worker.wiring import build_critic
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +54,6 @@ def agent_registry(settings: Settings) -> AgentRegistry:
     return AgentRegistry.with_builtins(
         agents_file=settings.agents_file, declared=declared_agents(settings)
     )
-
-
-def build_critic(settings: Settings, audit: Audit) -> Critic:
-    """The configured watchdog (one thread per process), or the null critic when no timeout
-    is set -- a default deadline would kill long runs nobody asked to limit."""
-    if settings.critic_idle_timeout_s is None and settings.critic_run_timeout_s is None:
-        return NullCritic()
-    critic = TimeoutCritic(
-        policy=TimeoutPolicy(
-            idle_timeout_s=settings.critic_idle_timeout_s,
-            run_timeout_s=settings.critic_run_timeout_s,
-            on_idle=Escalation(settings.critic_on_idle),
-        ),
-        audit=audit,
-    )
-    critic.start()
-    return critic
 
 
 class Runtime:
@@ -129,7 +112,7 @@ class Runtime:
                 store, throttle_ms=s.throttle_ms, result_ttl_s=s.result_ttl_s
             ),
             audit=audit,
-            critic=build_critic(s, audit),
+            critic=build_critic(s, audit, registry),
         )
         log.info("run handler ready in pid %d (agents: %s)", os.getpid(), registry.names())
         return RunHandler(

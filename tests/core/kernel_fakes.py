@@ -149,6 +149,9 @@ class RecordingWatch:
     def step_started(self, iteration: int) -> None:
         self.events.append(("started", iteration))
 
+    def nudges(self) -> Sequence[Message]:
+        return ()
+
     def step_finished(self, iteration: int) -> None:
         self.events.append(("finished", iteration))
         self.steps += 1

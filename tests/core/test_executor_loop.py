@@ -190,6 +190,9 @@ def test_budget_is_charged_once_per_model_step_and_audit_sees_the_run() -> None:
     charged: list[Usage] = []
 
     class Budget:
+        def check(self, run: RunInfo) -> None:
+            return None
+
         def charge(self, run: RunInfo, usage: Usage) -> None:
             charged.append(usage)
 
@@ -197,9 +200,9 @@ def test_budget_is_charged_once_per_model_step_and_audit_sees_the_run() -> None:
     execute(CounterAgent(FakeClock()), counter(3), deps(budget=Budget(), audit=audit), StopToken())
     assert len(charged) == 3
     assert all(usage.output_tokens == 3 for usage in charged)
-    assert audit.names() == ["run_started", "step", "step", "step", "run_finished"]
-    assert audit.events[0][1]["resumed"] is False
-    assert audit.events[-1][1] == {"outcome": "completed", "error": None, "iterations": 3}
+    assert audit.names() == ["started", "step", "step", "step", "completed"]
+    assert audit.events[0][1]["iteration"] == 0
+    assert audit.events[-1][1] == {"iterations": 3}
 
 
 def test_a_failing_observer_or_audit_does_not_fail_the_run() -> None:

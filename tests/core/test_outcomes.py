@@ -23,6 +23,7 @@ from executus_worker.core.outcome import classify
 from executus_worker.core.ports import ModelReply, ModelRequest, ToolSpec, Usage
 from executus_worker.core.scripted import ScriptedAgent, ScriptedModel, say
 from executus_worker.core.stop import (
+    BudgetExceeded,
     CancelRequested,
     CriticKilled,
     OwnershipLost,
@@ -60,13 +61,15 @@ def final(checkpoints: FakeCheckpoints) -> dict[str, object]:
         (None, StopReason.SHUTDOWN, OutcomeKind.COMPLETED, None),  # finished beats a late stop
         (ShutdownRequested("drain"), None, OutcomeKind.INTERRUPTED, None),
         (CancelRequested("user"), None, OutcomeKind.CANCELLED, None),
-        (CriticKilled("stuck"), None, OutcomeKind.FAILED, "CriticKilled: stuck"),
+        (CriticKilled("stuck"), None, OutcomeKind.FAILED, "critic_kill: stuck"),
+        (BudgetExceeded("$2 > $1"), None, OutcomeKind.FAILED, "budget_exceeded: $2 > $1"),
         (OwnershipLost("epoch 3"), None, OutcomeKind.LOST, "OwnershipLost: epoch 3"),
         (ValueError("bad"), None, OutcomeKind.FAILED, "ValueError: bad"),
         (ValueError(), None, OutcomeKind.FAILED, "ValueError"),
         (SoftTimeLimitExceeded(), StopReason.SHUTDOWN, OutcomeKind.INTERRUPTED, None),
         (SoftTimeLimitExceeded(), StopReason.CANCEL, OutcomeKind.CANCELLED, None),
-        (SoftTimeLimitExceeded(), StopReason.CRITIC, OutcomeKind.FAILED, "CriticKilled: slow"),
+        (SoftTimeLimitExceeded(), StopReason.CRITIC, OutcomeKind.FAILED, "critic_kill: slow"),
+        (ValueError("x"), StopReason.BUDGET, OutcomeKind.FAILED, "budget_exceeded: slow"),
         (ValueError("x"), StopReason.LOST_OWNERSHIP, OutcomeKind.LOST, "OwnershipLost: slow"),
     ],
 )
@@ -142,18 +145,18 @@ def test_critic_kill_fails_the_run_with_its_reason() -> None:
         StopToken(),
     )
     assert outcome.kind is OutcomeKind.FAILED
-    assert outcome.error == "CriticKilled: step 3 overran its 5s budget"
+    assert outcome.error == "critic_kill: step 3 overran its 5s budget"
     assert final(checkpoints)["error"] == outcome.error
     assert checkpoints.store.transcript("run-1") == ["step 1", "step 2", "step 3"]
 
 
-def test_budget_exception_fails_the_run_without_the_half_finished_step() -> None:
-    class BudgetExceeded(ExecutusError):
-        pass
-
+def test_a_budget_stop_fails_the_run_without_the_half_finished_step() -> None:
     class Budget:
         def __init__(self) -> None:
             self.spent = 0
+
+        def check(self, run: RunInfo) -> None:
+            return None
 
         def charge(self, run: RunInfo, usage: Usage) -> None:
             self.spent += 1
@@ -168,8 +171,23 @@ def test_budget_exception_fails_the_run_without_the_half_finished_step() -> None
         StopToken(),
     )
     assert outcome.kind is OutcomeKind.FAILED
-    assert outcome.error == "BudgetExceeded: guild g1 spent $2.00 of $2.00"
+    assert outcome.error == "budget_exceeded: guild g1 spent $2.00 of $2.00"
+    assert outcome.traceback is None  # a decision, not a bug
     assert checkpoints.store.transcript("run-1") == ["step 1", "step 2"]
+
+
+def test_a_failing_budget_battery_is_contained() -> None:
+    class Budget:
+        def check(self, run: RunInfo) -> None:
+            raise ConnectionError("redis gone")
+
+        def charge(self, run: RunInfo, usage: Usage) -> None:
+            raise ExecutusError("not a stop: logged and ignored")
+
+    outcome = execute(
+        ScriptedAgent("t", ScriptedModel(counting)), run_info(), deps(budget=Budget()), StopToken()
+    )
+    assert (outcome.kind, outcome.output) == (OutcomeKind.COMPLETED, "five")
 
 
 def test_a_tool_error_mid_step_never_persists_that_steps_messages() -> None:
@@ -194,7 +212,13 @@ def test_any_exception_fails_the_run_as_type_and_message() -> None:
     agent = agent_raising(3, lambda: KeyError("missing"))
     outcome = execute(agent, run_info(), deps(checkpoints), StopToken())
     assert (outcome.kind, outcome.error) == (OutcomeKind.FAILED, "KeyError: 'missing'")
-    assert final(checkpoints)["error"] == "KeyError: 'missing'"
+    recorded = str(final(checkpoints)["error"])
+    # The record keeps the traceback after the one-line summary (what `status` shows).
+    first, _, tb = recorded.partition("\n")
+    assert first == "KeyError: 'missing'"
+    assert tb.startswith("Traceback (most recent call last):")
+    assert tb.endswith("KeyError: 'missing'")
+    assert outcome.traceback == tb
 
 
 def test_exception_raised_during_shutdown_interrupts_instead_of_failing() -> None:
@@ -224,7 +248,7 @@ def test_lost_ownership_from_a_save_writes_nothing_more() -> None:
     )
     assert (outcome.kind, outcome.error) == (OutcomeKind.LOST, "OwnershipLost: epoch 2 < 3")
     assert checkpoints.store.names() == ["load", "save"]
-    assert audit.events[-1][1]["outcome"] == "lost"
+    assert audit.events[-1][0] == "lost"
 
 
 def test_lost_ownership_from_the_token_writes_nothing_more() -> None:
@@ -276,7 +300,7 @@ def test_foreign_base_exceptions_propagate_after_nothing_else(
             StopToken(),
         )
     assert checkpoints.store.names() == ["load", "save"]
-    assert "run_finished" not in audit.names()
+    assert not {"completed", "failed", "lost"} & set(audit.names())
     assert critic.watches[0].closed  # the watchdog is let go, so it cannot fire later
 
 

@@ -3,7 +3,8 @@
 ``e2e.counter`` and ``e2e.phased`` are the demo agents with every model step logged to a Redis
 list -- start and end, with the attempt's epoch and the process id -- so a test can prove who
 ran which step when (one owner at a time, which steps re-ran). ``e2e.poison`` SIGKILLs its own
-process on every step: a run that crashes its worker on every attempt.
+process on every step: a run that crashes its worker on every attempt. ``e2e.stuck`` blocks
+its first step in a call that does not return for ``block_s`` (an hour by default).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import redis
 from executus_worker.core.demo_agents import CounterAgent, PhasedAgent
 from executus_worker.core.models import Message, RunInfo
 from executus_worker.core.ports import Agent, Model, ModelReply, ModelRequest, Tools
+from executus_worker.core.scripted import ScriptedAgent, ScriptedModel
 
 _clients: dict[int, redis.Redis] = {}
 
@@ -102,3 +104,15 @@ def phased() -> Agent:
 
 def poison() -> Agent:
     return _Poison(CounterAgent(), "e2e.poison")
+
+
+def _stuck_step(request: ModelRequest) -> ModelReply:
+    run = request.run
+    _log({"run": run.run_id, "epoch": run.epoch, "pid": os.getpid(), "ev": "start",
+          "t": time.time()})  # fmt: skip
+    time.sleep(float(str(run.input.get("block_s", 3600))))
+    raise AssertionError("the stuck step was expected to be interrupted")
+
+
+def stuck() -> Agent:
+    return ScriptedAgent("e2e.stuck", ScriptedModel(_stuck_step))

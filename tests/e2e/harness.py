@@ -33,6 +33,7 @@ AGENTS_TOML = """
 "e2e.counter" = "e2e_agents:counter"
 "e2e.phased" = "e2e_agents:phased"
 "e2e.poison" = "e2e_agents:poison"
+"e2e.stuck" = "e2e_agents:stuck"
 """
 
 
@@ -199,9 +200,16 @@ class Cluster:
 
     # -- runs ------------------------------------------------------------------------
 
-    def register(self, agent: str, run_id: str | None = None, **input: Any) -> RunRequest:
+    def register(
+        self,
+        agent: str,
+        run_id: str | None = None,
+        *,
+        metadata: dict[str, str] | None = None,
+        **input: Any,
+    ) -> RunRequest:
         run_id = run_id or f"run-{uuid.uuid4().hex[:8]}"
-        request = RunRequest(run_id=run_id, agent=agent, input=input)
+        request = RunRequest(run_id=run_id, agent=agent, input=input, metadata=metadata or {})
         self.store.register(request, run_id=run_id, queue=self.queue, now=time.time())
         return request
 
@@ -210,8 +218,15 @@ class Cluster:
         for _ in range(times):
             self.publisher.publish(request.run_id, request.to_json(), queue=self.queue)
 
-    def submit(self, agent: str, run_id: str | None = None, **input: Any) -> str:
-        request = self.register(agent, run_id, **input)
+    def submit(
+        self,
+        agent: str,
+        run_id: str | None = None,
+        *,
+        metadata: dict[str, str] | None = None,
+        **input: Any,
+    ) -> str:
+        request = self.register(agent, run_id, metadata=metadata, **input)
         self.publish(request)
         assert request.run_id is not None
         return request.run_id

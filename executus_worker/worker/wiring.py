@@ -1,0 +1,93 @@
+"""Build the critic and the batteries from Settings; each one optional, null when unset.
+
+Kept apart from ``runtime.py`` (which owns processes, clients and caching) so that what a
+setting turns on is readable in one place.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from typing import cast
+
+from executus_worker.core.agents import AgentRegistry
+from executus_worker.core.models import RunInfo
+from executus_worker.core.ports import Audit, Critic, NullCritic
+from executus_worker.critic import EscalationPolicy, ExtendOnce, KillOnStall, TimeoutCritic
+from executus_worker.errors import ConfigError
+from executus_worker.settings import Settings
+from executus_worker.worker.interrupt import interrupt_step
+
+log = logging.getLogger(__name__)
+
+
+def load_target(target: str, where: str) -> object:
+    """``module:attr.path`` -> the object; ConfigError naming ``where`` otherwise."""
+    module_name, sep, attr_path = target.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ConfigError(f"{where}: {target!r} is not of the form 'module:attribute'")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(f"{where}: cannot import {module_name}: {exc!r}") from exc
+    for attr in attr_path.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError as exc:
+            raise ConfigError(f"{where}: {module_name} has no attribute {attr_path}") from exc
+    return obj
+
+
+def build_policy(settings: Settings) -> EscalationPolicy:
+    name = settings.critic_policy
+    if name == "extend_once":
+        return ExtendOnce(extend_s=settings.critic_extend_s, nudge=settings.critic_nudge)
+    if name == "kill_on_stall":
+        return KillOnStall()
+    where = "EXECUTUS_CRITIC_POLICY"
+    factory = load_target(name, where)
+    if not callable(factory):
+        raise ConfigError(f"{where}: {name} is not callable")
+    try:
+        policy = factory()
+    except Exception as exc:
+        raise ConfigError(f"{where}: {name}() raised {exc!r}") from exc
+    if not callable(getattr(policy, "decide", None)):
+        raise ConfigError(f"{where}: {name}() returned {policy!r}, which has no decide()")
+    return cast(EscalationPolicy, policy)  # checked structurally just above
+
+
+def agent_runtime(registry: AgentRegistry) -> Callable[[RunInfo], float | None]:
+    """The agent's own runtime budget: an optional ``runtime_s`` attribute on the agent."""
+
+    def runtime_s(run: RunInfo) -> float | None:
+        value = getattr(registry.get(run.agent), "runtime_s", None)
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
+    return runtime_s
+
+
+def build_critic(settings: Settings, audit: Audit, registry: AgentRegistry | None = None) -> Critic:
+    """The watchdog (one thread per process), or the null critic when switched off."""
+    if not settings.critic_enabled:
+        return NullCritic()
+    try:
+        policy = build_policy(settings)
+    except ConfigError as exc:
+        # A worker must not crash on every delivery over a setting: say so loudly, keep the
+        # default policy (one extension, then a kill) so budgets are still enforced.
+        log.error("%s; using the default policy extend_once", exc)
+        policy = ExtendOnce(extend_s=settings.critic_extend_s, nudge=settings.critic_nudge)
+    critic = TimeoutCritic(
+        policy=policy,
+        runtime_s=settings.critic_runtime_s,
+        backstop_mul=settings.critic_backstop_mul,
+        audit=audit,
+        interrupt=interrupt_step,
+        tick_s=settings.critic_tick_s,
+    )
+    if registry is not None:
+        critic.agent_runtime_s = agent_runtime(registry)
+    critic.start()
+    return critic

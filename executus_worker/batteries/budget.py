@@ -8,11 +8,9 @@ from dataclasses import dataclass
 
 from executus_worker.core.models import RunInfo
 from executus_worker.core.ports import Usage
-from executus_worker.errors import ExecutusError
+from executus_worker.core.stop import BudgetExceeded
 
-
-class BudgetExceeded(ExecutusError):
-    """The run spent more than its budget allows; the run fails with this message."""
+__all__ = ["BudgetExceeded", "TokenBudget"]
 
 
 @dataclass
@@ -34,6 +32,9 @@ class TokenBudget:
         self._max_cost_usd = max_cost_usd
         self._spent: dict[str, _Spent] = defaultdict(_Spent)
         self._lock = threading.Lock()
+
+    def check(self, run: RunInfo) -> None:
+        return None
 
     def charge(self, run: RunInfo, usage: Usage) -> None:
         with self._lock:

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     critic_nudge: str | None = None
     critic_tick_s: float = Field(default=1.0, gt=0)
 
+    # Batteries (batteries/, wired in worker/wiring.py). Audit: every run event to a bounded
+    # stream per run (trimmed to about audit_stream_maxlen entries, expiring audit_stream_ttl_s
+    # after its last event; default result_ttl_s) -- what `executus-worker events` reads.
+    audit_stream: bool = True
+    audit_stream_maxlen: int = Field(default=1000, ge=10)
+    audit_stream_ttl_s: int | None = Field(default=None, ge=1)
+
     schedule_file: Path | None = None
     # How long a beat's enqueue of a scheduled fire may take before other beats assume that
     # beat died and retry the fire (idempotent, so a slow one taken over costs nothing).
@@ -145,6 +152,10 @@ class Settings(BaseSettings):
         if self.renew_timeout_s is not None:
             return self.renew_timeout_s
         return min(2.0, max(0.25, self.lease_ttl_s / 10))
+
+    @property
+    def effective_audit_stream_ttl_s(self) -> int:
+        return self.audit_stream_ttl_s or self.result_ttl_s
 
     @property
     def effective_broker_url(self) -> str:

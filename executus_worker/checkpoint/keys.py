@@ -8,8 +8,14 @@ indexes are what ``list_runs`` and the sweep walk, so nothing ever scans the key
     <prefix>:{run:<id>}:lease   string  "<owner>:<epoch>", PX TTL = lease_ttl_s
     <prefix>:{run:<id>}:ckpt    hash    checkpoint meta (format version, iteration, phases, ...)
     <prefix>:{run:<id>}:msgs    string  the transcript as one JSON array, '[m1\\n,m2]' (codec.py)
+    <prefix>:{run:<id>}:events  stream  the run's audit events, XADD MAXLEN ~ (events.py)
+    <prefix>:{run:<id>}:spend   hash    tokens and cost across all attempts (spend.py)
     <prefix>:runs:active        zset    non-terminal run ids, score = created_at
     <prefix>:runs:done          zset    finished run ids, score = finished_at, trimmed to retention
+    <prefix>:spend:{guild:<g>}:<yyyy-mm-dd>  hash  a guild's tokens and cost that UTC day
+
+The events and spend keys carry a TTL refreshed on every write, like every other per-run key of
+a finished run; a guild's daily counter expires two days after its day began.
 
 The global indexes have no TTL by design (they are bounded: active by live runs, done by the
 retention window); every per-run key of a finished run carries a TTL.
@@ -61,6 +67,15 @@ class KeySchema:
 
     def lease(self, run_id: str) -> str:
         return f"{self.run_base(run_id)}:lease"
+
+    def events(self, run_id: str) -> str:
+        return f"{self.run_base(run_id)}:events"
+
+    def spend(self, run_id: str) -> str:
+        return f"{self.run_base(run_id)}:spend"
+
+    def guild_spend(self, guild_id: str, day: str) -> str:
+        return f"{self.prefix}:spend:{{guild:{guild_id}}}:{day}"
 
     def run(self, run_id: str) -> RunKeys:
         base = self.run_base(run_id)

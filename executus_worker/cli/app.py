@@ -29,6 +29,7 @@ COMMANDS = {
     "demo": "demo",
     "dev": "dev",
     "enqueue": "runs",
+    "events": "events",
     "recover": "runs",
     "runs": "runs",
     "schedules": "schedules",

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 import redis
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
+from executus_worker.checkpoint.events import RedisEventLog, RunEvent
+from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import RunStore
+from executus_worker.client.events import iter_events
 from executus_worker.client.idempotency import request_differences
 from executus_worker.client.ports import EnqueueResult, Publisher, WaitTimeout
 from executus_worker.core.models import Message, RunLimits, RunRecord, RunRequest, RunStatus
@@ -23,6 +27,7 @@ from executus_worker.errors import (
     RunConflictError,
     RunNotFoundError,
     ScheduleError,
+    StoreError,
     UnknownAgentError,
 )
 from executus_worker.fleet.directory import AgentDirectory, Directory
@@ -34,6 +39,7 @@ from executus_worker.schedules.store import ScheduleStore
 from executus_worker.settings import Settings
 
 _SERVED_CACHE_S = 5.0
+log = logging.getLogger(__name__)
 
 
 class Client:
@@ -53,6 +59,7 @@ class Client:
         self._admin: ScheduleAdmin | None = None
         # (agent, queue) -> monotonic time until which a live worker was seen serving it.
         self._served: dict[tuple[str, str], float] = {}
+        self._events: RedisEventLog | None = None
 
     @classmethod
     def from_url(
@@ -124,6 +131,19 @@ class Client:
         return self.directory.read()
 
     @property
+    def event_log(self) -> RedisEventLog:
+        """The per-run event streams (what the audit battery writes)."""
+        if self._events is None:
+            s = self.settings
+            self._events = RedisEventLog(
+                self._client(),
+                KeySchema(s.key_prefix),
+                maxlen=s.audit_stream_maxlen,
+                ttl_s=s.effective_audit_stream_ttl_s,
+            )
+        return self._events
+
+    @property
     def publisher(self) -> Publisher:
         if self._publisher is None:
             self._publisher = CeleryPublisher(self.settings)
@@ -138,6 +158,7 @@ class Client:
         if client is not None:
             # Both were built on this connection (an injected store is kept).
             self._admin = None
+            self._events = None
             if isinstance(self._store, RedisStore):
                 self._store = None
             client.close()
@@ -243,6 +264,8 @@ class Client:
             if differing:
                 raise RunConflictError(run_id, differing)
             return EnqueueResult(record, created=False)
+        # Before the publish: a worker's "claimed" must never come first in the stream.
+        self._event(run_id, "enqueued", {"agent": parsed.agent, "queue": queue})
         try:
             self.publisher.publish(run_id, request_json, queue=queue)
         except (redis.RedisError, OSError) as exc:
@@ -304,7 +327,38 @@ class Client:
 
     def cancel(self, run_id: str) -> RunRecord:
         """Cancel a run: queued/interrupted runs end at once, a running one at its next step."""
-        return self.store.request_cancel(run_id, now=time.time())  # RunNotFoundError if unknown
+        record = self.store.request_cancel(run_id, now=time.time())  # RunNotFoundError if unknown
+        if record.status is RunStatus.CANCELLED:
+            self._event(run_id, "cancelled", {"by": "client"})
+        elif not record.status.terminal:
+            self._event(run_id, "cancel_requested", {"status": record.status.value})
+        return record
+
+    def events(
+        self,
+        run_id: str,
+        *,
+        follow: bool = False,
+        timeout_s: float | None = None,
+        after: str = "0",
+    ) -> Iterator[RunEvent]:
+        """The run's events, oldest first (``RunEvent``: id, event, ts, data).
+
+        ``follow=True`` keeps waiting for new events until the run has ended (or ``timeout_s``
+        passed). ``after`` is a stream id to resume from. ``RunNotFoundError`` for an unknown
+        run. Events expire ``audit_stream_ttl_s`` after the run's last one.
+        """
+        return iter_events(
+            self.event_log, self.store, run_id, follow=follow, timeout_s=timeout_s, after=after
+        )
+
+    def _event(self, run_id: str, event: str, data: dict[str, JsonValue]) -> None:
+        if not self.settings.audit_stream:
+            return
+        try:
+            self.event_log.append(run_id, event, data)
+        except StoreError as exc:  # an observation: never worth failing the caller's call
+            log.warning("run %s: %s event not written: %s", run_id, event, exc)
 
     def runs(self, status: RunStatus | str | None = None, limit: int = 100) -> list[RunRecord]:
         """Recent runs, optionally of one status (``ValueError`` for an unknown status)."""

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pydantic import JsonValue
+
 from executus_worker.checkpoint.store import ClaimResult, ClaimStatus, Fence, RunStore
 from executus_worker.core.models import OutcomeKind, RunInfo, RunOutcome, RunRequest
 from executus_worker.core.models import RunStatus as Status
@@ -147,7 +149,7 @@ class RunHandler:
         claimed = self._claim(run_id, placeholder, self._settings.default_queue)
         if isinstance(claimed, Handled):
             return claimed
-        self._fail(run_id, claimed.fence, error)
+        self._fail(run_id, claimed.fence, error, claimed.request)
         return Handled("failed", run_id, OutcomeKind.FAILED, error)
 
     # -- execution -------------------------------------------------------------------------
@@ -162,7 +164,7 @@ class RunHandler:
         except (UnknownAgentError, ConfigError) as exc:
             # Also a broken agents-file entry: fail with its message now rather than crash
             # every attempt and end `dead` with a reason that hides the cause.
-            self._fail(run_id, fence, str(exc))
+            self._fail(run_id, fence, str(exc), request)
             return Handled("failed", run_id, OutcomeKind.FAILED, str(exc))
         run = RunInfo.from_request(
             request, run_id=run_id, epoch=fence.epoch, attempt=claimed.attempts, fence=fence.token
@@ -221,23 +223,50 @@ class RunHandler:
         sent_at = self._monotonic()
         claim = self._try_claim(run_id, owner)
         if claim.status is ClaimStatus.GONE and self._store.get(run_id) is None:
-            self._store.register(request, run_id=run_id, queue=queue, now=self._clock())
+            _, created = self._store.register(
+                request, run_id=run_id, queue=queue, now=self._clock()
+            )
+            if created:
+                self._event(run_id, request, "enqueued", {"queue": queue, "by": "worker"})
             sent_at = self._monotonic()
             claim = self._try_claim(run_id, owner)
         if claim.status is ClaimStatus.CLAIMED and claim.fence is not None:
             # The record, not the message, is the truth: a stale duplicate may carry an old
             # request.
             stored = claim.record.request if claim.record else request
+            self._event(
+                run_id, stored, "claimed",
+                {"owner": owner, "epoch": claim.fence.epoch, "attempt": claim.attempts},
+                epoch=claim.fence.epoch,
+            )  # fmt: skip
             return _Claimed(owner, claim.fence, claim.attempts, stored, sent_at)
         if claim.status in {ClaimStatus.BUSY, ClaimStatus.GONE}:
             log.info("run %s: duplicate delivery ignored (%s)", run_id, claim.status.value)
             return Handled("duplicate", run_id, detail=claim.status.value)
         if claim.status is ClaimStatus.CANCELLED:
             log.info("run %s: cancelled before it started", run_id)
+            self._event(run_id, request, "cancelled", {"before_start": True})
             return Handled("cancelled", run_id, OutcomeKind.CANCELLED)
         error = claim.record.error if claim.record and claim.record.error else "too many attempts"
         log.error("run %s: dead after %d attempts: %s", run_id, claim.attempts, error)
+        self._event(run_id, request, "dead", {"attempts": claim.attempts, "error": error})
         return Handled("dead", run_id, detail=error)
+
+    def _event(
+        self,
+        run_id: str,
+        request: RunRequest,
+        event: str,
+        data: dict[str, JsonValue],
+        *,
+        epoch: int = 0,
+    ) -> None:
+        """An audit event outside the executor; a failing audit is logged, never fatal."""
+        try:
+            run = RunInfo.from_request(request, run_id=run_id, epoch=epoch)
+            self._deps.audit.record(run, event, data)
+        except Exception:
+            log.exception("audit failed for run %s (ignored)", run_id)
 
     def _try_claim(self, run_id: str, owner: str) -> ClaimResult:
         return self._store.claim(
@@ -248,7 +277,7 @@ class RunHandler:
             now=self._clock(),
         )
 
-    def _fail(self, run_id: str, fence: Fence, error: str) -> None:
+    def _fail(self, run_id: str, fence: Fence, error: str, request: RunRequest) -> None:
         # Keep whatever transcript an earlier attempt left: the record shows what happened.
         kept = len(self._store.transcript(run_id))
         self._store.finish(
@@ -263,3 +292,4 @@ class RunHandler:
             result_ttl_s=self._settings.result_ttl_s,
         )
         log.error("run %s failed: %s", run_id, error)
+        self._event(run_id, request, "failed", {"error": error}, epoch=fence.epoch)

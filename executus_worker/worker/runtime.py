@@ -13,7 +13,6 @@ import threading
 
 import redis
 
-from executus_worker.batteries.audit import LoggingAudit
 from executus_worker.checkpoint.handle import StoreCheckpointerFactory
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.core.agents import AgentRegistry
@@ -26,7 +25,7 @@ from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats
 from executus_worker.worker.recovery import Recovery, ScanLock
 from executus_worker.worker.runs import RunHandler
-from executus_worker.worker.wiring import build_critic
+from executus_worker.worker.wiring import build_audit, build_critic, event_log
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +104,7 @@ class Runtime:
     def _build_handler(self, store: RedisStore) -> RunHandler:
         s = self.settings
         registry = agent_registry(s)
-        # Ids and outcomes only (never inputs), at DEBUG: the worker log stays readable.
-        audit = LoggingAudit(level=logging.DEBUG)
+        audit = build_audit(s, self.client())
         deps = Deps(
             checkpoints=StoreCheckpointerFactory(
                 store, throttle_ms=s.throttle_ms, result_ttl_s=s.result_ttl_s
@@ -146,4 +144,5 @@ class Runtime:
             BatchPublisher(broker),
             queued_timeout_s=s.queued_timeout_s,
             lock=ScanLock(client, scan_lock_key(s.key_prefix), ttl_ms=_SCAN_LOCK_TTL_MS),
+            events=event_log(s, client) if s.audit_stream else None,
         )

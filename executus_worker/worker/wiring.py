@@ -11,6 +11,11 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
+import redis
+
+from executus_worker.batteries.audit import FanoutAudit, LoggingAudit, StreamAudit
+from executus_worker.checkpoint.events import BufferedEventLog, RedisEventLog
+from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.core.agents import AgentRegistry
 from executus_worker.core.models import RunInfo
 from executus_worker.core.ports import Audit, Critic, NullCritic
@@ -91,3 +96,22 @@ def build_critic(settings: Settings, audit: Audit, registry: AgentRegistry | Non
         critic.agent_runtime_s = agent_runtime(registry)
     critic.start()
     return critic
+
+
+def event_log(settings: Settings, client: redis.Redis) -> RedisEventLog:
+    return RedisEventLog(
+        client,
+        KeySchema(settings.key_prefix),
+        maxlen=settings.audit_stream_maxlen,
+        ttl_s=settings.effective_audit_stream_ttl_s,
+    )
+
+
+def build_audit(settings: Settings, client: redis.Redis) -> Audit:
+    """Events to the log (DEBUG: ids and outcomes, never inputs) and, unless switched off, to
+    each run's event stream through a background writer (a run's step costs a queue put)."""
+    logging_audit = LoggingAudit(level=logging.DEBUG)
+    if not settings.audit_stream:
+        return logging_audit
+    stream = StreamAudit(BufferedEventLog(event_log(settings, client)))
+    return FanoutAudit([logging_audit, stream])

@@ -43,9 +43,7 @@ def test_a_step_stuck_past_the_backstop_is_killed_and_recorded_not_swept(
     follow_up = cluster.submit("e2e.counter", steps=2, step_s=0.05)
     cluster.wait_status(follow_up, RunStatus.COMPLETED, timeout_s=30)
     assert cluster.transcript(follow_up) == counter_transcript(2)
-    assert {e["pid"] for e in cluster.steps(follow_up)} == {
-        e["pid"] for e in cluster.steps(run_id)
-    }
+    assert {e["pid"] for e in cluster.steps(follow_up)} == {e["pid"] for e in cluster.steps(run_id)}
     time.sleep(3)  # past a lease TTL and several sweep intervals
     after = cluster.record(run_id)
     assert (after.status, after.attempts) == (RunStatus.FAILED, 1)

@@ -1,0 +1,97 @@
+"""Run events end to end in one process: the client, the worker's handler and the recovery
+sweep write them to the run's stream; ``Client.events`` reads them back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from executus_worker.client import Client
+from executus_worker.core.models import RunStatus
+from executus_worker.core.stop import StopToken
+from executus_worker.settings import Settings
+from executus_worker.worker.runtime import Runtime
+
+pytestmark = pytest.mark.redis
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str]] = []
+
+    def publish(self, run_id: str, request_json: str, *, queue: str) -> None:
+        self.messages.append((run_id, request_json))
+
+    def publish_many(self, messages: object) -> int:
+        return 0
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def settings(redis_url: str, redis_client: redis.Redis) -> Settings:
+    return Settings(redis_url=redis_url, key_prefix=f"ev{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def world(settings: Settings) -> Iterator[tuple[Client, Runtime, Collect]]:
+    publisher = Collect()
+    runtime = Runtime(settings, drain=StopToken())
+    with Client(settings, publisher=publisher) as client:
+        yield client, runtime, publisher
+
+
+def test_a_run_leaves_its_whole_story_in_its_stream(world) -> None:  # type: ignore[no-untyped-def]
+    client, runtime, publisher = world
+    run_id = client.enqueue(agent="demo.counter", input={"steps": 2, "step_s": 0})
+    handled = runtime.handler().handle(list(publisher.messages[0]), {})
+    assert handled.outcome is not None and handled.outcome.value == "completed"
+    events = list(client.events(run_id))
+    assert [e.event for e in events] == ["enqueued", "claimed", "started", "step", "step",
+                                         "completed"]  # fmt: skip
+    claimed = events[1].data
+    assert claimed["epoch"] == 1 and claimed["attempt"] == 1
+    assert isinstance(claimed["owner"], str) and ":" in claimed["owner"]
+    step = events[3].data
+    assert {"iteration", "input_tokens", "output_tokens", "cost_usd"} <= set(step)
+    assert [e.id for e in events] == sorted(e.id for e in events)
+
+
+def test_a_failed_run_keeps_its_traceback_in_the_record_and_the_event(world) -> None:  # type: ignore[no-untyped-def]
+    client, runtime, publisher = world
+    # steps=0 is bad input: the demo agent raises, the run fails with a traceback.
+    run_id = client.enqueue(agent="demo.counter", input={"steps": 0})
+    runtime.handler().handle(list(publisher.messages[0]), {})
+    record = client.status(run_id)
+    assert record.status is RunStatus.FAILED and record.error is not None
+    summary, _, traceback = record.error.partition("\n")
+    assert summary.startswith("PayloadError: invalid input for demo.counter")
+    assert traceback.startswith("Traceback (most recent call last):")
+    failed = [e for e in client.events(run_id) if e.event == "failed"]
+    assert failed[0].data["error"] == summary
+    assert failed[0].data["traceback"] == traceback
+
+
+def test_a_recovered_run_says_why(world, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    client, runtime, _ = world
+    run_id = client.enqueue(agent="demo.counter", input={"steps": 2})
+    store = runtime.store()
+    claim = store.claim(run_id, owner="gone:1", lease_ttl_s=0.05, max_attempts=5, now=time.time())
+    assert claim.epoch == 1
+    time.sleep(0.1)  # the owner "died": its lease runs out
+    report = runtime.recovery().sweep()
+    assert report.requeued == 1
+    recovered = [e for e in client.events(run_id) if e.event == "recovered"]
+    assert recovered[0].data == {"reason": "lease_expired"}
+
+
+def test_cancelling_a_queued_run_is_an_event(world) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = world
+    run_id = client.enqueue(agent="demo.counter", input={"steps": 2})
+    client.cancel(run_id)
+    assert [e.event for e in client.events(run_id)] == ["enqueued", "cancelled"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,14 +27,14 @@ from typing import Protocol
 from pydantic import JsonValue
 
 from executus_worker.core.models import RunInfo
-from executus_worker.core.ports import Audit
+from executus_worker.core.ports import Audit, AuditEvent
 
 _log = logging.getLogger("executus.audit")
 log = logging.getLogger(__name__)
 
-# An attempt is over after one of these: the events written so far are flushed before the
-# task returns, so a process exiting next (warm shutdown) does not take them along.
-ENDINGS = frozenset({"completed", "failed", "cancelled", "interrupted", "lost", "dead"})
+# Written with the next event rather than alone: each is followed within the same attempt by a
+# step or by the attempt's ending, so a no-op run costs two round trips, not four.
+DEFERRED = frozenset({"claimed", "started", "resumed"})
 MAX_VALUE_CHARS = 4096  # a traceback is bounded to this already; nothing else may be longer
 
 
@@ -56,29 +57,48 @@ class LoggingAudit:
 
 
 class EventSink(Protocol):
-    """Where StreamAudit writes: ``checkpoint.events.RedisEventLog`` or ``BufferedEventLog``."""
+    """Where StreamAudit writes: ``checkpoint.events.RedisEventLog`` (one pipeline a call)."""
 
-    def append(
-        self, run_id: str, event: str, data: dict[str, JsonValue], ts: float | None = None
-    ) -> None: ...
-
-    def flush(self, timeout_s: float = 2.0) -> bool: ...
+    def append_many(self, events: Sequence[AuditEvent]) -> None: ...
 
 
 class StreamAudit:
-    """Every event to its run's bounded event stream, with the attempt's epoch."""
+    """Every event to its run's bounded event stream, stamped with the attempt's epoch.
 
-    def __init__(self, sink: EventSink, *, flush_timeout_s: float = 2.0) -> None:
+    An attempt's ``claimed``/``started``/``resumed`` wait in memory for its next event (a step,
+    a critic decision, its ending) and go out in that event's round trip. A failed write is
+    logged and its events dropped: the audit trail never fails a run.
+    """
+
+    def __init__(self, sink: EventSink) -> None:
         self._sink = sink
-        self._flush_timeout_s = flush_timeout_s
+        self._lock = threading.Lock()  # a threads-pool worker records from several runs
+        self._deferred: list[AuditEvent] = []
 
     def record(self, run: RunInfo, event: str, data: dict[str, JsonValue]) -> None:
         payload = bounded(data)
         if run.epoch > 0:
             payload.setdefault("epoch", run.epoch)
-        self._sink.append(run.run_id, event, payload)
-        if event in ENDINGS:
-            self._sink.flush(self._flush_timeout_s)
+        item = AuditEvent(run.run_id, event, time.time(), payload)
+        with self._lock:
+            self._deferred.append(item)
+            if event in DEFERRED:
+                return
+            batch, self._deferred = self._deferred, []
+        try:
+            self._sink.append_many(batch)
+        except Exception as exc:
+            log.warning("run %s: %d events not written: %s", run.run_id, len(batch), exc)
+
+    def flush(self) -> None:
+        """Write whatever waits (process shutdown)."""
+        with self._lock:
+            batch, self._deferred = self._deferred, []
+        if batch:
+            try:
+                self._sink.append_many(batch)
+            except Exception as exc:
+                log.warning("%d run events not written at shutdown: %s", len(batch), exc)
 
 
 class FanoutAudit:

@@ -168,6 +168,16 @@ class Audit(Protocol):
     def record(self, run: RunInfo, event: str, data: dict[str, JsonValue]) -> None: ...
 
 
+@dataclass(frozen=True)
+class AuditEvent:
+    """One run event as an audit sink stores it (``checkpoint.events`` writes these)."""
+
+    run_id: str
+    event: str
+    ts: float
+    data: dict[str, JsonValue]
+
+
 class NullAudit:
     def record(self, run: RunInfo, event: str, data: dict[str, JsonValue]) -> None:
         return None

@@ -28,9 +28,10 @@ from typing import Protocol
 
 import redis
 
-from executus_worker.checkpoint.events import PendingEvent, RedisEventLog
+from executus_worker.checkpoint.events import RedisEventLog
 from executus_worker.checkpoint.store import Requeued, RunStore
 from executus_worker.core.models import RunStatus
+from executus_worker.core.ports import AuditEvent
 from executus_worker.publish import RunMessage
 from executus_worker.worker.shutdown import DrainToken
 from executus_worker.worker.takeover import release_dead_owners
@@ -181,7 +182,7 @@ class Recovery:
             return
         now = self._clock()
         events = [
-            PendingEvent(r.run_id, "recovered", now, {"reason": _REASONS.get(r.previous_status,
+            AuditEvent(r.run_id, "recovered", now, {"reason": _REASONS.get(r.previous_status,
                          r.previous_status.value)})
             for r in requeued
         ]  # fmt: skip

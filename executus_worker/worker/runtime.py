@@ -25,7 +25,7 @@ from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats
 from executus_worker.worker.recovery import Recovery, ScanLock
 from executus_worker.worker.runs import RunHandler
-from executus_worker.worker.wiring import build_audit, build_critic, event_log
+from executus_worker.worker.wiring import Batteries, build_batteries, event_log
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Runtime:
         self._broker: redis.Redis | None = None
         self._store: RedisStore | None = None
         self._handler: RunHandler | None = None
+        self._batteries: Batteries | None = None
 
     def _fresh(self) -> None:
         # Called with the lock held. After a fork the inherited objects belong to the parent.
@@ -75,6 +76,7 @@ class Runtime:
             self._client = self._broker = None
             self._store = None
             self._handler = None
+            self._batteries = None
 
     def client(self) -> redis.Redis:
         with self._lock:
@@ -104,13 +106,16 @@ class Runtime:
     def _build_handler(self, store: RedisStore) -> RunHandler:
         s = self.settings
         registry = agent_registry(s)
-        audit = build_audit(s, self.client())
+        batteries = self._batteries = build_batteries(s, self.client(), registry)
         deps = Deps(
             checkpoints=StoreCheckpointerFactory(
                 store, throttle_ms=s.throttle_ms, result_ttl_s=s.result_ttl_s
             ),
-            audit=audit,
-            critic=build_critic(s, audit, registry),
+            audit=batteries.audit,
+            critic=batteries.critic,
+            budget=batteries.budget,
+            persona=batteries.persona,
+            skills=batteries.skills,
         )
         log.info("run handler ready in pid %d (agents: %s)", os.getpid(), registry.names())
         return RunHandler(
@@ -131,6 +136,15 @@ class Runtime:
                 lease_ttl_s=s.lease_ttl_s,
             ),
         )
+
+    def close(self) -> None:
+        """Let this process's batteries go: events still deferred are written, the watchdog
+        thread stops. (An attempt's events are written by its ending, so a worker does not
+        need this to lose nothing; tests and embedding code do.)"""
+        with self._lock:
+            batteries = self._batteries if self._pid == os.getpid() else None
+        if batteries is not None:
+            batteries.close()
 
     def recovery(self) -> Recovery:
         s = self.settings

@@ -9,16 +9,28 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import cast
 
 import redis
 
 from executus_worker.batteries.audit import FanoutAudit, LoggingAudit, StreamAudit
-from executus_worker.checkpoint.events import BufferedEventLog, RedisEventLog
+from executus_worker.checkpoint.events import RedisEventLog
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.core.agents import AgentRegistry
 from executus_worker.core.models import RunInfo
-from executus_worker.core.ports import Audit, Critic, NullCritic
+from executus_worker.core.ports import (
+    Audit,
+    Budget,
+    Critic,
+    NullAudit,
+    NullBudget,
+    NullCritic,
+    NullPersona,
+    NullSkills,
+    Persona,
+    Skills,
+)
 from executus_worker.critic import EscalationPolicy, ExtendOnce, KillOnStall, TimeoutCritic
 from executus_worker.errors import ConfigError
 from executus_worker.settings import Settings
@@ -107,11 +119,44 @@ def event_log(settings: Settings, client: redis.Redis) -> RedisEventLog:
     )
 
 
-def build_audit(settings: Settings, client: redis.Redis) -> Audit:
+def build_audit(settings: Settings, client: redis.Redis) -> tuple[Audit, StreamAudit | None]:
     """Events to the log (DEBUG: ids and outcomes, never inputs) and, unless switched off, to
-    each run's event stream through a background writer (a run's step costs a queue put)."""
+    each run's event stream."""
     logging_audit = LoggingAudit(level=logging.DEBUG)
     if not settings.audit_stream:
-        return logging_audit
-    stream = StreamAudit(BufferedEventLog(event_log(settings, client)))
-    return FanoutAudit([logging_audit, stream])
+        return logging_audit, None
+    stream = StreamAudit(event_log(settings, client))
+    return FanoutAudit([logging_audit, stream]), stream
+
+
+@dataclass
+class Batteries:
+    """What ``Deps`` gets besides the checkpoints; every field defaults to its null object."""
+
+    audit: Audit = field(default_factory=NullAudit)
+    critic: Critic = field(default_factory=NullCritic)
+    budget: Budget = field(default_factory=NullBudget)
+    persona: Persona = field(default_factory=NullPersona)
+    skills: Skills = field(default_factory=NullSkills)
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Write events still waiting for company, stop the watchdog. Never raises."""
+        for close in self.closers:
+            try:
+                close()
+            except Exception:
+                log.exception("closing a battery failed (ignored)")
+
+
+def build_batteries(
+    settings: Settings, client: redis.Redis, registry: AgentRegistry | None = None
+) -> Batteries:
+    audit, stream = build_audit(settings, client)
+    critic = build_critic(settings, audit, registry)
+    batteries = Batteries(audit=audit, critic=critic)
+    if stream is not None:
+        batteries.closers.append(stream.flush)
+    if isinstance(critic, TimeoutCritic):
+        batteries.closers.append(critic.close)
+    return batteries

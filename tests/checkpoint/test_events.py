@@ -1,18 +1,17 @@
-"""Run event streams on a real Redis: bounded, expiring, readable in order, written in the
-background without ever blocking or failing the writer."""
+"""Run event streams on a real Redis: bounded, expiring, readable in order."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from executus_worker.checkpoint.events import BufferedEventLog, PendingEvent, RedisEventLog
+from executus_worker.checkpoint.events import RedisEventLog
 from executus_worker.checkpoint.keys import KeySchema
+from executus_worker.core.ports import AuditEvent
 from executus_worker.embedded import free_port
 from executus_worker.errors import StoreError
 
@@ -42,7 +41,7 @@ def test_events_read_back_in_order_with_their_data(redis_client: redis.Redis) ->
 
 def test_the_stream_is_bounded_and_expires(redis_client: redis.Redis) -> None:
     log = RedisEventLog(redis_client, KEYS, maxlen=10, ttl_s=60)
-    log.append_many([PendingEvent("r1", "step", float(i), {"i": i}) for i in range(500)])
+    log.append_many([AuditEvent("r1", "step", float(i), {"i": i}) for i in range(500)])
     length = redis_client.xlen(KEYS.events("r1"))
     assert 10 <= length < 200  # MAXLEN ~ trims whole macro nodes: about maxlen, never 500
     assert 0 < redis_client.pttl(KEYS.events("r1")) <= 60_000
@@ -52,7 +51,7 @@ def test_the_stream_is_bounded_and_expires(redis_client: redis.Redis) -> None:
 
 def test_read_all_pages_through_long_streams(redis_client: redis.Redis) -> None:
     log = RedisEventLog(redis_client, KEYS, maxlen=5000)
-    log.append_many([PendingEvent("r1", "step", 0.0, {"i": i}) for i in range(1200)])
+    log.append_many([AuditEvent("r1", "step", 0.0, {"i": i}) for i in range(1200)])
     assert [e.data["i"] for e in log.read_all("r1")] == list(range(1200))
 
 
@@ -76,32 +75,26 @@ def test_a_hand_written_entry_is_shown_not_fatal(redis_client: redis.Redis) -> N
     assert event.event == "odd" and "raw" in event.data
 
 
-def test_buffered_appends_are_written_by_the_background_thread(redis_client: redis.Redis) -> None:
-    buffered = BufferedEventLog(RedisEventLog(redis_client, KEYS))
-    try:
-        for i in range(300):
-            buffered.append("r1", "step", {"i": i})
-        assert buffered.flush(timeout_s=10)
-        assert [e.data["i"] for e in RedisEventLog(redis_client, KEYS).read_all("r1")] == list(
-            range(300)
-        )
-    finally:
-        buffered.close()
-
-
 def test_a_sync_write_to_an_unreachable_redis_is_a_store_error() -> None:
     dead = unreachable()
     with pytest.raises(StoreError, match="writing 1 run events failed"):
         RedisEventLog(dead, KEYS).append("r1", "step", {})
 
 
-def test_buffered_writes_never_block_or_grow_without_bound_while_redis_is_down() -> None:
-    dead = unreachable()
-    buffered = BufferedEventLog(RedisEventLog(dead, KEYS), max_pending=50, retry_s=0.05)
-    started = time.monotonic()
-    for i in range(500):
-        buffered.append("r1", "step", {"i": i})
-    assert time.monotonic() - started < 5  # appends are queue puts, whatever Redis does
-    assert buffered.flush(timeout_s=0.2) is False
-    buffered.close(timeout_s=2)
-    assert buffered.dropped >= 450
+def test_one_ttl_per_stream_set_after_its_events(redis_client: redis.Redis) -> None:
+    log = RedisEventLog(redis_client, KEYS, ttl_s=30)
+    log.append_many([AuditEvent("r1", "a", 0.0, {}), AuditEvent("r2", "b", 0.0, {}),
+                     AuditEvent("r1", "c", 0.0, {})])  # fmt: skip
+    assert [e.event for e in log.read("r1")] == ["a", "c"]
+    assert 0 < redis_client.pttl(KEYS.events("r1")) <= 30_000
+    assert 0 < redis_client.pttl(KEYS.events("r2")) <= 30_000
+
+
+def test_a_flushed_script_cache_is_reloaded(redis_client: redis.Redis) -> None:
+    log = RedisEventLog(redis_client, KEYS)
+    log.append("r1", "a", {})
+    redis_client.script_flush()  # what a Redis restart does
+    log.append_many([AuditEvent("r1", "b", 0.0, {}), AuditEvent("r2", "c", 0.0, {})])
+    log.append("r1", "d", {})
+    assert [e.event for e in log.read("r1")] == ["a", "b", "d"]
+    assert [e.event for e in log.read("r2")] == ["c"]

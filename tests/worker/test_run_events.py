@@ -44,6 +44,7 @@ def world(settings: Settings) -> Iterator[tuple[Client, Runtime, Collect]]:
     runtime = Runtime(settings, drain=StopToken())
     with Client(settings, publisher=publisher) as client:
         yield client, runtime, publisher
+    runtime.close()
 
 
 def test_a_run_leaves_its_whole_story_in_its_stream(world) -> None:  # type: ignore[no-untyped-def]

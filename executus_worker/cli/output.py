@@ -49,7 +49,9 @@ def record_text(record: RunRecord) -> str:
     if record.error:
         rows.append(("error", record.error))
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    # A failed run's error carries its traceback on the following lines: keep them aligned.
+    indent = "\n" + " " * (width + 2)
+    return "\n".join(f"{name:<{width}}  " + value.replace("\n", indent) for name, value in rows)
 
 
 def _cancelling(record: RunRecord) -> bool:

@@ -22,6 +22,7 @@ from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.cli import processes
 from executus_worker.cli.runs import EXIT_TIMEOUT
 from executus_worker.client import Client
+from executus_worker.core.models import RunStatus
 from executus_worker.embedded import free_port
 
 pytestmark = pytest.mark.redis
@@ -386,3 +387,20 @@ def test_worker_execs_so_sigterm_reaches_celery_main_process_directly(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_status_shows_a_failed_runs_traceback_aligned(env: dict[str, str]) -> None:
+    run_id = ok_json(["enqueue", "demo.counter"], env)["run_id"]
+    with Client.from_url(env["EXECUTUS_REDIS_URL"]) as client:
+        claim = client.store.claim(run_id, owner="t", lease_ttl_s=30, max_attempts=5, now=1.0)
+        client.store.finish(
+            run_id, epoch=claim.epoch, status=RunStatus.FAILED, output=None,
+            error="ValueError: boom\nTraceback (most recent call last):\n  File \"x.py\"",
+            base_len=0, new_messages=[], now=2.0, result_ttl_s=60,
+        )  # fmt: skip
+    lines = run(["status", run_id], env).stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("error"))
+    assert lines[at].endswith("ValueError: boom")
+    column = lines[at].index("ValueError")
+    assert lines[at + 1][column:] == "Traceback (most recent call last):"
+    assert lines[at + 2][column:] == '  File "x.py"'

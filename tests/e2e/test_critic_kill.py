@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from executus_worker.client import Client
 from executus_worker.core.models import RunStatus
 
 from .harness import Cluster, counter_transcript, wait_for
@@ -35,6 +36,18 @@ def test_a_step_stuck_past_the_backstop_is_killed_and_recorded_not_swept(
     # Where the step was stuck, kept with the record.
     assert "SoftTimeLimitExceeded" in traceback and "time.sleep" in traceback
     assert record.attempts == 1
+    with Client.from_url(cluster.redis_url, key_prefix=cluster.prefix) as client:
+        story = [
+            (e.event, e.data.get("decision"), e.data.get("tier")) for e in client.events(run_id)
+        ]
+    assert story == [
+        ("claimed", None, None),
+        ("started", None, None),
+        ("critic", "extend", None),
+        ("critic", "kill", "soft"),
+        ("critic", "kill", "backstop"),
+        ("failed", None, None),
+    ]
     assert cluster.store.load_checkpoint(run_id) is None
     assert cluster.keys_without_ttl(run_id) == []
 

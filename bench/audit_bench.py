@@ -64,7 +64,8 @@ def pct(samples: list[float], q: float) -> float:
 def claimed_handle(store: RedisStore, run_id: str, size: int) -> tuple[RunHandle, Checkpoint]:
     store.register(RunRequest(agent="bench"), run_id=run_id, queue="bench", now=time.time())
     claim = store.claim(run_id, owner="bench", lease_ttl_s=600, max_attempts=5, now=time.time())
-    handle = RunHandle(store, run_id, claim.epoch)
+    assert claim.fence is not None
+    handle = RunHandle(store, run_id, claim.fence)
     checkpoint = Checkpoint(run_id=run_id, messages=[message(i) for i in range(size)])
     handle.save(checkpoint, force=True)
     return handle, checkpoint
@@ -79,7 +80,7 @@ def bench_steps(client: redis.Redis, size: int, runs: int, steps: int) -> dict[s
     for r in range(runs):
         plain, cp_plain = claimed_handle(store, f"plain-{r}", size)
         audited, cp_audited = claimed_handle(store, f"audited-{r}", size)
-        info = RunInfo(run_id=audited.run_id, agent="bench", epoch=audited.epoch)
+        info = RunInfo(run_id=audited.run_id, agent="bench", epoch=audited.fence.epoch)
         for i in range(steps):
             for cp in (cp_plain, cp_audited):
                 cp.messages.append(message(size + i))
@@ -147,7 +148,8 @@ def bench_recovery(client: redis.Redis, n: int, with_events: bool) -> float:
         store.register(RunRequest(run_id=run_id, agent="demo.counter"), run_id=run_id,
                        queue="executus", now=now)  # fmt: skip
         claim = store.claim(run_id, owner="b:1", lease_ttl_s=60, max_attempts=5, now=now)
-        store.interrupt(run_id, epoch=claim.epoch, now=now)
+        assert claim.fence is not None
+        store.interrupt(run_id, fence=claim.fence, now=now)
     events = RedisEventLog(client, store.keys) if with_events else None
     recovery = Recovery(store, BatchPublisher(client), queued_timeout_s=900, events=events)
     started = time.perf_counter()

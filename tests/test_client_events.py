@@ -37,7 +37,7 @@ def client(redis_url: str, redis_client: redis.Redis) -> Iterator[Client]:
 def finish(client: Client, run_id: str, status: RunStatus = RunStatus.COMPLETED) -> None:
     claim = client.store.claim(run_id, owner="t", lease_ttl_s=30, max_attempts=5, now=1.0)
     client.store.finish(
-        run_id, epoch=claim.epoch, status=status, output=None, error=None, base_len=0,
+        run_id, fence=claim.fence, status=status, output=None, error=None, base_len=0,
         new_messages=[], now=2.0, result_ttl_s=60,
     )  # fmt: skip
 

@@ -394,7 +394,7 @@ def test_status_shows_a_failed_runs_traceback_aligned(env: dict[str, str]) -> No
     with Client.from_url(env["EXECUTUS_REDIS_URL"]) as client:
         claim = client.store.claim(run_id, owner="t", lease_ttl_s=30, max_attempts=5, now=1.0)
         client.store.finish(
-            run_id, epoch=claim.epoch, status=RunStatus.FAILED, output=None,
+            run_id, fence=claim.fence, status=RunStatus.FAILED, output=None,
             error="ValueError: boom\nTraceback (most recent call last):\n  File \"x.py\"",
             base_len=0, new_messages=[], now=2.0, result_ttl_s=60,
         )  # fmt: skip

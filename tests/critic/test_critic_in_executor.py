@@ -26,7 +26,14 @@ def claimed(store: MemoryStore, run_id: str, **metadata: str) -> RunInfo:
     request = RunRequest(run_id=run_id, agent="t", metadata=metadata)
     store.register(request, run_id=run_id, queue="q", now=time.time())
     claim = store.claim(run_id, owner="w", lease_ttl_s=30, max_attempts=5, now=time.time())
-    return RunInfo.from_request(request, run_id=run_id, epoch=claim.epoch, attempt=claim.attempts)
+    assert claim.fence is not None
+    return RunInfo.from_request(
+        request,
+        run_id=run_id,
+        epoch=claim.fence.epoch,
+        attempt=claim.attempts,
+        fence=claim.fence.token,
+    )
 
 
 def slow_steps(critic: TimeoutCritic, clock: Clock, step_s: float, done_at: int = 10**6):

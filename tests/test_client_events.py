@@ -46,7 +46,7 @@ def test_enqueue_records_an_enqueued_event(client: Client) -> None:
     run_id = client.enqueue(agent="demo.counter", input={"steps": 1})
     (event,) = client.events(run_id)
     assert (event.event, event.data) == ("enqueued", {"agent": "demo.counter", "queue": "executus"})
-    client.enqueue(agent="demo.counter", run_id=run_id)  # a repeat sends nothing, records nothing
+    client.enqueue(agent="demo.counter", input={"steps": 1}, run_id=run_id)  # a repeat: nothing
     assert len(list(client.events(run_id))) == 1
 
 

@@ -15,6 +15,7 @@ from executus_worker import cli
 from executus_worker.client import Client
 from executus_worker.core.models import RunStatus
 from executus_worker.errors import RunNotFoundError
+from executus_worker.settings import Settings
 
 pytestmark = pytest.mark.redis
 
@@ -29,7 +30,9 @@ class NoBroker:
 
 @pytest.fixture
 def client(redis_url: str, redis_client: redis.Redis) -> Iterator[Client]:
-    with Client.from_url(redis_url) as c:
+    # No worker runs here: the live-agent check at enqueue is tested with the client.
+    no_workers = Settings.model_construct(check_agents_on_enqueue=False)
+    with Client.from_url(redis_url, settings=no_workers) as c:
         c._publisher = NoBroker()
         yield c
 
@@ -102,7 +105,7 @@ def test_the_events_command_prints_lines_and_json(redis_url: str, client: Client
     client.event_log.append(
         run_id, "failed", {"error": "ValueError: x", "traceback": "Traceback (most...)\n  line"}
     )
-    env = {"EXECUTUS_REDIS_URL": redis_url}
+    env = {"EXECUTUS_REDIS_URL": redis_url, "EXECUTUS_CHECK_AGENTS_ON_ENQUEUE": "false"}
     text = CliRunner().invoke(cli.main, ["events", run_id], env=env)
     assert text.exit_code == 0, text.output
     lines = text.stdout.splitlines()

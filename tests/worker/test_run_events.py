@@ -35,7 +35,12 @@ class Collect:
 
 @pytest.fixture
 def settings(redis_url: str, redis_client: redis.Redis) -> Settings:
-    return Settings(redis_url=redis_url, key_prefix=f"ev{uuid.uuid4().hex[:8]}")
+    # No worker process advertises itself here: the handler is called in process.
+    return Settings(
+        redis_url=redis_url,
+        key_prefix=f"ev{uuid.uuid4().hex[:8]}",
+        check_agents_on_enqueue=False,
+    )
 
 
 @pytest.fixture

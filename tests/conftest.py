@@ -60,3 +60,23 @@ def _no_leaked_threads() -> Iterator[None]:
         if t not in before and t.is_alive() and not t.daemon
     ]  # fmt: skip
     assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"
+
+
+_TIMINGS: list[tuple[str, float]] = []
+
+
+@pytest.fixture
+def timing(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Record a measured number (e2e and fault tests); the run prints them all at the end."""
+
+    def record(what: str, seconds: float) -> None:
+        _TIMINGS.append((f"{request.node.name}: {what}", seconds))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _TIMINGS:
+        terminalreporter.section("measured timings")
+        for what, seconds in _TIMINGS:
+            terminalreporter.write_line(f"{seconds:7.2f}s  {what}")

@@ -15,8 +15,6 @@ from e2e.harness import Cluster
 
 from .redis_server import RedisServer, RedisUnavailable
 
-_TIMINGS: list[tuple[str, float]] = []
-
 
 @pytest.fixture
 def fault_redis(tmp_path: Path) -> Iterator[RedisServer]:
@@ -36,20 +34,3 @@ def fault_cluster(fault_redis: RedisServer, tmp_path: Path) -> Iterator[Cluster]
     world = Cluster(fault_redis.url, tmp_path)
     yield world
     world.close()
-
-
-@pytest.fixture
-def timing(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """Record a measured number; the suite prints them all at the end."""
-
-    def record(what: str, seconds: float) -> None:
-        _TIMINGS.append((f"{request.node.name}: {what}", seconds))
-
-    return record
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _TIMINGS:
-        terminalreporter.section("fault timings")
-        for what, seconds in _TIMINGS:
-            terminalreporter.write_line(f"{seconds:7.2f}s  {what}")

@@ -1,7 +1,13 @@
-"""What every CLI command shares: settings from the environment, built when a command starts."""
+"""What every CLI command shares: settings built when a command starts, errors as messages,
+and Ctrl-C as a request to stop rather than an exception in the middle of cleaning up."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import click
@@ -45,3 +51,19 @@ def load_settings() -> Settings:
 
 def make_client() -> Client:
     return Client(load_settings())
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set an event instead of raising mid-cleanup; handlers restored after."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

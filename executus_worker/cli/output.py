@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from executus_worker.core.models import Message, RunRecord
+from executus_worker.client.progress import RunProgress
+from executus_worker.core.models import Message, RunRecord, RunStatus
 
 
 def emit_json(document: Any) -> None:
@@ -33,12 +34,17 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def record_text(record: RunRecord) -> str:
+def record_text(record: RunRecord, progress: RunProgress | None = None) -> str:
     rows = [
         ("run", record.run_id),
         ("status", record.status.value + (" (cancel requested)" if _cancelling(record) else "")),
         ("agent", record.agent),
         ("queue", record.queue),
+    ]
+    if progress is not None:
+        rows += _progress_rows(record, progress)
+    rows += [
+        ("epoch", str(record.epoch)),
         ("attempts", str(record.attempts)),
         ("created", when(record.created_at)),
         ("started", when(record.started_at)),
@@ -52,6 +58,31 @@ def record_text(record: RunRecord) -> str:
     # A failed run's error carries its traceback on the following lines: keep them aligned.
     indent = "\n" + " " * (width + 2)
     return "\n".join(f"{name:<{width}}  " + value.replace("\n", indent) for name, value in rows)
+
+
+def _progress_rows(record: RunRecord, progress: RunProgress) -> list[tuple[str, str]]:
+    rows = [("step", "-" if progress.iteration is None else str(progress.iteration))]
+    if progress.phase or progress.completed_phases:
+        done = "/".join(progress.completed_phases) or "-"
+        rows.append(("phase", f"{progress.phase or '-'} (done: {done})"))
+    rows.append(("owner", record.owner or "-"))
+    if progress.lease_left_s is not None:
+        rows.append(("lease", f"{progress.lease_left_s:.1f}s left"))
+    elif record.status is RunStatus.RUNNING:
+        rows.append(("lease", "expired: the owner is gone; the sweep will re-queue the run"))
+    if progress.problem:
+        rows.append(("problem", progress.problem))
+    return rows
+
+
+def progress_document(progress: RunProgress) -> dict[str, Any]:
+    return {
+        "step": progress.iteration,
+        "phase": progress.phase,
+        "completed_phases": list(progress.completed_phases),
+        "lease_left_s": progress.lease_left_s,
+        "problem": progress.problem,
+    }
 
 
 def _cancelling(record: RunRecord) -> bool:

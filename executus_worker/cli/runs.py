@@ -10,16 +10,19 @@ from typing import Any
 import click
 
 from executus_worker.cli.agents import allow_unknown_agent_option
-from executus_worker.cli.common import json_option, load_settings, make_client
+from executus_worker.cli.common import json_option, load_settings, make_client, stop_on_signals
 from executus_worker.cli.output import (
     emit_json,
+    progress_document,
     record_document,
     record_text,
     runs_table,
     transcript_text,
 )
-from executus_worker.client import WaitTimeout
-from executus_worker.core.models import RunStatus
+from executus_worker.cli.watch import queued_hint, wait_showing_progress, watch_runs
+from executus_worker.client import Client, EnqueueResult, RunProgress, WaitTimeout
+from executus_worker.client.progress import with_final_steps
+from executus_worker.core.models import RunRecord, RunStatus
 from executus_worker.schema import run_request_schema_json
 
 EXIT_TIMEOUT = 124  # what coreutils `timeout` uses, so shell scripts can tell it apart
@@ -32,15 +35,15 @@ def _read_input(value: str) -> dict[str, Any]:
         try:
             text = sys.stdin.read() if source == "-" else Path(source).read_text()
         except OSError as exc:
-            raise click.BadParameter(f"cannot read {source}: {exc.strerror}") from None
+            raise click.UsageError(f"--input: cannot read {source}: {exc.strerror}") from None
     else:
         text = value
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}") from None
+        raise click.UsageError(f"--input is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise click.BadParameter("must be a JSON object")
+        raise click.UsageError(f"--input must be a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -49,7 +52,7 @@ def _metadata(pairs: tuple[str, ...]) -> dict[str, str]:
     for pair in pairs:
         key, sep, val = pair.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--meta")
+            raise click.UsageError(f"--metadata expects KEY=VALUE, got {pair!r}")
         out[key] = val
     return out
 
@@ -65,9 +68,16 @@ def _metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--guild-id", default=None)
 @click.option("--model-tier", default=None, help="Selects the tier's queue.")
-@click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeatable).")
+@click.option("--metadata", "meta", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--max-iterations", type=click.IntRange(min=1), default=None)
-@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Wait this long for the run to end, showing its progress on stderr.",
+)
 @allow_unknown_agent_option
 @json_option
 def enqueue(
@@ -119,22 +129,35 @@ def enqueue(
             if as_json:
                 emit_json(document)
             return
-        try:
-            record = client.wait(result.run_id, wait_s)
-        except WaitTimeout as exc:
-            document.update(status=exc.record.status.value, timed_out=True)
-            if as_json:
-                emit_json(document)
-            else:
-                click.echo(f"Error: {exc}", err=True)
-            sys.exit(EXIT_TIMEOUT)
+        sys.exit(_wait(client, result, wait_s, document, as_json=as_json))
+
+
+def _wait(
+    client: Client, result: EnqueueResult, wait_s: float, document: dict[str, Any], *,
+    as_json: bool,
+) -> int:  # fmt: skip
+    """``enqueue --wait``: the exit code -- 0 completed, 1 ended otherwise, 124 timed out."""
+    try:
         if as_json:
-            document.update(status=record.status.value, timed_out=False)
-            document["record"] = record_document(record)
-            emit_json(document)
+            record = client.wait(result.run_id, wait_s)
         else:
-            click.echo(record_text(record))
-        sys.exit(0 if record.status is RunStatus.COMPLETED else 1)
+            record = wait_showing_progress(client, result.run_id, wait_s)
+    except WaitTimeout as exc:
+        document.update(status=exc.record.status.value, timed_out=True)
+        if as_json:
+            emit_json(document)
+        elif exc.record.status is RunStatus.QUEUED:
+            click.echo(f"Error: {queued_hint(result.run_id, wait_s, result.queue)}", err=True)
+        else:
+            click.echo(f"Error: {exc}", err=True)
+        return EXIT_TIMEOUT
+    if as_json:
+        document.update(status=record.status.value, timed_out=False)
+        document["record"] = record_document(record)
+        emit_json(document)
+    else:
+        click.echo(record_text(record, _progress_of(client, record)))
+    return 0 if record.status is RunStatus.COMPLETED else 1
 
 
 @click.command()
@@ -142,17 +165,25 @@ def enqueue(
 @click.option("--transcript", "-t", "show_transcript", is_flag=True, help="Include messages.")
 @json_option
 def status(run_id: str, show_transcript: bool, as_json: bool) -> None:
-    """Show one run's record (and transcript)."""
+    """Show one run: status, step, phase, owner, epoch, attempts, lease left, error."""
     with make_client() as client:
         record = client.status(run_id)
+        progress = _progress_of(client, record)
         messages = client.transcript(run_id) if show_transcript else None
     if as_json:
-        emit_json(record_document(record, messages))
+        document = record_document(record, messages)
+        document["progress"] = progress_document(progress)
+        emit_json(document)
         return
-    click.echo(record_text(record))
+    click.echo(record_text(record, progress))
     if messages is not None:
         click.echo("")
         click.echo(transcript_text(messages))
+
+
+def _progress_of(client: Client, record: RunRecord) -> RunProgress:
+    found = with_final_steps(client.progress([record.run_id]), {}, client.transcript)
+    return found[0] if found else RunProgress(record.run_id, record)
 
 
 @click.command()
@@ -160,10 +191,35 @@ def status(run_id: str, show_transcript: bool, as_json: bool) -> None:
     "--status", "-s", "status_", type=click.Choice([s.value for s in RunStatus]), default=None
 )
 @click.option("--limit", "-n", type=click.IntRange(min=1, max=10_000), default=100)
+@click.option("--watch", "-w", is_flag=True, help="A live table: step, phase, owner, lease.")
+@click.option("--until-done", is_flag=True, help="With --watch: stop once every run has ended.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.1), default=0.5, show_default=True,
+    metavar="SECONDS", help="With --watch: seconds between refreshes.",
+)  # fmt: skip
 @json_option
-def runs(status_: str | None, limit: int, as_json: bool) -> None:
-    """List recent runs, optionally of one status."""
+def runs(
+    *,
+    status_: str | None,
+    limit: int,
+    watch: bool,
+    until_done: bool,
+    interval: float,
+    as_json: bool,
+) -> None:
+    """List recent runs, optionally of one status; --watch keeps the table live."""
+    if watch and as_json:
+        raise click.UsageError("--watch and --json do not go together")
+    if until_done and not watch:
+        raise click.UsageError("--until-done needs --watch")
     with make_client() as client:
+        if watch:
+            with stop_on_signals() as stop:
+                watch_runs(
+                    client, status=status_, limit=limit, interval_s=interval,
+                    until_done=until_done, stop=stop,
+                )  # fmt: skip
+            return
         records = client.runs(status=status_, limit=limit)
     if as_json:
         emit_json([record_document(r) for r in records])

@@ -143,7 +143,7 @@ def _spec_from_options(name: str, options: dict[str, Any]) -> JobSpec:
     try:
         job_input = json.loads(options["input_json"])
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
+        raise click.UsageError(f"--input is not valid JSON: {exc}") from None
     metadata = {}
     for item in options["metadata"]:
         key, sep, value = item.partition("=")

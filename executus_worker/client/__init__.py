@@ -32,6 +32,7 @@ Nothing connects until the first call that needs Redis or the broker.
 
 from executus_worker.client.client import Client
 from executus_worker.client.ports import EnqueueResult, Publisher, WaitTimeout
+from executus_worker.client.progress import RunProgress
 from executus_worker.errors import PublishError, RunConflictError
 from executus_worker.schedules.admin import JobView
 from executus_worker.schedules.model import JobSpec
@@ -44,5 +45,6 @@ __all__ = [
     "PublishError",
     "Publisher",
     "RunConflictError",
+    "RunProgress",
     "WaitTimeout",
 ]

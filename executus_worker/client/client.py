@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -19,6 +19,7 @@ from executus_worker.checkpoint.store import RunStore
 from executus_worker.client.events import iter_events
 from executus_worker.client.idempotency import request_differences
 from executus_worker.client.ports import EnqueueResult, Publisher, WaitTimeout
+from executus_worker.client.progress import RunProgress, read_progress
 from executus_worker.core.models import Message, RunLimits, RunRecord, RunRequest, RunStatus
 from executus_worker.errors import (
     ConfigError,
@@ -324,6 +325,10 @@ class Client:
                 raise WaitTimeout(run_id, timeout_s, record)
             time.sleep(min(delay, remaining))
             delay = min(delay * 1.5, max_poll_s)
+
+    def progress(self, run_ids: Sequence[str]) -> list[RunProgress]:
+        """Each run's record with its step, phase and lease time left (one round trip)."""
+        return read_progress(self._client(), KeySchema(self.settings.key_prefix), run_ids)
 
     def cancel(self, run_id: str) -> RunRecord:
         """Cancel a run: queued/interrupted runs end at once, a running one at its next step."""

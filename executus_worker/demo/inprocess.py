@@ -1,10 +1,9 @@
-"""``executus-worker demo``: interrupt two runs mid-flight, show their checkpoints, resume them.
+"""``executus-worker demo --in-process``: the run kernel alone, interrupted and resumed.
 
 Runs the real kernel against the real Redis store, in-process (no Celery worker): the point is
-to watch a checkpoint survive an interruption and a resume produce the exact transcript.
-Redis: the given URL, else ``EXECUTUS_REDIS_URL``, else a local Redis on 127.0.0.1:6379,
-else a private embedded redis-server. Keys live under a per-process prefix and are deleted at
-the end, so the demo never touches real runs even on a shared Redis.
+to watch a checkpoint survive an interruption -- its keys are shown as they are in Redis -- and
+a resume produce the exact transcript. Takes about a second. Keys live under a per-process
+prefix and are deleted at the end, so it never touches real runs even on a shared Redis.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -27,12 +26,10 @@ from executus_worker.core.executor import execute
 from executus_worker.core.models import Message, OutcomeKind, RunInfo, RunOutcome, RunRequest
 from executus_worker.core.ports import Deps
 from executus_worker.core.stop import StopReason, StopToken
-from executus_worker.demo.workers import run_worker_demo
-from executus_worker.embedded import EmbeddedRedis, redis_answers
+from executus_worker.demo.resolve import resolve_redis
 from executus_worker.errors import ConfigError, ExecutusError
 from executus_worker.settings import redact_url
 
-LOCAL_HOST, LOCAL_PORT = "127.0.0.1", 6379
 STEP_S = 0.05  # short enough for a demo under a few seconds, long enough to be a "step"
 
 
@@ -59,42 +56,9 @@ SCENARIOS = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ResolvedRedis:
-    url: str
-    description: str
-    embedded: EmbeddedRedis | None = None
-
-
-def resolve_redis(
-    redis_url: str | None,
-    env: dict[str, str] | None = None,
-    answers: Callable[[str, int], bool] = redis_answers,
-) -> ResolvedRedis:
-    """Which Redis to use; starts the embedded one only as the last resort."""
-    environ = dict(os.environ) if env is None else env
-    if redis_url:
-        return ResolvedRedis(redis_url, f"given URL {redact_url(redis_url)}")
-    if environ.get("EXECUTUS_REDIS_URL"):
-        url = environ["EXECUTUS_REDIS_URL"]
-        return ResolvedRedis(url, f"EXECUTUS_REDIS_URL={redact_url(url)}")
-    if answers(LOCAL_HOST, LOCAL_PORT):
-        return ResolvedRedis(
-            f"redis://{LOCAL_HOST}:{LOCAL_PORT}/0", f"local Redis at {LOCAL_HOST}:{LOCAL_PORT}"
-        )
-    server = EmbeddedRedis()
-    url = server.start()
-    source = f"embedded redis-server from {server.source}, pid {server.pid}"
-    return ResolvedRedis(url, f"{source} at {url}", server)
-
-
-def run_demo(redis_url: str | None, out: TextIO, *, workers: bool = False) -> int:
-    """Run the demo, printing to ``out``.
-
-    ``workers``: then also run part 2 (``demo.workers``), the same story with real worker
-    processes, on the same Redis. Returns 0 if every transcript came out exact, 1 if not, 2 if
-    there is no usable Redis.
-    """
+def run_demo(redis_url: str | None, out: TextIO) -> int:
+    """Run it, printing to ``out``: 0 if every transcript came out exact, 1 if not, 2 if there
+    is no usable Redis."""
     started = time.monotonic()
     try:
         resolved = resolve_redis(redis_url)
@@ -111,8 +75,7 @@ def run_demo(redis_url: str | None, out: TextIO, *, workers: bool = False) -> in
     except redis.RedisError as exc:
         print(f"Cannot reach Redis at {redact_url(resolved.url)}: {exc}", file=out)
         client.close()
-        if resolved.embedded is not None:
-            resolved.embedded.stop()
+        resolved.stop()
         return 2
     print(f"Key prefix: {prefix} (deleted at the end)\n", file=out)
     try:
@@ -124,18 +87,14 @@ def run_demo(redis_url: str | None, out: TextIO, *, workers: bool = False) -> in
             ok = demo.scenario(number, scenario, run_id) and ok
         elapsed = time.monotonic() - started
         print(f"{'All transcripts exact' if ok else 'MISMATCH'} ({elapsed:.1f}s).", file=out)
-        if workers:
-            print(file=out)
-            ok = run_worker_demo(resolved.url, out) == 0 and ok
         return 0 if ok else 1
     finally:
         deleted = _cleanup(client, keys, run_ids)
         print(f"Deleted {deleted} demo keys under {prefix}.", file=out)
         client.close()
-        if resolved.embedded is not None:
-            pid = resolved.embedded.pid
-            resolved.embedded.stop()
-            print(f"Stopped the embedded redis-server (pid {pid}).", file=out)
+        stopped = resolved.stop()
+        if stopped:
+            print(f"{stopped[0].upper()}{stopped[1:]}.", file=out)
 
 
 def _cleanup(client: redis.Redis, keys: KeySchema, run_ids: Sequence[str]) -> int:

@@ -1,4 +1,4 @@
-"""The demo, end to end against the private Redis, and how it picks its Redis."""
+"""``demo --in-process`` end to end against the private Redis, and how the demo picks its Redis."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ import re
 
 import pytest
 import redis
+from click.testing import CliRunner
 
+from executus_worker import cli
 from executus_worker.demo import inprocess as demo
-from executus_worker.demo.inprocess import (
-    LOCAL_HOST,
-    LOCAL_PORT,
-    ResolvedRedis,
-    resolve_redis,
-    run_demo,
-)
-from executus_worker.demo.workers import run_worker_demo
+from executus_worker.demo.inprocess import run_demo
+from executus_worker.demo.resolve import LOCAL_HOST, LOCAL_PORT, ResolvedRedis, resolve_redis
 from executus_worker.errors import ConfigError
 
 
@@ -111,27 +107,10 @@ def test_no_redis_at_all_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch)
     assert "No Redis for the demo: no redis-server found" in out.getvalue()
 
 
-@pytest.mark.e2e
-def test_worker_demo_interrupts_real_workers_and_prints_exact_transcripts(
-    redis_url: str, redis_client: redis.Redis
+@pytest.mark.redis
+def test_the_demo_command_runs_the_in_process_part_against_the_given_redis(
+    redis_url: str,
 ) -> None:
-    out = io.StringIO()
-    assert run_worker_demo(redis_url, out) == 0, out.getvalue()
-    text = out.getvalue()
-
-    assert re.search(r"worker A exited with code 0 \d+\.\d+s after SIGTERM", text)
-    # Both runs were caught mid-flight, with a partial checkpoint each.
-    interrupted = r": status interrupted; checkpoint iteration [1-8], [1-8] messages"
-    assert len(re.findall(interrupted, text)) == 2
-    assert "step 1 | step 2 | step 3 | step 4 | step 5 | step 6 | step 7 | step 8" in text
-    assert "plan step 1 | plan step 2 | plan step 3 | work step 1" in text
-    assert text.count("exact: each step once, in order") == 2
-    assert "Worker transcripts exact" in text
-    # Every process stopped, every key under the demo's prefix and its queue gone.
-    prefix = re.search(r"key prefix (\S+), queue (\S+)\)", text)
-    assert prefix is not None
-    assert list(redis_client.scan_iter(match=f"{prefix.group(1)}*")) == []
-    assert not redis_client.exists(prefix.group(2), f"_kombu.binding.{prefix.group(2)}")
-    for pid in re.findall(r"started worker \w: pid (\d+)", text):
-        with pytest.raises(ProcessLookupError):
-            os.kill(int(pid), 0)
+    result = CliRunner().invoke(cli.main, ["demo", "--in-process", "--redis-url", redis_url])
+    assert result.exit_code == 0, result.output
+    assert "All transcripts exact" in result.stdout

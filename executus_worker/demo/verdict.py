@@ -56,17 +56,19 @@ def ownership_conflicts(steps: Sequence[Step]) -> list[str]:
                 f"{a.msg!r} (epoch {a.epoch}, pid {a.pid}) overlapped "
                 f"{b.msg!r} (epoch {b.epoch}, pid {b.pid})"
             )
-    # Claims in the order they started stepping: a step of one after the next began is stale.
+    # Claims in claim order (epoch; the first step's time where an epoch repeats): a step of
+    # one claim that starts after a later claim began stepping is a stale owner's.
     first_start: dict[tuple[int, str], float] = {}
     for step in steps:
         first_start.setdefault(step.claim, step.t0)
+    order = sorted(first_start, key=lambda c: (c[0], first_start[c]))
     for step in steps:
-        mine = first_start[step.claim]
-        newer = [c for c, t in first_start.items() if mine < t < step.t0]
-        if newer:
+        later = order[order.index(step.claim) + 1 :]
+        took_over = [c for c in later if first_start[c] < step.t0]
+        if took_over:
             problems.append(
                 f"{step.msg!r} of epoch {step.epoch} (pid {step.pid}) started after epoch "
-                f"{min(newer)[0]} had taken over"
+                f"{took_over[0][0]} had taken over"
             )
     return problems
 

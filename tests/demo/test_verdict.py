@@ -59,3 +59,10 @@ def test_expected_transcripts_of_the_demo_agents() -> None:
     assert expected_transcript(PHASED, {"phases": ["a", "b"], "steps": 2}) == [
         "a step 1", "a step 2", "b step 1", "b step 2"
     ]  # fmt: skip
+
+
+def test_two_claims_with_the_same_epoch_are_still_told_apart_by_their_fence() -> None:
+    """After Redis lost writes an epoch can repeat; the fence token never does."""
+    a = Step("r", 1, 101, "step 2", 0.0, 2.0, fence="aaa")
+    b = Step("r", 1, 102, "step 2", 1.0, 3.0, fence="bbb")
+    assert any("overlapped" in p for p in ownership_conflicts([a, b]))

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     throttle_ms: int = Field(default=0, ge=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
+    # A worker that cannot reach Redis or the broker this long after it starts exits with a
+    # message naming the setting, rather than retrying for ever with growing sleeps.
+    startup_timeout_s: float = Field(default=30.0, ge=0)
 
     default_queue: str = "executus"
     tier_queues: dict[str, str] = Field(default_factory=dict)  # model_tier -> queue

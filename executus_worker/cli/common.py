@@ -15,8 +15,8 @@ import redis
 from pydantic import ValidationError
 
 from executus_worker.client import Client
-from executus_worker.errors import ExecutusError
-from executus_worker.settings import Settings
+from executus_worker.errors import ExecutusError, PublishError
+from executus_worker.settings import Settings, redact_url
 
 
 class ErrorsAsMessages(click.Group):
@@ -25,12 +25,33 @@ class ErrorsAsMessages(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except PublishError as exc:
+            raise click.ClickException(f"{exc} [broker: {_where('broker')}]") from exc
         except ExecutusError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, redis.ConnectionError | redis.TimeoutError):
+                # The store wraps Redis errors with the command that failed; a user needs
+                # to know which setting points at the Redis that is not there.
+                message = f"cannot reach Redis at {_where('redis')}: {cause}"
+                raise click.ClickException(message) from exc
             raise click.ClickException(str(exc)) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise click.ClickException(f"cannot reach Redis at {_where('redis')}: {exc}") from exc
         except redis.RedisError as exc:
-            raise click.ClickException(f"Redis: {exc}") from exc
+            raise click.ClickException(f"Redis at {_where('redis')}: {exc}") from exc
         except OSError as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+def _where(which: str) -> str:
+    """``EXECUTUS_REDIS_URL=redis://...`` -- the setting to fix, with its value redacted."""
+    try:
+        settings = Settings()
+    except ValidationError:
+        return "EXECUTUS_REDIS_URL"  # already reported when the command loaded its settings
+    if which == "broker" and settings.broker_url is not None:
+        return f"EXECUTUS_BROKER_URL={redact_url(settings.broker_url)}"
+    return f"EXECUTUS_REDIS_URL={redact_url(settings.redis_url)}"
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")

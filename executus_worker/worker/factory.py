@@ -11,21 +11,26 @@ import json
 import logging
 import os
 import ssl
+import sys
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
+from executus_worker.errors import ConfigError
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings, redact_url
 from executus_worker.worker.advertise import start_advertising
 from executus_worker.worker.recovery import RecoveryLoop
 from executus_worker.worker.runtime import Runtime
 from executus_worker.worker.shutdown import ShutdownCoordinator
+from executus_worker.worker.startup import wait_for_services
 from executus_worker.worker.tasks import register_tasks
 
 log = logging.getLogger(__name__)
+
+EXIT_UNAVAILABLE = 69  # sysexits.h EX_UNAVAILABLE: a service the worker needs is not there
 
 # Celery lets these environment variables override app.conf silently.
 _OVERRIDING_ENV = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_BROKER_READ_URL")
@@ -163,6 +168,13 @@ class WorkerHooks:
     def on_worker_init(self, sender: Any = None, **kwargs: Any) -> None:
         if getattr(sender, "app", None) is not self.app:
             return
+        try:
+            wait_for_services(self.settings)
+        except ConfigError as exc:
+            # Celery's logging is not set up yet; SystemExit passes Celery's signal dispatch
+            # (which logs and swallows Exceptions) and ends `celery worker` with this code.
+            print(f"executus worker: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_UNAVAILABLE) from None
         self.active = True
         self.shutdown.on_worker_init(sender)
 

@@ -112,14 +112,18 @@ def test_dev_serves_runs_and_stops_every_child_on_sigterm(
 @pytest.mark.e2e
 @pytest.mark.redis
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc (Linux)")
-def test_worker_execs_so_sigterm_reaches_celery_main_process_directly(redis_url: str) -> None:
+def test_worker_execs_so_sigterm_reaches_celery_main_process_directly(
+    redis_url: str, tmp_path: Path
+) -> None:
     env = {**os.environ, "EXECUTUS_REDIS_URL": redis_url}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "executus_worker.cli", "worker", "-P", "solo", "-l", "WARNING"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "executus_worker.cli", "worker", "-P", "solo", "-l", "INFO"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         # Same pid, new program: the process we started *is* Celery's main process.
         cmdline = Path(f"/proc/{proc.pid}/cmdline")
@@ -127,11 +131,15 @@ def test_worker_execs_so_sigterm_reaches_celery_main_process_directly(redis_url:
         while b"celery" not in cmdline.read_bytes() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert b"executus_worker.worker\0worker" in cmdline.read_bytes()
-        # Let it finish booting (a SIGTERM before Celery installs its handlers kills it with
-        # the default action); 1.5 s was too short on a loaded 2-core box.
-        time.sleep(4)
+        # A SIGTERM before Celery installs its handlers kills it with the default action:
+        # wait for Celery's own "ready" line rather than guessing a boot time.
+        deadline = time.monotonic() + 90
+        while b" ready." not in log.read_bytes() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert b" ready." in log.read_bytes(), log.read_text()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 0, log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

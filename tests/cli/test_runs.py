@@ -153,10 +153,22 @@ def test_an_unknown_status_filter_is_a_usage_error(env: dict[str, str]) -> None:
     assert_clean_error(run(["runs", "--status", "bogus"], env), 2, "bogus")
 
 
-def test_unreachable_redis_is_a_message_not_a_traceback() -> None:
-    env = {"EXECUTUS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    assert_clean_error(run(["status", "x"], env), 1, "Error")
-    assert_clean_error(run(["enqueue", "demo.counter"], env), 1, "Error")
+def test_unreachable_redis_is_a_message_naming_the_setting() -> None:
+    url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
+    shown = url.replace("hunter2", "***")
+    for args in (["status", "x"], ["enqueue", "demo.counter"], ["schedules", "ls"]):
+        result = run(args, {"EXECUTUS_REDIS_URL": url})
+        assert_clean_error(result, 1, f"Error: cannot reach Redis at EXECUTUS_REDIS_URL={shown}")
+        assert "hunter2" not in result.output
+
+
+def test_an_unreachable_broker_is_named_after_the_run_is_registered(
+    env: dict[str, str],
+) -> None:
+    broker = f"redis://127.0.0.1:{free_port()}/0"
+    result = run(["enqueue", "demo.counter"], {**env, "EXECUTUS_BROKER_URL": broker})
+    assert_clean_error(result, 1, "is registered but its message was not published")
+    assert f"[broker: EXECUTUS_BROKER_URL={broker}]" in result.stderr
 
 
 def test_invalid_settings_are_reported_without_their_values() -> None:

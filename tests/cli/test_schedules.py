@@ -130,4 +130,7 @@ def test_the_group_is_mounted_in_the_console_script(env: dict[str, str]) -> None
 
 def test_redis_unreachable_is_a_one_line_error(env: dict[str, str]) -> None:
     result = run(env | {"EXECUTUS_REDIS_URL": "redis://127.0.0.1:9/0"}, "ls")
-    assert result.exit_code == 1 and result.output.startswith("Error: Redis:")
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "Error: cannot reach Redis at EXECUTUS_REDIS_URL=redis://127.0.0.1:9/0: "
+    )

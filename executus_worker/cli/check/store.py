@@ -1,29 +1,19 @@
-"""``executus-worker check``: is this deployment fit to hold runs? (a doctor, as in redbeat).
-
-Each check yields a finding: ``ok``, ``warn`` (works, but a run can be lost or slow) or
-``fail`` (will not work; the command exits non-zero). Values of environment variables are
-never printed -- they may carry passwords -- only their names.
-"""
+"""``check``, the Redis half: reachable, fast, never evicting, persistent, Lua usable; and no
+CELERY_* variable quietly pointing Celery elsewhere."""
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-import click
 import redis
 
 from executus_worker.checkpoint.keys import KeySchema
-from executus_worker.cli.common import load_settings
-from executus_worker.cli.output import emit_json
+from executus_worker.cli.check.findings import Finding
 from executus_worker.settings import Settings, redact_url
 
-Level = Literal["ok", "warn", "fail"]
 PING_SAMPLES = 20
 # Celery reads these straight from the environment and lets them beat the app's own config
 # (celery/app/utils.py: broker_url, broker_read_url, ...), so one stray variable silently
@@ -31,26 +21,7 @@ PING_SAMPLES = 20
 CELERY_URL_OVERRIDES = ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")
 
 
-@dataclass(frozen=True)
-class Finding:
-    level: Level
-    check: str
-    detail: str
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Finding]:
-    env = os.environ if environ is None else environ
-    findings = list(_celery_env(settings, env))
-    findings += list(_redis_checks("redis", settings.redis_url, settings))
-    if settings.effective_broker_url != settings.redis_url:
-        findings += list(_redis_checks("broker", settings.effective_broker_url, None))
-    return findings
-
-
-def _redis_checks(name: str, url: str, settings: Settings | None) -> Iterator[Finding]:
+def redis_checks(name: str, url: str, settings: Settings | None) -> Iterator[Finding]:
     shown = redact_url(url)
     client = redis.Redis.from_url(
         url, socket_connect_timeout=3, socket_timeout=5, decode_responses=True
@@ -134,7 +105,7 @@ def _active_runs(client: redis.Redis, settings: Settings) -> Finding:
     return Finding("ok", "runs", f"{active} active run(s) under prefix {settings.key_prefix!r}")
 
 
-def _celery_env(settings: Settings, env: Mapping[str, str]) -> Iterator[Finding]:
+def celery_env_checks(settings: Settings, env: Mapping[str, str]) -> Iterator[Finding]:
     names = sorted(k for k in env if k.startswith("CELERY_"))
     if not names:
         yield Finding("ok", "env", "no CELERY_* overrides")
@@ -143,19 +114,3 @@ def _celery_env(settings: Settings, env: Mapping[str, str]) -> Iterator[Finding]
         if key in env and env[key] != settings.effective_broker_url:
             yield Finding("fail", "env", f"{key} is set and overrides EXECUTUS_BROKER_URL")
     yield Finding("warn", "env", "Celery reads these from the environment: " + ", ".join(names))
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="The findings as one JSON list on stdout.")
-@click.option("--strict", is_flag=True, help="Exit non-zero on warnings too.")
-def check(as_json: bool, strict: bool) -> None:
-    """Doctor: can this Redis hold runs safely? Exit 1 on failure."""
-    findings = run_checks(load_settings())
-    if as_json:
-        emit_json([f.as_dict() for f in findings])
-    else:
-        for finding in findings:
-            click.echo(f"[{finding.level:<4}] {finding.check}: {finding.detail}")
-    failing = {"fail", "warn"} if strict else {"fail"}
-    if any(f.level in failing for f in findings):
-        sys.exit(1)

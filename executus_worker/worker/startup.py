@@ -1,0 +1,73 @@
+"""Before a worker starts consuming: are Redis and the broker there? Wait a bounded time.
+
+Celery's own start-up retries the broker a hundred times with growing sleeps and says little
+about which setting is wrong. A worker that cannot do anything useful should say so, naming
+the variable to fix, and exit: its supervisor restarts it, and ``kubectl logs`` shows why.
+Once started, outages are ridden through (that is the transport's and the runtime's job).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from executus_worker.errors import ConfigError
+from executus_worker.settings import Settings, redact_url
+
+RETRY_S = 1.0
+PING_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Service:
+    setting: str  # the variable a user sets, e.g. EXECUTUS_BROKER_URL
+    url: str
+    role: str  # "Redis", "the broker"
+
+    def ping(self) -> None:
+        client = redis.Redis.from_url(
+            self.url, socket_connect_timeout=PING_TIMEOUT_S, socket_timeout=PING_TIMEOUT_S
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+
+def services(settings: Settings) -> list[Service]:
+    store = Service("EXECUTUS_REDIS_URL", settings.redis_url, "Redis")
+    if settings.effective_broker_url == settings.redis_url:
+        return [store]
+    return [store, Service("EXECUTUS_BROKER_URL", settings.effective_broker_url, "the broker")]
+
+
+def wait_for_services(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Return once every service answers PING; ``ConfigError`` naming the first that did not
+    within ``settings.startup_timeout_s`` (0: one try)."""
+    deadline = clock() + settings.startup_timeout_s
+    for service in services(settings):
+        while True:
+            try:
+                service.ping()
+                break
+            except (redis.RedisError, OSError) as exc:
+                if clock() + RETRY_S > deadline:
+                    raise ConfigError(unreachable(service, settings, exc)) from exc
+            sleep(RETRY_S)
+
+
+def unreachable(service: Service, settings: Settings, exc: Exception) -> str:
+    waited = f"{settings.startup_timeout_s:g} s"
+    return (
+        f"cannot reach {service.role} at {service.setting}={redact_url(service.url)} "
+        f"(waited {waited}: {exc}); start it or fix {service.setting} "
+        "(EXECUTUS_STARTUP_TIMEOUT_S sets how long a worker waits)"
+    )

@@ -40,7 +40,9 @@ STATUS_STYLE = {
 
 
 def plain_owner(owner: str) -> str:
-    return owner
+    """``host:pid``: an owner may add ``:<boot>.<pidns>.<start>`` (worker.identity), which
+    proves a pid dead but only widens a table."""
+    return ":".join(owner.split(":")[:2])
 
 
 @dataclass

@@ -131,8 +131,9 @@ class Fleet:
         return self._labels.get(pid, f"pid {pid}")
 
     def label_owner(self, owner: str) -> str:
-        _, _, pid = owner.rpartition(":")
-        return self.label_pid(int(pid)) if pid.isdigit() else owner
+        """An owner is ``host:pid`` or ``host:pid:<boot>.<pidns>.<start>`` (worker.identity)."""
+        parts = owner.split(":")
+        return self.label_pid(int(parts[1])) if len(parts) > 1 and parts[1].isdigit() else owner
 
     def worker_of(self, owner: str | None) -> Child | None:
         if not owner:

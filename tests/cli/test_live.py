@@ -104,3 +104,11 @@ def test_without_a_terminal_each_event_is_one_plain_line() -> None:
     ]
     assert lines[2] == "summary"
     assert "\x1b[" not in out.getvalue()
+
+
+def test_owners_are_shown_as_host_and_pid() -> None:
+    tracker = EventTracker()
+    tracker.observe([progress(RunStatus.QUEUED)])
+    owner = "vm:4242:0a1b2c3d.4026531836.987654"
+    events = tracker.observe([progress(RunStatus.RUNNING, epoch=1, owner=owner, lease=1.0)])
+    assert events == ["r1 claimed by vm:4242 (epoch 1, attempt 1)"]

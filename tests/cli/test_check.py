@@ -65,7 +65,7 @@ def test_check_reports_agents_workers_queue_depth_and_stranded_messages(
     assert "demo.counter, demo.phased" in agents["detail"]
     [workers] = by_check["workers"]
     assert workers["level"] == "warn"
-    assert "no worker answered" in workers["detail"]
+    assert "no live worker on this Redis and key prefix" in workers["detail"]
     assert "(executus-worker worker)" in workers["detail"]
     [queue] = by_check["queues"]
     assert queue["level"] == "warn"

@@ -1,28 +1,27 @@
 """``check``, the deployment half: agents file, live workers, queue depth, stranded messages.
 
-A worker is "alive" if it answers Celery's remote-control ``active_queues`` broadcast within
-``WORKER_REPLY_S``; that also says which queues each one consumes, so a queue with runs
-waiting and nobody consuming it is named. Stranded messages are ``executus.run`` messages on
-a broker list that is none of this deployment's queues (``send_task`` without ``queue=``
-lands on Celery's default ``celery`` queue, which no executus worker reads).
+A worker is "alive" while its advertisement in the agent directory lives (``fleet``: each
+worker refreshes it with a TTL); it says which agents and queues the worker serves, so a
+queue with runs waiting and nobody consuming it is named (no broadcast, no reply queue).
+Stranded messages are ``executus.run`` messages on a broker list that is none of this
+deployment's queues (``send_task`` without ``queue=`` lands on Celery's default ``celery``
+queue, which no executus worker reads).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Generator, Iterator
-from typing import Any
 
 import redis
 
 from executus_worker.cli.check.findings import Finding
 from executus_worker.cli.processes import all_queues
-from executus_worker.core.agents import AgentRegistry
+from executus_worker.client import Client
 from executus_worker.errors import ConfigError
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings
 
-WORKER_REPLY_S = 2.0
 PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: <queue><sep><priority> per priority step
 PRIORITY_STEPS = (3, 6, 9)  # 0 is the queue's own name
 SCAN_LIMIT = 100_000  # keys looked at for stranded messages: a bound on a huge shared Redis
@@ -45,9 +44,14 @@ def fleet_checks(settings: Settings) -> Iterator[Finding]:
 
 
 def agents_finding(settings: Settings) -> Finding:
+    """The agents file loaded as a worker loads it, and every factory imported."""
+    # The registry and the model adapters only for `check`, not for every CLI command.
+    from executus_worker.core.agents import AgentRegistry  # noqa: PLC0415
+    from executus_worker.models.declarative import declared_agents  # noqa: PLC0415
+
     path = settings.agents_file
     try:
-        registry = AgentRegistry.with_builtins(agents_file=path)
+        registry = AgentRegistry.with_builtins(agents_file=path, declared=declared_agents(settings))
         registry.load_all()  # imports every factory, as a worker will on first use
     except ConfigError as exc:
         return Finding("fail", "agents", f"EXECUTUS_AGENTS_FILE={path}: {exc}")
@@ -57,31 +61,28 @@ def agents_finding(settings: Settings) -> Finding:
 
 
 def _workers(settings: Settings) -> Generator[Finding, None, dict[str, list[str]]]:
-    """Yields the worker findings; returns queue -> the workers consuming it."""
-    from executus_worker.worker.factory import create_app  # noqa: PLC0415 -- Celery, on demand
-
-    app = create_app(settings)
+    """Yields the worker findings; returns queue -> the live workers consuming it."""
+    client = Client(settings)
     try:
-        replies: dict[str, Any] | None = app.control.inspect(timeout=WORKER_REPLY_S).active_queues()
-    except Exception as exc:  # kombu's OperationalError, a CELERY_* override, ...: a finding
-        yield Finding("fail", "workers", f"cannot ask the workers over the broker: {exc}")
-        return {}
+        directory = client.agents()
     finally:
-        app.close()
+        client.close()
     consumers: dict[str, list[str]] = {}
-    for hostname, queues in sorted((replies or {}).items()):
-        for queue in queues or ():
-            consumers.setdefault(str(queue.get("name")), []).append(hostname)
-    if not replies:
+    for ad in directory.workers:
+        for queue in ad.queues:
+            consumers.setdefault(queue, []).append(ad.worker)
+    if not directory.workers:
         yield Finding(
             "warn", "workers",
-            f"no worker answered within {WORKER_REPLY_S:g} s: queued runs wait until one "
-            "starts (executus-worker worker)",
+            "no live worker on this Redis and key prefix: queued runs wait until one starts "
+            "(executus-worker worker)",
         )  # fmt: skip
-        return consumers
-    for hostname, queues in sorted(replies.items()):
-        served = ", ".join(sorted(str(q.get("name")) for q in queues or ())) or "no queues"
-        yield Finding("ok", "workers", f"{hostname} is alive, consuming {served}")
+    for ad in directory.workers:
+        served = ", ".join(ad.queues) or "no queues"
+        if ad.error:
+            yield Finding("fail", "workers", f"{ad.worker} serves no agents: {ad.error}")
+        else:
+            yield Finding("ok", "workers", f"{ad.worker} is alive, consuming {served}")
     return consumers
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 
@@ -26,10 +28,14 @@ class Service:
     setting: str  # the variable a user sets, e.g. EXECUTUS_BROKER_URL
     url: str
     role: str  # "Redis", "the broker"
+    options: dict[str, Any] = field(default_factory=dict)  # as the real client connects
 
     def ping(self) -> None:
         client = redis.Redis.from_url(
-            self.url, socket_connect_timeout=PING_TIMEOUT_S, socket_timeout=PING_TIMEOUT_S
+            self.url,
+            socket_connect_timeout=PING_TIMEOUT_S,
+            socket_timeout=PING_TIMEOUT_S,
+            **self.options,
         )
         try:
             client.ping()
@@ -39,9 +45,19 @@ class Service:
 
 def services(settings: Settings) -> list[Service]:
     store = Service("EXECUTUS_REDIS_URL", settings.redis_url, "Redis")
-    if settings.effective_broker_url == settings.redis_url:
+    broker_url = settings.effective_broker_url
+    if broker_url == settings.redis_url:
         return [store]
-    return [store, Service("EXECUTUS_BROKER_URL", settings.effective_broker_url, "the broker")]
+    return [store, Service("EXECUTUS_BROKER_URL", broker_url, "the broker", _as_kombu(broker_url))]
+
+
+def _as_kombu(broker_url: str) -> dict[str, Any]:
+    """The TLS the worker's broker connection will use (factory._transport_config): a bare
+    rediss:// is encrypted without certificate checks, as kombu does; redis-py would verify."""
+    parts = urlsplit(broker_url)
+    if parts.scheme == "rediss" and not any(k.startswith("ssl_") for k in parse_qs(parts.query)):
+        return {"ssl_cert_reqs": "none"}
+    return {}
 
 
 def wait_for_services(

@@ -90,3 +90,14 @@ def test_a_real_worker_without_redis_exits_with_the_setting_named() -> None:
     # Bounded: the 2 s wait plus interpreter and Celery start-up, nowhere near Celery's own
     # hundred retries (a generous bound on a loaded box, not a speed assertion).
     assert time.monotonic() - started < 60
+
+
+def test_the_broker_is_pinged_with_the_tls_the_worker_will_use() -> None:
+    """A bare rediss:// broker is encrypted without certificate checks (kombu's default, see
+    factory._transport_config); pinging it with redis-py's verifying default would fail."""
+    bare = Settings(redis_url="redis://r:1/0", broker_url="rediss://b:2/0")
+    explicit = Settings(
+        redis_url="redis://r:1/0", broker_url="rediss://b:2/0?ssl_cert_reqs=required"
+    )
+    assert [s.options for s in startup.services(bare)] == [{}, {"ssl_cert_reqs": "none"}]
+    assert [s.options for s in startup.services(explicit)] == [{}, {}]

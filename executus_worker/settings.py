@@ -6,10 +6,12 @@ package reads the environment at import time and there is no module-level instan
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -113,6 +115,22 @@ class Settings(BaseSettings):
     worker_advert_ttl_s: float = Field(default=60.0, ge=1)
     check_agents_on_enqueue: bool = True
 
+    # Operating it (ops/README.md). Metrics are off unless a port is set: several workers on
+    # one host (dev, the demo, systemd instances) would otherwise fight over one port, and a
+    # listening socket on every interface should be asked for, not found.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_addr: str = "0.0.0.0"  # noqa: S104 -- scraped from other hosts (Prometheus, KEDA)
+    # prometheus_client's multiprocess directory; None: a fresh temporary one per worker.
+    metrics_dir: Path | None = None
+    # The main process rewrites this file every health_interval_s; `executus-worker health`
+    # calls it stale after health_stale_s (a liveness probe that never touches the broker).
+    health_file: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "executus-worker.health"
+    )
+    health_interval_s: float = Field(default=5.0, gt=0)
+    health_stale_s: float = Field(default=30.0, gt=0)
+    log_format: Literal["text", "json"] = "text"
+
     @field_validator("redis_url", "broker_url")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
@@ -155,6 +173,17 @@ class Settings(BaseSettings):
         if self.renew_timeout_s is not None:
             return self.renew_timeout_s
         return min(2.0, max(0.25, self.lease_ttl_s / 10))
+
+    @field_validator("health_stale_s")
+    @classmethod
+    def _stale_after_a_missed_write(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("health_interval_s")  # declared, so validated, before
+        if interval is not None and value <= interval:
+            raise ValueError(
+                f"must exceed EXECUTUS_HEALTH_INTERVAL_S ({interval:g}): a healthy worker "
+                "would read as stale"
+            )
+        return value
 
     @property
     def effective_audit_stream_ttl_s(self) -> int:

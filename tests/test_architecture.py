@@ -119,6 +119,14 @@ def test_checkpoint_critic_batteries_depend_on_core_only(
     assert third_party_violations(subpackage, QUEUE_LIBS - extra_third) == []
 
 
+def test_observability_sees_the_core_ports_never_the_worker_or_celery() -> None:
+    """The worker feeds metrics and logs through ports; they never reach back into it."""
+    allowed_ours = BASE | {f"{PKG}.observability"}
+    found = violations("observability", allowed_ours, set())
+    assert [v for v in found if "third-party" not in v] == []
+    assert third_party_violations("observability", {"celery", "kombu", "billiard"}) == []
+
+
 def closure(start: str) -> set[str]:
     """The package modules ``start`` reaches through imports (parents count: importing
     ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__``)."""

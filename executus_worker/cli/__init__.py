@@ -8,6 +8,7 @@ dev.py        dev: Redis + worker + beat in one foreground command
 runs.py       enqueue, status, runs, cancel, recover, schema
 agents.py     agents: which live worker serves which agent
 check.py      check: is this deployment fit to hold runs?
+health.py     health: the liveness probe (reads the worker's heartbeat file, nothing else)
 demo.py       demo: the whole story, live
 schedules.py  schedules: cron jobs in the file and in Redis
 """

@@ -30,6 +30,7 @@ COMMANDS = {
     "dev": "dev",
     "enqueue": "runs",
     "events": "events",
+    "health": "health",
     "recover": "runs",
     "runs": "runs",
     "schedules": "schedules",

@@ -26,6 +26,23 @@ from executus_worker.embedded import EmbeddedRedis, redis_answers
 from executus_worker.settings import Settings, redact_url
 
 LOCAL_REDIS = ("127.0.0.1", 6379)
+# One local worker has no peers: mingle would only cost a second at every start.
+DEV_WORKER_ARGS = ("--without-mingle", "--without-gossip")
+
+
+def quieter(argv: Sequence[str], *, tty: bool) -> list[str]:
+    """Without a terminal (a log file, CI), Celery prints no banner and no colour codes.
+
+    ``--quiet`` and ``--no-color`` are options of the ``celery`` command itself, so they go
+    before the subcommand (right after ``-A app``).
+    """
+    argv = list(argv)
+    if tty:
+        return argv
+    at = argv.index("-A") + 2
+    return [*argv[:at], "--quiet", "--no-color", *argv[at:]]
+
+
 POLL_S = 0.2
 
 
@@ -75,11 +92,13 @@ class DevSupervisor:
 
     def start(self) -> None:
         env = self.child_env()
-        self._spawn("worker", worker_argv(
-            self.settings, pool="threads", concurrency=self.concurrency, loglevel=self.loglevel
-        ), env)  # fmt: skip
+        tty = sys.stdout.isatty()
+        self._spawn("worker", quieter(worker_argv(
+            self.settings, pool="threads", concurrency=self.concurrency, loglevel=self.loglevel,
+            extra=DEV_WORKER_ARGS,
+        ), tty=tty), env)  # fmt: skip
         if self.with_beat:
-            self._spawn("beat", beat_argv(loglevel=self.loglevel), env)
+            self._spawn("beat", quieter(beat_argv(loglevel=self.loglevel), tty=tty), env)
 
     def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
         proc = subprocess.Popen(list(argv), env=dict(env), start_new_session=True)

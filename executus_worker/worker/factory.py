@@ -18,10 +18,14 @@ from urllib.parse import parse_qs, urlsplit
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
+from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.errors import ConfigError
+from executus_worker.observability import logs
+from executus_worker.observability.process import Observability
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings, redact_url
 from executus_worker.worker.advertise import start_advertising
+from executus_worker.worker.messages import run_id_of
 from executus_worker.worker.recovery import RecoveryLoop
 from executus_worker.worker.runtime import Runtime
 from executus_worker.worker.shutdown import ShutdownCoordinator
@@ -150,13 +154,17 @@ class WorkerHooks:
         self.app = app
         self.settings = settings
         self.shutdown = ShutdownCoordinator(grace_s=settings.shutdown_grace_s)
-        self.runtime = Runtime(settings, drain=self.shutdown.drain)
+        self.observability = Observability(settings)
+        self.runtime = Runtime(
+            settings, drain=self.shutdown.drain, metrics=self.observability.metrics
+        )
         self.recovery = RecoveryLoop(
             self.runtime.recovery,
             interval_s=settings.sweep_interval_s,
             drain=self.shutdown.drain,
         )
         self.active = False  # set in the MainProcess; prefork children inherit it
+        self._log_tokens: dict[str, Any] = {}  # task id -> its run's log context
 
     def connect(self) -> None:
         # weak=False: the receivers are bound methods of this object, kept alive by Celery.
@@ -164,6 +172,12 @@ class WorkerHooks:
         signals.worker_process_init.connect(self.on_process_init, weak=False)
         signals.worker_ready.connect(self.on_worker_ready, weak=False)
         signals.worker_shutting_down.connect(self.on_shutting_down, weak=False)
+        signals.worker_shutdown.connect(self.on_worker_shutdown, weak=False)
+        # Both fire wherever Celery sets up logging for this app (worker and beat).
+        signals.after_setup_logger.connect(self.on_setup_logger, weak=False)
+        signals.after_setup_task_logger.connect(self.on_setup_logger, weak=False)
+        signals.task_prerun.connect(self.on_task_prerun, weak=False)
+        signals.task_postrun.connect(self.on_task_postrun, weak=False)
 
     def on_worker_init(self, sender: Any = None, **kwargs: Any) -> None:
         if getattr(sender, "app", None) is not self.app:
@@ -177,6 +191,11 @@ class WorkerHooks:
             raise SystemExit(EXIT_UNAVAILABLE) from None
         self.active = True
         self.shutdown.on_worker_init(sender)
+        # Before the pool forks: children inherit the metrics directory.
+        self.observability.start_main(
+            queues=_consumed_queues(sender, self.settings),
+            active_index_key=KeySchema(self.settings.key_prefix).active,
+        )
 
     def on_process_init(self, **kwargs: Any) -> None:
         if self.active:
@@ -206,8 +225,42 @@ class WorkerHooks:
         self.shutdown.start_escalation()
         # Before "ready." is logged: a producer that waits for it finds this worker's agents.
         start_advertising(s, sender, self.runtime, self.shutdown.drain)
+        self.observability.ready()
 
     def on_shutting_down(self, how: str = "Warm", **kwargs: Any) -> None:
         """Inside the MainProcess signal handler: flag and forward only, never block."""
         if self.active:
             self.shutdown.on_shutting_down(how)
+            self.observability.draining()
+
+    def on_worker_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
+        """MainProcess, after the pool stopped: close the metrics server, drop the files."""
+        if self.active:
+            self.observability.stop()
+
+    def on_setup_logger(self, logger: Any = None, **kwargs: Any) -> None:
+        if isinstance(logger, logging.Logger):
+            logs.configure(logger, self.settings.log_format)
+
+    def on_task_prerun(
+        self, sender: Any = None, task_id: str | None = None, args: Any = None,
+        kwargs: Any = None, **extra: Any,
+    ) -> None:  # fmt: skip
+        """Celery's own lines about the task ("succeeded in ...") name the run too."""
+        if self.active and task_id and getattr(sender, "name", None) == TASK_RUN:
+            token = logs.bind(run_id_of(args or (), kwargs or {}))
+            if token is not None:
+                self._log_tokens[task_id] = token
+
+    def on_task_postrun(self, task_id: str | None = None, **extra: Any) -> None:
+        token = self._log_tokens.pop(task_id, None) if task_id else None
+        if token is not None:
+            logs.unbind(token)
+
+
+def _consumed_queues(worker: Any, settings: Settings) -> list[str]:
+    """The queues this worker consumes (``-Q``), else every queue of the app's settings."""
+    selected = getattr(getattr(worker, "app", None), "amqp", None)
+    queues = getattr(selected, "queues", None)
+    names = sorted(queues.consume_from) if queues is not None and queues.consume_from else []
+    return names or list(dict.fromkeys([settings.default_queue, *settings.tier_queues.values()]))

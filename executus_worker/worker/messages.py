@@ -48,6 +48,11 @@ def valid_run_id(value: object) -> str | None:
         return None
 
 
+def run_id_of(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+    """The valid run id a message names in its arguments, if any (for logs: never trusted)."""
+    return valid_run_id(split_args(args, kwargs)[0])
+
+
 def parse_request(raw: object, max_bytes: int) -> RunRequest:
     if raw is None:
         raise PayloadError("the message carries no run request")

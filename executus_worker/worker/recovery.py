@@ -22,6 +22,7 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -32,6 +33,7 @@ from executus_worker.checkpoint.events import RedisEventLog
 from executus_worker.checkpoint.store import Requeued, RunStore
 from executus_worker.core.models import RunStatus
 from executus_worker.core.ports import AuditEvent
+from executus_worker.observability import Metrics, NullMetrics
 from executus_worker.publish import RunMessage
 from executus_worker.worker.shutdown import DrainToken
 from executus_worker.worker.takeover import release_dead_owners
@@ -44,6 +46,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+# Why a run needed recovering, from the status the sweep found it in (metrics label).
+RECOVERY_REASONS = {
+    RunStatus.INTERRUPTED: "interrupted",  # warm shutdown left it for another worker
+    RunStatus.RUNNING: "lease_expired",  # its owner died or was cut off
+    RunStatus.QUEUED: "queued_timeout",  # its message was lost before any claim
+}
 
 
 class Publisher(Protocol):
@@ -101,8 +111,10 @@ class Recovery:
         batch: int = 1000,
         clock: Callable[[], float] = time.time,
         events: RedisEventLog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or NullMetrics()
         self._publisher = publisher
         self._queued_timeout_s = queued_timeout_s
         self._lock = lock
@@ -150,6 +162,7 @@ class Recovery:
                 log.error("recovery: skipped run %s: %s", run_id, what)
             report.errors.extend(batch.errors)
             report.requeued += len(batch.requeued)
+            self._count(batch.requeued)
             started = time.perf_counter()
             self._publish(batch.requeued, report)
             report.publish_s += time.perf_counter() - started
@@ -157,6 +170,13 @@ class Recovery:
                 return  # walked to the end (or a store that went round in circles)
             seen.add(batch.cursor)
             cursor = batch.cursor
+
+    def _count(self, requeued: Sequence[Requeued]) -> None:
+        reasons = Counter(
+            RECOVERY_REASONS.get(r.previous_status, r.previous_status.value) for r in requeued
+        )
+        for reason, count in reasons.items():
+            self._metrics.recovered(reason, count)
 
     def _publish(self, requeued: Sequence[Requeued], report: SweepReport) -> None:
         if not requeued:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import redis
 
@@ -20,11 +22,19 @@ from executus_worker.core.executor import execute
 from executus_worker.core.ports import Deps
 from executus_worker.core.stop import StopToken
 from executus_worker.models.declarative import declared_agents
+from executus_worker.observability import Metrics, NullMetrics, logs
+from executus_worker.observability.instruments import (
+    ObservedCritic,
+    TimedCheckpoints,
+    observe_delivery,
+    observed_execute,
+)
 from executus_worker.publish import BatchPublisher
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats
+from executus_worker.worker.messages import run_id_of
 from executus_worker.worker.recovery import Recovery, ScanLock
-from executus_worker.worker.runs import RunHandler
+from executus_worker.worker.runs import Handled, RunHandler
 from executus_worker.worker.wiring import Batteries, build_batteries, event_log
 
 log = logging.getLogger(__name__)
@@ -58,9 +68,16 @@ def agent_registry(settings: Settings) -> AgentRegistry:
 class Runtime:
     """Per-process singletons for one worker, rebuilt if the process forked since."""
 
-    def __init__(self, settings: Settings, *, drain: StopToken) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        drain: StopToken,
+        metrics: Callable[[], Metrics] = NullMetrics,
+    ) -> None:
         self.settings = settings
         self._drain = drain
+        self._metrics = metrics  # this process's metrics hooks (Observability.metrics)
         self._lock = threading.RLock()  # handler() builds the store under the same lock
         self._pid: int | None = None
         self._client: redis.Redis | None = None
@@ -103,16 +120,30 @@ class Runtime:
                 self._handler = self._build_handler(store)
             return self._handler
 
+    def handle(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any], *, task_id: str | None
+    ) -> Handled:
+        """One ``executus.run`` delivery: its log lines name the run, its ending is counted."""
+        handler = self.handler()
+        with logs.run_context(run_id_of(args, kwargs)):
+            handled = handler.handle(args, kwargs, task_id=task_id)
+        observe_delivery(handled, self._metrics())
+        return handled
+
     def _build_handler(self, store: RedisStore) -> RunHandler:
         s = self.settings
         registry = agent_registry(s)
         batteries = self._batteries = build_batteries(s, self.client(), registry)
+        metrics = self._metrics()
         deps = Deps(
-            checkpoints=StoreCheckpointerFactory(
-                store, throttle_ms=s.throttle_ms, result_ttl_s=s.result_ttl_s
+            checkpoints=TimedCheckpoints(
+                StoreCheckpointerFactory(
+                    store, throttle_ms=s.throttle_ms, result_ttl_s=s.result_ttl_s
+                ),
+                metrics,
             ),
             audit=batteries.audit,
-            critic=batteries.critic,
+            critic=ObservedCritic(batteries.critic, metrics),
             budget=batteries.budget,
             persona=batteries.persona,
             skills=batteries.skills,
@@ -124,7 +155,7 @@ class Runtime:
             deps=deps,
             settings=s,
             drain=self._drain,
-            execute=execute,
+            execute=observed_execute(execute, metrics),
             # Renewals on their own connection with a short timeout: a slow save or a dead
             # socket on the main client must not hold up the leases.
             heartbeats=Heartbeats(
@@ -159,4 +190,5 @@ class Runtime:
             queued_timeout_s=s.queued_timeout_s,
             lock=ScanLock(client, scan_lock_key(s.key_prefix), ttl_ms=_SCAN_LOCK_TTL_MS),
             events=event_log(s, client) if s.audit_stream else None,
+            metrics=self._metrics(),
         )

@@ -42,7 +42,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
     )
     def run(self: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, str | None]:
         try:
-            return runtime.handler().handle(args, kwargs, task_id=self.request.id).as_dict()
+            return runtime.handle(args, kwargs, task_id=self.request.id).as_dict()
         except SoftTimeLimitExceeded:
             # The shutdown escalation landed outside the run loop (claim, bookkeeping): the
             # lease expires and recovery resumes the run. Return normally, so it is acked.

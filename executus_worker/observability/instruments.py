@@ -146,8 +146,8 @@ class TimedCheckpoints:
         self.inner = inner
         self._metrics = metrics
 
-    def begin(self, run: RunInfo) -> RunCheckpointer | None:
-        handle = self.inner.begin(run)
+    def begin(self, run: RunInfo, stop: StopToken) -> RunCheckpointer | None:
+        handle = self.inner.begin(run, stop)
         return None if handle is None else _TimedCheckpointer(handle, self._metrics)
 
 

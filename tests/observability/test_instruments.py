@@ -115,8 +115,10 @@ def test_a_throttled_save_is_not_timed(metrics) -> None:
     store.register(request, run_id="r", queue="q", now=0)
     claim = store.claim("r", owner="w", lease_ttl_s=30, max_attempts=5, now=0)
     inner = StoreCheckpointerFactory(store, throttle_ms=60_000)
-    info = RunInfo.from_request(request, run_id="r", epoch=claim.epoch, attempt=1)
-    handle = TimedCheckpoints(inner, metrics).begin(info)
+    info = RunInfo.from_request(
+        request, run_id="r", epoch=claim.epoch, attempt=1, fence=claim.fence.token
+    )
+    handle = TimedCheckpoints(inner, metrics).begin(info, StopToken())
     assert handle is not None
     checkpoint = Checkpoint(run_id="r", epoch=claim.epoch, iteration=0, messages=[])
     assert handle.save(checkpoint) is True
@@ -132,7 +134,7 @@ def test_recoveries_are_counted_by_reason(metrics) -> None:
                        queue="q", now=0)  # fmt: skip
         claim = store.claim(run_id, owner="w", lease_ttl_s=30, max_attempts=5, now=0)
         if run_id == "a":
-            store.interrupt(run_id, epoch=claim.epoch, now=0)
+            store.interrupt(run_id, fence=claim.fence, now=0)
 
     class Sink:
         def publish_many(self, messages: object) -> int:

@@ -85,9 +85,8 @@ class _Handled(Protocol):
 
 
 def observe_delivery(handled: _Handled, metrics: Metrics) -> None:
-    """Count one ``executus.run`` delivery by what became of it."""
-
-    def count() -> None:
+    """Count one ``executus.run`` delivery by what became of it (per delivery: no closures)."""
+    try:
         metrics.delivery(handled.action)
         if handled.action == "duplicate":
             metrics.duplicate_dropped()
@@ -95,8 +94,8 @@ def observe_delivery(handled: _Handled, metrics: Metrics) -> None:
             metrics.run_status(_STATUS_FOR_OUTCOME[handled.outcome])
         elif handled.action in _TERMINAL_ACTIONS:
             metrics.run_status(handled.action)
-
-    _quietly("delivery", count)
+    except Exception:
+        log.exception("metrics hook delivery failed (ignored)")
 
 
 class ObservedCritic:

@@ -125,8 +125,13 @@ class Runtime:
     ) -> Handled:
         """One ``executus.run`` delivery: its log lines name the run, its ending is counted."""
         handler = self.handler()
-        with logs.run_context(run_id_of(args, kwargs)):
+        # Under a worker Celery's task_prerun hook has named the run already (factory.py).
+        token = None if logs.current() is not None else logs.bind(run_id_of(args, kwargs))
+        try:
             handled = handler.handle(args, kwargs, task_id=task_id)
+        finally:
+            if token is not None:
+                logs.unbind(token)
         observe_delivery(handled, self._metrics())
         return handled
 

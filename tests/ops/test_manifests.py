@@ -129,6 +129,17 @@ def test_worker_liveness_tolerates_the_heartbeat_stale_limit() -> None:
     assert any(str(settings.health_file).startswith(f"{m.rstrip('/')}/") for m in mounts)
 
 
+def test_the_startup_probe_outlasts_the_workers_own_wait_for_redis() -> None:
+    """The heartbeat file appears once the worker reached Redis and the broker, which it waits
+    for up to EXECUTUS_STARTUP_TIMEOUT_S before exiting with a message: the kubelet must not
+    kill it first, or the message is never seen."""
+    c = container(manifests()[("Deployment", "executus-worker")], "worker")
+    env = env_of(c)
+    startup_s = float(env.get("EXECUTUS_STARTUP_TIMEOUT_S", Settings().startup_timeout_s))
+    probe = c["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= startup_s + 30
+
+
 def test_containers_run_the_cli_through_the_image_entrypoint() -> None:
     """No `command:` override: the exec-form ENTRYPOINT makes Celery's main process PID 1, so
     SIGTERM reaches it and only it."""

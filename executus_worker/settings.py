@@ -86,6 +86,16 @@ class Settings(BaseSettings):
     audit_stream: bool = True
     audit_stream_maxlen: int = Field(default=1000, ge=10)
     audit_stream_ttl_s: int | None = Field(default=None, ge=1)
+    # Budget: tokens and cost per run across its attempts and per guild per UTC day, counted in
+    # Redis. Per-run limits apply to every run (a request's metadata "executus.max_tokens" /
+    # "executus.max_cost_usd" can only lower them); daily limits per guild id, "*" for every
+    # guild without its own. Only runs some limit applies to are counted, unless
+    # budget_track_all (one round trip per model step).
+    budget_run_max_tokens: int | None = Field(default=None, ge=1)
+    budget_run_max_cost_usd: float | None = Field(default=None, gt=0)
+    budget_guild_daily_tokens: dict[str, int] = Field(default_factory=dict)
+    budget_guild_daily_cost_usd: dict[str, float] = Field(default_factory=dict)
+    budget_track_all: bool = False
 
     schedule_file: Path | None = None
     # How long a beat's enqueue of a scheduled fire may take before other beats assume that
@@ -184,6 +194,14 @@ class Settings(BaseSettings):
                 "would read as stale"
             )
         return value
+
+    @field_validator("budget_guild_daily_tokens", "budget_guild_daily_cost_usd")
+    @classmethod
+    def _positive_limits(cls, table: dict[str, float]) -> dict[str, float]:
+        bad = sorted(guild for guild, limit in table.items() if not limit > 0)
+        if bad:
+            raise ValueError(f"daily limits must be positive (guilds {bad})")
+        return table
 
     @property
     def effective_audit_stream_ttl_s(self) -> int:

@@ -15,6 +15,7 @@ from pydantic import JsonValue, ValidationError
 from executus_worker.checkpoint.events import RedisEventLog, RunEvent
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.checkpoint.spend import RedisSpendLedger
 from executus_worker.checkpoint.store import RunStore
 from executus_worker.client.events import iter_events
 from executus_worker.client.idempotency import request_differences
@@ -355,6 +356,15 @@ class Client:
         """
         return iter_events(
             self.event_log, self.store, run_id, follow=follow, timeout_s=timeout_s, after=after
+        )
+
+    def spend(self, run_id: str) -> dict[str, float]:
+        """Tokens and cost the run's model steps used across all its attempts
+        (``input_tokens``, ``output_tokens``, ``tokens``, ``cost_usd``), as counted by the
+        budget battery; ``{}`` when nothing was counted (no limit applied to the run and
+        ``budget_track_all`` is off, or the counters expired with the run)."""
+        return RedisSpendLedger(self._client(), KeySchema(self.settings.key_prefix)).run_spend(
+            run_id
         )
 
     def _event(self, run_id: str, event: str, data: dict[str, JsonValue]) -> None:

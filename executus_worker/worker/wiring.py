@@ -15,8 +15,10 @@ from typing import cast
 import redis
 
 from executus_worker.batteries.audit import FanoutAudit, LoggingAudit, StreamAudit
+from executus_worker.batteries.budget import BudgetLimits, LedgerBudget
 from executus_worker.checkpoint.events import RedisEventLog
 from executus_worker.checkpoint.keys import KeySchema
+from executus_worker.checkpoint.spend import RedisSpendLedger
 from executus_worker.core.agents import AgentRegistry
 from executus_worker.core.models import RunInfo
 from executus_worker.core.ports import (
@@ -149,12 +151,26 @@ class Batteries:
                 log.exception("closing a battery failed (ignored)")
 
 
+def build_budget(settings: Settings, client: redis.Redis, audit: Audit) -> LedgerBudget:
+    """Always wired: a run no limit applies to costs it nothing, and a request's own limits
+    (metadata) must work without any setting."""
+    s = settings
+    ledger = RedisSpendLedger(client, KeySchema(s.key_prefix), run_ttl_s=s.result_ttl_s)
+    limits = BudgetLimits(
+        run_tokens=s.budget_run_max_tokens,
+        run_cost_usd=s.budget_run_max_cost_usd,
+        guild_day_tokens=s.budget_guild_daily_tokens,
+        guild_day_cost_usd=s.budget_guild_daily_cost_usd,
+    )
+    return LedgerBudget(ledger, limits, track_all=s.budget_track_all, audit=audit)
+
+
 def build_batteries(
     settings: Settings, client: redis.Redis, registry: AgentRegistry | None = None
 ) -> Batteries:
     audit, stream = build_audit(settings, client)
     critic = build_critic(settings, audit, registry)
-    batteries = Batteries(audit=audit, critic=critic)
+    batteries = Batteries(audit=audit, critic=critic, budget=build_budget(settings, client, audit))
     if stream is not None:
         batteries.closers.append(stream.flush)
     if isinstance(critic, TimeoutCritic):

@@ -13,6 +13,7 @@ import redis
 from executus_worker.client import Client
 from executus_worker.core.models import RunStatus
 from executus_worker.core.stop import StopToken
+from executus_worker.errors import PayloadError
 from executus_worker.settings import Settings
 from executus_worker.worker.runtime import Runtime
 
@@ -101,3 +102,29 @@ def test_cancelling_a_queued_run_is_an_event(world) -> None:  # type: ignore[no-
     run_id = client.enqueue(agent="demo.counter", input={"steps": 2})
     client.cancel(run_id)
     assert [e.event for e in client.events(run_id)] == ["enqueued", "cancelled"]
+
+
+def test_a_run_over_its_token_budget_fails_and_keeps_its_partial_transcript(world) -> None:  # type: ignore[no-untyped-def]
+    client, runtime, publisher = world
+    # demo.counter reports 10 + len(messages) input and 3 output tokens per step: 13, then 27.
+    run_id = client.enqueue(
+        agent="demo.counter",
+        input={"steps": 5, "step_s": 0},
+        metadata={"executus.max_tokens": "20"},
+    )
+    runtime.handler().handle(list(publisher.messages[0]), {})
+    record = client.status(run_id)
+    assert record.status is RunStatus.FAILED
+    assert record.error == "budget_exceeded: run used 27 tokens of its 20"
+    assert [m.content for m in client.transcript(run_id)] == ["step 1"]
+    assert client.spend(run_id) == {
+        "input_tokens": 21, "output_tokens": 6, "tokens": 27, "cost_usd": 0.0,
+    }  # fmt: skip
+    names = [e.event for e in client.events(run_id)]
+    assert names[-2:] == ["budget_stop", "failed"]
+
+
+def test_a_bad_limit_in_a_request_is_refused_at_enqueue(world) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = world
+    with pytest.raises(PayloadError, match=r"metadata\['executus.max_tokens'\] must be a number"):
+        client.enqueue(agent="demo.counter", metadata={"executus.max_tokens": "lots"})

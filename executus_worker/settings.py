@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     budget_guild_daily_tokens: dict[str, int] = Field(default_factory=dict)
     budget_guild_daily_cost_usd: dict[str, float] = Field(default_factory=dict)
     budget_track_all: bool = False
+    # Persona: system prompts per agent with per-guild overrides (batteries/persona.py).
+    # Skills: shared tools offered to every agent or to those that name them (worker/skills.py).
+    persona_file: Path | None = None
+    skills_file: Path | None = None
 
     schedule_file: Path | None = None
     # How long a beat's enqueue of a scheduled fire may take before other beats assume that

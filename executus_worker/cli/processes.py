@@ -84,6 +84,10 @@ def worker(
     """Exec into `celery -A executus_worker.worker worker` (extra args pass through)."""
     settings = load_settings()
     check_agents_file(settings)  # a bad agents file: one message here, not a worker that fails
+    # The same for the persona and skills files (the worker stack: only for this command).
+    from executus_worker.worker.wiring import check_battery_files  # noqa: PLC0415
+
+    check_battery_files(settings)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     exec_celery(worker_argv(
         settings, pool=pool, concurrency=concurrency, queues=queue_list,

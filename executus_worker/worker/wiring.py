@@ -6,16 +6,16 @@ setting turns on is readable in one place.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeVar, cast
 
 import redis
 
 from executus_worker.batteries.audit import FanoutAudit, LoggingAudit, StreamAudit
 from executus_worker.batteries.budget import BudgetLimits, LedgerBudget
+from executus_worker.batteries.persona import PersonaBook
 from executus_worker.checkpoint.events import RedisEventLog
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.checkpoint.spend import RedisSpendLedger
@@ -37,25 +37,12 @@ from executus_worker.critic import EscalationPolicy, ExtendOnce, KillOnStall, Ti
 from executus_worker.errors import ConfigError
 from executus_worker.settings import Settings
 from executus_worker.worker.interrupt import interrupt_step
+from executus_worker.worker.skills import load_skills
+from executus_worker.worker.targets import load_target
 
 log = logging.getLogger(__name__)
 
-
-def load_target(target: str, where: str) -> object:
-    """``module:attr.path`` -> the object; ConfigError naming ``where`` otherwise."""
-    module_name, sep, attr_path = target.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise ConfigError(f"{where}: {target!r} is not of the form 'module:attribute'")
-    try:
-        obj: object = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(f"{where}: cannot import {module_name}: {exc!r}") from exc
-    for attr in attr_path.split("."):
-        try:
-            obj = getattr(obj, attr)
-        except AttributeError as exc:
-            raise ConfigError(f"{where}: {module_name} has no attribute {attr_path}") from exc
-    return obj
+T = TypeVar("T")
 
 
 def build_policy(settings: Settings) -> EscalationPolicy:
@@ -165,12 +152,49 @@ def build_budget(settings: Settings, client: redis.Redis, audit: Audit) -> Ledge
     return LedgerBudget(ledger, limits, track_all=s.budget_track_all, audit=audit)
 
 
+def build_persona(settings: Settings) -> Persona:
+    if settings.persona_file is None:
+        return NullPersona()
+    return PersonaBook.load(settings.persona_file)
+
+
+def build_skills(settings: Settings, registry: AgentRegistry | None = None) -> Skills:
+    if settings.skills_file is None:
+        return NullSkills()
+    return load_skills(settings.skills_file, settings, registry)
+
+
+def check_battery_files(settings: Settings) -> None:
+    """Load the persona and skills files as a worker will: ConfigError naming file and entry
+    (``executus-worker worker`` calls this before Celery starts)."""
+    build_persona(settings)
+    build_skills(settings)
+
+
+def _contained(what: str, build: Callable[[], T], null: T) -> T:
+    """A battery whose file is broken is logged and left out: a running worker keeps serving
+    runs (the ``worker`` command refuses to start with it, see check_battery_files)."""
+    try:
+        return build()
+    except ConfigError as exc:
+        log.error("%s left out: %s", what, exc)
+        return null
+
+
 def build_batteries(
     settings: Settings, client: redis.Redis, registry: AgentRegistry | None = None
 ) -> Batteries:
     audit, stream = build_audit(settings, client)
     critic = build_critic(settings, audit, registry)
-    batteries = Batteries(audit=audit, critic=critic, budget=build_budget(settings, client, audit))
+    no_persona: Persona = NullPersona()
+    no_skills: Skills = NullSkills()
+    batteries = Batteries(
+        audit=audit,
+        critic=critic,
+        budget=build_budget(settings, client, audit),
+        persona=_contained("persona battery", lambda: build_persona(settings), no_persona),
+        skills=_contained("skill battery", lambda: build_skills(settings, registry), no_skills),
+    )
     if stream is not None:
         batteries.closers.append(stream.flush)
     if isinstance(critic, TimeoutCritic):

@@ -127,3 +127,26 @@ def test_worker_refuses_to_start_on_a_bad_agents_file(
     ok = run(["worker"], {**env, "EXECUTUS_AGENTS_FILE": str(agents), "EXECUTUS_MODEL_NAME": "m"})
     assert ok.exit_code == 0, ok.output
     assert len(exec_calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "message"),
+    [
+        ("EXECUTUS_PERSONA_FILE", "default = 3", "default must be a string"),
+        ("EXECUTUS_SKILLS_FILE", "[skills.x]\ntools = ['nope.mod:f']", "cannot import nope.mod"),
+    ],
+)
+def test_worker_refuses_to_start_on_a_bad_persona_or_skills_file(
+    env: dict[str, str],
+    tmp_path: Path,
+    exec_calls: list[list[str]],
+    variable: str,
+    text: str,
+    message: str,
+) -> None:
+    path = tmp_path / "battery.toml"
+    path.write_text(text)
+    result = run(["worker"], {**env, variable: str(path)})
+    assert result.exit_code == 1
+    assert str(path) in result.stderr and message in result.stderr
+    assert exec_calls == []

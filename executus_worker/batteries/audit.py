@@ -33,8 +33,8 @@ _log = logging.getLogger("executus.audit")
 log = logging.getLogger(__name__)
 
 # Written with the next event rather than alone: each is followed within the same attempt by a
-# step or by the attempt's ending, so a no-op run costs two round trips, not four.
-DEFERRED = frozenset({"claimed", "started", "resumed"})
+# step or by the attempt's ending, so they cost no round trip of their own.
+DEFERRED = frozenset({"claimed", "recovered", "started", "resumed"})
 MAX_VALUE_CHARS = 4096  # a traceback is bounded to this already; nothing else may be longer
 
 
@@ -65,9 +65,11 @@ class EventSink(Protocol):
 class StreamAudit:
     """Every event to its run's bounded event stream, stamped with the attempt's epoch.
 
-    An attempt's ``claimed``/``started``/``resumed`` wait in memory for its next event (a step,
-    a critic decision, its ending) and go out in that event's round trip. A failed write is
-    logged and its events dropped: the audit trail never fails a run.
+    Some events wait in memory and go out in the round trip of the run's next one: an
+    attempt's ``claimed``/``recovered``/``started``/``resumed`` (a step, a critic decision or
+    its ending comes next), and a single-loop run's final step (``done``: its ending follows
+    at once). So a step costs one round trip, and a one-step run two fewer than its events. A
+    failed write is logged and its events dropped: the audit trail never fails a run.
     """
 
     def __init__(self, sink: EventSink) -> None:
@@ -82,7 +84,7 @@ class StreamAudit:
         item = AuditEvent(run.run_id, event, time.time(), payload)
         with self._lock:
             self._deferred.append(item)
-            if event in DEFERRED:
+            if event in DEFERRED or _final_step(event, payload):
                 return
             batch, self._deferred = self._deferred, []
         try:
@@ -129,6 +131,11 @@ class MemoryAudit:
     def names(self, run_id: str | None = None) -> list[str]:
         with self._lock:
             return [e for r, e, _ in self.events if run_id is None or r == run_id]
+
+
+def _final_step(event: str, data: dict[str, JsonValue]) -> bool:
+    # A phase's last step is followed by the next phase's first model call, not an ending.
+    return event == "step" and data.get("done") is True and data.get("phase") is None
 
 
 def bounded(data: dict[str, JsonValue]) -> dict[str, JsonValue]:

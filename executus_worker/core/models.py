@@ -227,3 +227,5 @@ class RunRecord(BaseModel):
     cancel_requested: bool = False
     output: JsonValue = None
     error: str | None = None
+    # Why the run was last taken back (lease expired, shutdown interrupt), set by the store.
+    last_reason: str | None = None

@@ -29,10 +29,8 @@ from typing import Protocol
 
 import redis
 
-from executus_worker.checkpoint.events import RedisEventLog
 from executus_worker.checkpoint.store import Requeued, RunStore
 from executus_worker.core.models import RunStatus
-from executus_worker.core.ports import AuditEvent
 from executus_worker.observability import Metrics, NullMetrics
 from executus_worker.publish import RunMessage
 from executus_worker.worker.shutdown import DrainToken
@@ -110,7 +108,6 @@ class Recovery:
         lock: ScanLock | None = None,
         batch: int = 1000,
         clock: Callable[[], float] = time.time,
-        events: RedisEventLog | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
@@ -120,7 +117,6 @@ class Recovery:
         self._lock = lock
         self._batch = batch
         self._clock = clock
-        self._events = events
 
     @property
     def store(self) -> RunStore:
@@ -182,7 +178,6 @@ class Recovery:
         if not requeued:
             return
         messages = [RunMessage(r.run_id, r.request.to_json(), r.queue) for r in requeued]
-        self._record(requeued)
         try:
             report.published += self._publisher.publish_many(messages)
         except Exception:
@@ -194,30 +189,6 @@ class Recovery:
                 "after the queued timeout",
                 len(messages),
             )
-
-    def _record(self, requeued: Sequence[Requeued]) -> None:
-        """One ``recovered`` event per run, the batch in one round trip, before the publish
-        (so it precedes the next attempt's ``claimed``). Failing to write it costs nothing."""
-        if self._events is None:
-            return
-        now = self._clock()
-        events = [
-            AuditEvent(r.run_id, "recovered", now, {"reason": _REASONS.get(r.previous_status,
-                         r.previous_status.value)})
-            for r in requeued
-        ]  # fmt: skip
-        try:
-            self._events.append_many(events)
-        except Exception as exc:
-            log.warning("recovery: %d recovered events not written: %s", len(events), exc)
-
-
-# Why a run was requeued, from the status the sweep found it in.
-_REASONS = {
-    RunStatus.INTERRUPTED: "interrupted",  # warm shutdown left it resumable
-    RunStatus.RUNNING: "lease_expired",  # its owner died (or was cut off) mid-run
-    RunStatus.QUEUED: "queued_timeout",  # its message was lost or never published
-}
 
 
 class RecoveryLoop:

@@ -234,11 +234,16 @@ class RunHandler:
             # The record, not the message, is the truth: a stale duplicate may carry an old
             # request.
             stored = claim.record.request if claim.record else request
+            epoch = claim.fence.epoch
             self._event(
                 run_id, stored, "claimed",
-                {"owner": owner, "epoch": claim.fence.epoch, "attempt": claim.attempts},
-                epoch=claim.fence.epoch,
+                {"owner": owner, "epoch": epoch, "attempt": claim.attempts}, epoch=epoch,
             )  # fmt: skip
+            if claim.attempts > 1 and claim.record is not None:
+                # Every later attempt is a recovery (a sweep's requeue, a redelivery, a boot
+                # takeover); the store recorded why the previous attempt let go of the run.
+                why = claim.record.last_reason or "unknown"
+                self._event(run_id, stored, "recovered", {"reason": why}, epoch=epoch)
             return _Claimed(owner, claim.fence, claim.attempts, stored, sent_at)
         if claim.status in {ClaimStatus.BUSY, ClaimStatus.GONE}:
             log.info("run %s: duplicate delivery ignored (%s)", run_id, claim.status.value)

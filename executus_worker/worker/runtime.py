@@ -35,7 +35,7 @@ from executus_worker.worker.heartbeat import Heartbeats
 from executus_worker.worker.messages import run_id_of
 from executus_worker.worker.recovery import Recovery, ScanLock
 from executus_worker.worker.runs import Handled, RunHandler
-from executus_worker.worker.wiring import Batteries, build_batteries, event_log
+from executus_worker.worker.wiring import Batteries, build_batteries
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,5 @@ class Runtime:
             BatchPublisher(broker),
             queued_timeout_s=s.queued_timeout_s,
             lock=ScanLock(client, scan_lock_key(s.key_prefix), ttl_ms=_SCAN_LOCK_TTL_MS),
-            events=event_log(s, client) if s.audit_stream else None,
             metrics=self._metrics(),
         )

@@ -75,3 +75,15 @@ def test_a_failing_sink_never_keeps_the_event_from_the_others(
         FanoutAudit([Broken(), memory]).record(RUN, "step", {"iteration": 1})
     assert memory.names() == ["step"]
     assert "redis gone" in caplog.text
+
+
+def test_a_single_loops_final_step_rides_with_the_ending_a_phases_does_not() -> None:
+    sink = Sink()
+    audit = StreamAudit(sink)
+    audit.record(RUN, "step", {"iteration": 1, "done": False, "phase": None})
+    audit.record(RUN, "step", {"iteration": 2, "done": True, "phase": "plan"})
+    assert [[e.event for e in call] for call in sink.calls] == [["step"], ["step"]]
+    audit.record(RUN, "step", {"iteration": 3, "done": True, "phase": None})
+    assert len(sink.calls) == 2
+    audit.record(RUN, "completed", {"iterations": 3})
+    assert [e.event for e in sink.calls[-1]] == ["step", "completed"]

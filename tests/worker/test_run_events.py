@@ -84,17 +84,21 @@ def test_a_failed_run_keeps_its_traceback_in_the_record_and_the_event(world) -> 
     assert failed[0].data["traceback"] == traceback
 
 
-def test_a_recovered_run_says_why(world, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    client, runtime, _ = world
-    run_id = client.enqueue(agent="demo.counter", input={"steps": 2})
+def test_a_recovered_run_says_why(world) -> None:  # type: ignore[no-untyped-def]
+    client, runtime, publisher = world
+    run_id = client.enqueue(agent="demo.counter", input={"steps": 2, "step_s": 0})
     store = runtime.store()
     claim = store.claim(run_id, owner="gone:1", lease_ttl_s=0.05, max_attempts=5, now=time.time())
     assert claim.epoch == 1
     time.sleep(0.1)  # the owner "died": its lease runs out
-    report = runtime.recovery().sweep()
-    assert report.requeued == 1
-    recovered = [e for e in client.events(run_id) if e.event == "recovered"]
-    assert recovered[0].data == {"reason": "lease_expired"}
+    assert runtime.recovery().sweep().requeued == 1
+    # The sweep published to the broker; deliver the same message (nothing was checkpointed,
+    # so the run starts over).
+    runtime.handler().handle(list(publisher.messages[0]), {})
+    names = [(e.event, e.data.get("attempt")) for e in client.events(run_id)]
+    assert names[:4] == [("enqueued", None), ("claimed", 2), ("recovered", None), ("started", 2)]
+    recovered = next(e for e in client.events(run_id) if e.event == "recovered")
+    assert recovered.data == {"reason": "lease expired while running (worker lost)", "epoch": 2}
 
 
 def test_cancelling_a_queued_run_is_an_event(world) -> None:  # type: ignore[no-untyped-def]

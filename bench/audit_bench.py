@@ -6,7 +6,7 @@ Starts a private redis-server and measures, each figure the median of ``--reps``
 
 - per step, on the run's thread, at transcript sizes 10 / 1,000 / 5,000: a checkpoint save
   alone vs the save plus its ``step`` event through the worker's path (``StreamAudit`` on
-  ``RedisEventLog``: XADD MAXLEN ~ + PEXPIRE in one pipelined round trip). The two alternate
+  ``RedisEventLog``: XADD MAXLEN ~ + PEXPIRE in one script call). The two alternate
   step by step, so noise hits them alike;
 - the worker's per-run cost in process (``RunHandler.handle`` over no-op runs, wired as
   ``worker/runtime.py`` does) with the event stream on and off, wall and CPU time.
@@ -179,8 +179,8 @@ def section(
         "",
         f"{args.runs} runs per size, {args.steps} one-message steps each, the two variants "
         "alternating step by step. Time on the run's thread, ms. *With event* is what the "
-        "executor does: `StreamAudit.record` (XADD MAXLEN ~ + PEXPIRE, one pipelined round "
-        "trip), then the save.",
+        "executor does: `StreamAudit.record` (one script call: XADD MAXLEN ~ + PEXPIRE), "
+        "then the save.",
         "",
         "| transcript | save p50 | save p99 | save + event p50 | save + event p99 |",
         "|---:|---:|---:|---:|---:|",

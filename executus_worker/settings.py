@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Run state (records, checkpoints, leases, indexes) lives in Redis, whatever the broker.
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+socket"})
+# The broker carries only executus.run messages: Redis, or RabbitMQ over AMQP 0-9-1 (kombu's
+# py-amqp transport; Celery's recommended production broker).
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 
 class ModelTier(BaseModel):
@@ -36,7 +41,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EXECUTUS_", extra="ignore", frozen=True)
 
     redis_url: str = DEFAULT_REDIS_URL
-    broker_url: str | None = None  # defaults to redis_url
+    broker_url: str | None = None  # defaults to redis_url; redis(s):// or amqp(s)://
+    # RabbitMQ only: declare the queues as quorum queues (replicated, the durable choice on a
+    # RabbitMQ cluster). A queue's type is fixed when it is first declared: switching an
+    # existing deployment means new queue names (or deleting the old queues once drained).
+    broker_quorum_queues: bool = False
     key_prefix: str = Field(default="executus", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
 
     lease_ttl_s: float = Field(default=30.0, gt=0)
@@ -145,15 +154,40 @@ class Settings(BaseSettings):
     health_stale_s: float = Field(default=30.0, gt=0)
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("redis_url", "broker_url")
+    @field_validator("redis_url")
     @classmethod
-    def _known_scheme(cls, value: str | None) -> str | None:
+    def _redis_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in REDIS_SCHEMES:
+            hint = " (run state needs Redis; RabbitMQ goes in EXECUTUS_BROKER_URL)"
+            raise ValueError(
+                f"unsupported Redis URL scheme {scheme!r}"
+                + (hint if scheme in AMQP_SCHEMES else "")
+                + f"; use one of {sorted(REDIS_SCHEMES)}"
+            )
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
         if value is None:
             return None
         scheme = urlsplit(value).scheme
-        if scheme not in {"redis", "rediss", "unix", "redis+socket"}:
-            raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
+        if scheme not in REDIS_SCHEMES | AMQP_SCHEMES:
+            raise ValueError(
+                f"unsupported broker URL scheme {scheme!r}; use a Redis URL "
+                f"({', '.join(sorted(REDIS_SCHEMES))}) or RabbitMQ ({', '.join(sorted(AMQP_SCHEMES))})"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _quorum_needs_rabbitmq(self) -> Settings:
+        if self.broker_quorum_queues and not self.broker_is_amqp:
+            raise ValueError(
+                "EXECUTUS_BROKER_QUORUM_QUEUES=true needs a RabbitMQ broker "
+                f"(EXECUTUS_BROKER_URL=amqp://...), not {urlsplit(self.effective_broker_url).scheme}://"
+            )
+        return self
 
     @model_validator(mode="after")
     def _margin_below_lease(self) -> Settings:
@@ -214,6 +248,11 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """True for RabbitMQ (amqp://, amqps://, pyamqp://), False for a Redis broker."""
+        return urlsplit(self.effective_broker_url).scheme in AMQP_SCHEMES
 
     def queue_for(self, model_tier: str | None) -> str:
         if model_tier is not None and model_tier in self.tier_queues:

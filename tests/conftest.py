@@ -17,6 +17,8 @@ import redis
 from executus_worker.embedded import EmbeddedRedis
 from executus_worker.errors import ConfigError
 
+from tests.rabbitmq import RabbitUnavailable, private_vhost
+
 
 def _missing_redis(reason: str) -> None:
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
@@ -39,6 +41,21 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A private vhost on the machine's RabbitMQ for the session, deleted at the end. Missing
+    RabbitMQ skips loudly -- and fails under CI=true, like a missing Redis."""
+    try:
+        vhost = private_vhost()
+        vhost.create()
+    except RabbitUnavailable as exc:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"CI=true and no usable RabbitMQ: {exc}", pytrace=False)
+        pytest.skip(f"NO RABBITMQ -- broker tests skipped: {exc}")
+    yield vhost.url
+    vhost.delete()
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery, signals
-from kombu import Exchange, Queue
 
+from executus_worker.broker import run_queue
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.errors import ConfigError
 from executus_worker.observability import logs
@@ -36,11 +36,16 @@ log = logging.getLogger(__name__)
 
 EXIT_UNAVAILABLE = 69  # sysexits.h EX_UNAVAILABLE: a service the worker needs is not there
 
-# Celery lets these environment variables override app.conf silently.
-_OVERRIDING_ENV = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_BROKER_READ_URL")
+# Celery lets these environment variables override app.conf silently (`celery -b URL` sets
+# CELERY_BROKER_URL). A broker override is refused: recovery, beat and the client publish to
+# EXECUTUS_BROKER_URL, so a worker consuming elsewhere would never see a recovered run.
+_BROKER_ENV = ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")
+_OVERRIDING_ENV = ("CELERY_RESULT_BACKEND",)
 
 
 def create_app(settings: Settings) -> Celery:
+    """Raises ConfigError when a Celery broker override disagrees with the settings."""
+    refuse_broker_overrides(settings, os.environ)
     app = Celery("executus_worker", set_as_current=False)
     app.conf.update(_config(settings))
     _warn_env_overrides()
@@ -78,9 +83,36 @@ def unverified_tls(broker_url: str) -> bool:
     return parts.scheme == "rediss" and reqs in {"none", "cert_none"}
 
 
+def refuse_broker_overrides(settings: Settings, environ: Any) -> None:
+    """A ``celery -b``/``CELERY_BROKER_URL`` equal to the settings' broker is harmless; any
+    other one is refused with the setting to use instead."""
+    wanted = settings.effective_broker_url
+    for name in _BROKER_ENV:
+        value = environ.get(name)
+        if value and value != wanted:
+            raise ConfigError(
+                f"{name}={redact_url(value)} (what `celery -b` sets) differs from the broker "
+                f"in the settings ({redact_url(wanted)}); recovery, beat and the client "
+                f"publish there, so a worker on another broker would never see a recovered "
+                f"run. Set EXECUTUS_BROKER_URL={redact_url(value)} instead and unset {name} "
+                "(or drop -b)"
+            )
+
+
+def _broker_options(settings: Settings) -> dict[str, Any]:
+    # Far above the longest run: past it a Redis broker redelivers a still-running message.
+    # Crash recovery comes from our lease and sweep, not from redelivery.
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s}
+    if settings.broker_is_amqp:
+        # send_task returns only once RabbitMQ has taken the message (publisher confirms).
+        options["confirm_publish"] = True
+    return options
+
+
 def _config(settings: Settings) -> dict[str, Any]:
     queues = dict.fromkeys([settings.default_queue, *settings.tier_queues.values()])
     broker_url = settings.effective_broker_url
+    quorum = settings.broker_quorum_queues
     return _transport_config(broker_url) | {
         "broker_url": broker_url,
         # A worker that starts before Redis keeps retrying instead of exiting (Celery 6 will
@@ -104,14 +136,13 @@ def _config(settings: Settings) -> dict[str, Any]:
         # two Redis restarts made a run `dead`). The redelivered duplicate this allows is
         # harmless: its claim finds the live lease and drops it (research K1/K2).
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        # Far above the longest run: past it the broker redelivers a still-running message.
-        # Crash recovery comes from our lease and sweep, not from redelivery.
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": _broker_options(settings),
         # Our run record is the truth; no result backend round trips per run.
         "task_ignore_result": True,
         # A plain `celery worker` serves every queue; a dedicated pool narrows it with -Q.
         "task_default_queue": settings.default_queue,
-        "task_queues": [Queue(name, Exchange(name, "direct"), routing_key=name) for name in queues],
+        # With quorum queues Celery turns global QoS off by itself (worker_detect_quorum_queues).
+        "task_queues": [run_queue(name, quorum=quorum) for name in queues],
         "task_routes": (_Router(settings),),
     }
 
@@ -145,6 +176,16 @@ class _Router:
             request = None
         tier = request.get("model_tier") if isinstance(request, dict) else None
         return {"queue": self._settings.queue_for(tier if isinstance(tier, str) else None)}
+
+
+def broker_in_use(consumer: Any, settings: Settings) -> str:
+    """The broker the consumer actually connected to (password masked) and its transport."""
+    connection = getattr(consumer, "connection", None)
+    if connection is None:
+        return redact_url(settings.effective_broker_url)
+    driver = getattr(connection.transport, "driver_type", "?")
+    quorum = ", quorum queues" if settings.broker_quorum_queues else ""
+    return f"{connection.as_uri()} ({driver}{quorum})"
 
 
 class WorkerHooks:
@@ -209,7 +250,7 @@ class WorkerHooks:
         log.info(
             "executus worker: redis=%s broker=%s prefix=%s lease=%.1fs sweep=%.1fs grace=%.1fs",
             redact_url(s.redis_url),
-            redact_url(s.effective_broker_url),
+            broker_in_use(sender, s),
             s.key_prefix,
             s.lease_ttl_s,
             s.sweep_interval_s,

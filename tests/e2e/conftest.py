@@ -11,7 +11,12 @@ from .harness import Cluster
 
 
 @pytest.fixture
-def cluster(redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
-    world = Cluster(redis_url, tmp_path)
+def cluster(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    """One test's world. Run state is always in Redis; the broker is that Redis unless the
+    test parametrizes ``cluster`` indirectly with "rabbitmq" (a private vhost)."""
+    broker = getattr(request, "param", "redis")
+    assert broker in {"redis", "rabbitmq"}, broker
+    broker_url = request.getfixturevalue("rabbitmq_url") if broker == "rabbitmq" else None
+    world = Cluster(redis_url, tmp_path, broker_url=broker_url)
     yield world
     world.close()

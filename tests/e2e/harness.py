@@ -2,7 +2,8 @@
 
 Each worker runs in its own session; tests signal the main pid only (as Kubernetes with an
 exec-form entrypoint, or systemd with KillMode=mixed, would). Each test gets its own key
-prefix and queue, so tests share one redis-server without seeing each other.
+prefix and queue, so tests share one redis-server without seeing each other. The broker is
+that Redis, or RabbitMQ when a ``broker_url`` is given (run state stays in Redis).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import redis
 
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.core.models import RunRecord, RunRequest, RunStatus
+from executus_worker.kombu_publish import KombuPublisher
 from executus_worker.publish import BatchPublisher
 
 HERE = Path(__file__).resolve().parent
@@ -137,6 +139,7 @@ class Cluster:
     tmp_path: Path
     settings: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
+    broker_url: str | None = None  # None: the Redis of run state
 
     def __post_init__(self) -> None:
         tag = uuid.uuid4().hex[:8]
@@ -144,7 +147,9 @@ class Cluster:
         self.queue = f"q-{tag}"
         self.client = redis.Redis.from_url(self.redis_url)
         self.store = RedisStore(self.client, key_prefix=self.prefix)
-        self.publisher = BatchPublisher(self.client)
+        self.publisher: BatchPublisher | KombuPublisher = (
+            KombuPublisher(self.broker_url) if self.broker_url else BatchPublisher(self.client)
+        )
         agents = self.tmp_path / "agents.toml"
         agents.write_text(AGENTS_TOML)
         self.base_env = {
@@ -158,6 +163,12 @@ class Cluster:
             "EXECUTUS_QUEUED_TIMEOUT_S": "600",
             "E2E_STEPS_URL": self.redis_url,
         }
+        if self.broker_url:
+            self.base_env["EXECUTUS_BROKER_URL"] = self.broker_url
+
+    @property
+    def on_rabbitmq(self) -> bool:
+        return self.broker_url is not None
 
     # -- workers ---------------------------------------------------------------------
 
@@ -193,6 +204,8 @@ class Cluster:
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
+        if isinstance(self.publisher, KombuPublisher):
+            self.publisher.close()  # the session's vhost, queues and all, is deleted at its end
         # A fault test may leave its Redis stopped; cleanup must not hide the test's result.
         with contextlib.suppress(redis.RedisError):
             self.client.delete(self.queue)
@@ -267,7 +280,9 @@ class Cluster:
 
     def redeliver_unacked(self) -> int:
         """Do what kombu's visibility-timeout restore does to our queue's unacked messages:
-        push them back onto the queue (the original delivery stays unacked)."""
+        push them back onto the queue (the original delivery stays unacked). Redis broker only:
+        RabbitMQ redelivers only when the consumer's channel goes (the SIGKILL tests)."""
+        assert not self.on_rabbitmq, "redeliver_unacked needs the Redis broker"
         count = 0
         for raw in self.client.hvals("unacked"):
             message, _exchange, routing_key = json.loads(raw)

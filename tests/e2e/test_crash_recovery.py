@@ -32,14 +32,21 @@ def assert_resumed_exactly(cluster: Cluster, run_id: str, steps: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("pool", "signum"),
+    ("pool", "signum", "cluster"),
     [
-        ("prefork", signal.SIGKILL),
-        ("threads", signal.SIGKILL),
-        ("solo", signal.SIGKILL),
-        ("prefork", signal.SIGQUIT),  # cold shutdown: tasks die, the lease just expires
+        ("prefork", signal.SIGKILL, "redis"),
+        ("threads", signal.SIGKILL, "redis"),
+        ("solo", signal.SIGKILL, "redis"),
+        ("prefork", signal.SIGQUIT, "redis"),  # cold shutdown: tasks die, the lease expires
+        # RabbitMQ requeues the dead worker's unacked message at once: the new worker drops
+        # that copy while the lease lives, and the sweep's re-publish (kombu) resumes the run.
+        ("prefork", signal.SIGKILL, "rabbitmq"),
     ],
-    ids=["prefork-SIGKILL", "threads-SIGKILL", "solo-SIGKILL", "prefork-SIGQUIT"],
+    ids=[
+        "prefork-SIGKILL", "threads-SIGKILL", "solo-SIGKILL", "prefork-SIGQUIT",
+        "prefork-SIGKILL-rabbitmq",
+    ],  # fmt: skip
+    indirect=["cluster"],
 )
 def test_a_killed_worker_is_recovered_by_another_workers_sweep_after_lease_expiry(
     cluster: Cluster, pool: str, signum: int, timing

@@ -16,6 +16,7 @@ from .harness import Cluster, counter_transcript, wait_for
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("cluster", ["redis", "rabbitmq"], indirect=True)
 def test_a_run_delivered_three_times_and_redelivered_executes_once(cluster: Cluster) -> None:
     a = cluster.start("prefork")
     b = cluster.start("threads")
@@ -24,9 +25,14 @@ def test_a_run_delivered_three_times_and_redelivered_executes_once(cluster: Clus
     assert run_id is not None
     cluster.publish(request, times=3)
     cluster.wait_steps_ended(run_id, 2)
-    # What the broker does when the visibility timeout passes: the running run's message is
-    # delivered again while the first delivery is still unacked and running.
-    assert cluster.redeliver_unacked() == 1
+    if cluster.on_rabbitmq:
+        # RabbitMQ redelivers only a dead channel's messages (the SIGKILL test); a copy
+        # arriving while the first delivery is unacked and running is the same to the run.
+        cluster.publish(request)
+    else:
+        # What the broker does when the visibility timeout passes: the running run's message
+        # is delivered again while the first delivery is still unacked and running.
+        assert cluster.redeliver_unacked() == 1
     record = cluster.wait_status(run_id, RunStatus.COMPLETED, timeout_s=30)
     # A late redelivery of the finished run changes nothing either.
     cluster.publish(request)

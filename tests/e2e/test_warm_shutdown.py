@@ -18,7 +18,12 @@ STEP_S = 0.4
 EXIT_BUDGET_S = STEP_S + 2.0 + 2.0
 
 
-@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
+@pytest.mark.parametrize(
+    ("pool", "cluster"),
+    [("prefork", "redis"), ("threads", "redis"), ("solo", "redis"), ("prefork", "rabbitmq")],
+    ids=["prefork", "threads", "solo", "prefork-rabbitmq"],
+    indirect=["cluster"],
+)
 def test_sigterm_mid_run_interrupts_at_a_step_boundary_and_a_new_worker_finishes_it(
     cluster: Cluster, pool: str, timing
 ) -> None:

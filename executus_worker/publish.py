@@ -18,7 +18,8 @@ exchange, priority 0) -- what ``celery worker`` consumes and what other language
 
 The message carries the run id and the request only, never a transcript: state lives in the run
 record, and the worker re-validates the request (it never trusts the wire).
-Nothing here connects at construction; the first publish does.
+Nothing here connects at construction; the first publish does. Publishing through whatever
+broker the settings name (Redis here, RabbitMQ through kombu): ``broker_publish``.
 """
 
 from __future__ import annotations
@@ -32,12 +33,9 @@ import socket
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import redis
-
-from executus_worker.settings import Settings
 
 TASK_RUN = "executus.run"
 TASK_RECOVER = "executus.recover"
@@ -199,44 +197,3 @@ class BatchPublisher:
             pipe.lpush(self._keyprefix + queue, *envelopes)
         pipe.execute()
         return len(batch)
-
-
-class CeleryPublisher:
-    """The publisher the client uses: a lazy broker connection from ``Settings``.
-
-    Needs no Celery app and imports no task code, so a producer service stays light.
-    """
-
-    def __init__(self, settings: Settings, *, global_keyprefix: str = "") -> None:
-        self._settings = settings
-        self._keyprefix = global_keyprefix
-        self._client: redis.Redis | None = None
-        self._publisher: BatchPublisher | None = None
-
-    def _batch(self) -> BatchPublisher:
-        if self._publisher is None:
-            self._client = redis.Redis.from_url(self._settings.effective_broker_url)
-            self._publisher = BatchPublisher(self._client, global_keyprefix=self._keyprefix)
-        return self._publisher
-
-    def publish(self, run_id: str, request_json: str, *, queue: str) -> None:
-        self._batch().publish(run_id, request_json, queue=queue)
-
-    def publish_many(self, messages: Iterable[RunMessage]) -> int:
-        return self._batch().publish_many(messages)
-
-    def close(self) -> None:
-        client, self._client, self._publisher = self._client, None, None
-        if client is not None:
-            client.close()
-
-    def __enter__(self) -> CeleryPublisher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -175,8 +175,8 @@ class Settings(BaseSettings):
         scheme = urlsplit(value).scheme
         if scheme not in REDIS_SCHEMES | AMQP_SCHEMES:
             raise ValueError(
-                f"unsupported broker URL scheme {scheme!r}; use a Redis URL "
-                f"({', '.join(sorted(REDIS_SCHEMES))}) or RabbitMQ ({', '.join(sorted(AMQP_SCHEMES))})"
+                f"unsupported broker URL scheme {scheme!r}; use Redis "
+                f"({', '.join(sorted(REDIS_SCHEMES))}) or RabbitMQ (amqp, amqps, pyamqp)"
             )
         return value
 

@@ -16,7 +16,6 @@ import redis
 
 from executus_worker.embedded import EmbeddedRedis
 from executus_worker.errors import ConfigError
-
 from tests.rabbitmq import RabbitUnavailable, private_vhost
 
 

@@ -48,7 +48,8 @@ def private_vhost() -> RabbitVhost:
     auth, _, where = spec.rpartition("@")
     user, _, password = (auth or "guest:guest").partition(":")
     host, _, port = where.partition(":")
-    vhost = RabbitVhost(user, password, host, int(port or 5672), f"executus-t-{uuid.uuid4().hex[:10]}")
+    name = f"executus-t-{uuid.uuid4().hex[:10]}"
+    vhost = RabbitVhost(user, password, host, int(port or 5672), name)
     try:
         socket.create_connection((vhost.host, vhost.port), timeout=3).close()
     except OSError as exc:
@@ -61,7 +62,8 @@ def _manage(action: str, vhost: RabbitVhost) -> None:
     if ctl is not None and os.geteuid() == 0 and vhost.host in {"127.0.0.1", "localhost"}:
         commands = [[ctl, "-q", f"{action}_vhost", vhost.name]]
         if action == "add":
-            commands.append([ctl, "-q", "set_permissions", "-p", vhost.name, vhost.user] + [".*"] * 3)
+            grant = [ctl, "-q", "set_permissions", "-p", vhost.name, vhost.user]
+            commands.append(grant + [".*"] * 3)
         for argv in commands:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
             if done.returncode != 0:

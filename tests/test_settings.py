@@ -52,3 +52,28 @@ def test_a_client_is_refused_the_same_combination() -> None:
     settings = Settings.model_construct(result_ttl_s=60)
     with pytest.raises(ConfigError, match="EXECUTUS_RESULT_TTL_S"):
         Client.from_url("redis://127.0.0.1:1/0", settings=settings)
+
+
+@pytest.mark.parametrize(
+    "url", ["amqp://guest:guest@127.0.0.1:5672/vh", "amqps://h:5671//", "pyamqp://h//"]
+)
+def test_a_rabbitmq_broker_is_accepted_with_run_state_in_redis(url: str) -> None:
+    settings = Settings(broker_url=url)
+    assert settings.broker_is_amqp and settings.effective_broker_url == url
+    assert not Settings().broker_is_amqp
+
+
+def test_rabbitmq_as_the_run_state_store_is_refused_with_where_it_belongs() -> None:
+    with pytest.raises(ValidationError, match="RabbitMQ goes in EXECUTUS_BROKER_URL"):
+        Settings(redis_url="amqp://guest:guest@127.0.0.1:5672//")
+
+
+def test_an_unknown_broker_scheme_is_refused_naming_the_supported_ones() -> None:
+    with pytest.raises(ValidationError, match=r"unsupported broker URL scheme 'sqs'.*amqp"):
+        Settings(broker_url="sqs://key:secret@")
+
+
+def test_quorum_queues_need_a_rabbitmq_broker() -> None:
+    with pytest.raises(ValidationError, match="QUORUM_QUEUES=true needs a RabbitMQ broker"):
+        Settings(broker_quorum_queues=True)
+    assert Settings(broker_url="amqp://h//", broker_quorum_queues=True).broker_quorum_queues

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from pydantic import JsonValue, ValidationError
 
+from executus_worker.broker_publish import CeleryPublisher
 from executus_worker.checkpoint.events import RedisEventLog, RunEvent
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.checkpoint.redis_store import RedisStore
@@ -33,7 +34,6 @@ from executus_worker.errors import (
     UnknownAgentError,
 )
 from executus_worker.fleet.directory import AgentDirectory, Directory
-from executus_worker.publish import CeleryPublisher
 from executus_worker.schedules.admin import JobView, ScheduleAdmin
 from executus_worker.schedules.model import JobSpec
 from executus_worker.schedules.source_toml import validation_problems

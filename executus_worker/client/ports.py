@@ -11,8 +11,8 @@ from executus_worker.errors import ExecutusError
 class Publisher(Protocol):
     """Sends one ``executus.run`` message.
 
-    The default, ``executus_worker.publish.CeleryPublisher``, writes the Celery protocol-2
-    message straight onto the broker's queue list: no Celery app, connected on first use.
+    The default, ``executus_worker.broker_publish.CeleryPublisher``, writes the Celery
+    protocol-2 message to the broker (Redis or RabbitMQ): no Celery app, connected on first use.
     """
 
     def publish(self, run_id: str, request_json: str, *, queue: str) -> None: ...

@@ -179,13 +179,14 @@ class _Router:
 
 
 def broker_in_use(consumer: Any, settings: Settings) -> str:
-    """The broker the consumer actually connected to (password masked) and its transport."""
+    """The broker URL Celery is using (password masked; it includes any ``CELERY_BROKER_URL``)
+    and the transport the consumer's connection runs on."""
+    app = getattr(consumer, "app", None)
+    url = app.conf.broker_url if app is not None else settings.effective_broker_url
     connection = getattr(consumer, "connection", None)
-    if connection is None:
-        return redact_url(settings.effective_broker_url)
-    driver = getattr(connection.transport, "driver_type", "?")
+    driver = connection.transport.driver_type if connection is not None else "?"
     quorum = ", quorum queues" if settings.broker_quorum_queues else ""
-    return f"{connection.as_uri()} ({driver}{quorum})"
+    return f"{redact_url(url)} ({driver} transport{quorum})"
 
 
 class WorkerHooks:

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from executus_worker.broker_publish import KombuPublisher
 from executus_worker.checkpoint.handle import StoreCheckpointerFactory
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.core.agents import AgentRegistry
@@ -185,13 +186,19 @@ class Runtime:
     def recovery(self) -> Recovery:
         s = self.settings
         client = self.client()
-        with self._lock:
-            if self._broker is None:
-                self._broker = redis_client(s.effective_broker_url)
-            broker = self._broker
+        publisher: BatchPublisher | KombuPublisher
+        if s.broker_is_amqp:
+            # Its own connection and channel: a recovery object stays in one thread (the
+            # sweep loop, or one executus.recover call), and AMQP channels are not shareable.
+            publisher = KombuPublisher(s.effective_broker_url, quorum=s.broker_quorum_queues)
+        else:
+            with self._lock:
+                if self._broker is None:
+                    self._broker = redis_client(s.effective_broker_url)
+                publisher = BatchPublisher(self._broker)
         return Recovery(
             self.store(),
-            BatchPublisher(broker),
+            publisher,
             queued_timeout_s=s.queued_timeout_s,
             lock=ScanLock(client, scan_lock_key(s.key_prefix), ttl_ms=_SCAN_LOCK_TTL_MS),
             metrics=self._metrics(),

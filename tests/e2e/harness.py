@@ -23,9 +23,9 @@ from typing import Any
 
 import redis
 
+from executus_worker.broker_publish import KombuPublisher
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.core.models import RunRecord, RunRequest, RunStatus
-from executus_worker.kombu_publish import KombuPublisher
 from executus_worker.publish import BatchPublisher
 
 HERE = Path(__file__).resolve().parent

@@ -43,9 +43,12 @@ def assert_resumed_exactly(cluster: Cluster, run_id: str, steps: int) -> None:
         ("prefork", signal.SIGKILL, "rabbitmq"),
     ],
     ids=[
-        "prefork-SIGKILL", "threads-SIGKILL", "solo-SIGKILL", "prefork-SIGQUIT",
+        "prefork-SIGKILL",
+        "threads-SIGKILL",
+        "solo-SIGKILL",
+        "prefork-SIGQUIT",
         "prefork-SIGKILL-rabbitmq",
-    ],  # fmt: skip
+    ],
     indirect=["cluster"],
 )
 def test_a_killed_worker_is_recovered_by_another_workers_sweep_after_lease_expiry(

@@ -12,9 +12,10 @@ from types import SimpleNamespace
 import pytest
 from celery import Celery
 
+from executus_worker.errors import ConfigError
 from executus_worker.publish import TASK_RECOVER, TASK_RUN
 from executus_worker.settings import Settings
-from executus_worker.worker.factory import WorkerHooks, create_app
+from executus_worker.worker.factory import WorkerHooks, broker_in_use, create_app
 
 
 @pytest.fixture
@@ -67,14 +68,70 @@ def test_an_explicit_queue_wins_over_the_tier_route(settings: Settings) -> None:
     assert route["queue"].name == "other"
 
 
-def test_celery_env_overrides_are_warned_about_without_secrets(
+@pytest.mark.parametrize(
+    "name", ["CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL"]
+)
+def test_a_celery_broker_override_is_refused_naming_the_setting_to_use(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # `celery -b URL` sets CELERY_BROKER_URL before it loads the app.
+    monkeypatch.setenv(name, "amqp://user:hunter2@elsewhere:5672/vh")
+    with pytest.raises(ConfigError) as refused:
+        create_app(settings)
+    text = str(refused.value)
+    assert name in text and "EXECUTUS_BROKER_URL=amqp://user:***@elsewhere:5672/vh" in text
+    assert "hunter2" not in text
+
+
+def test_a_celery_broker_override_equal_to_the_settings_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "amqp://guest:guest@127.0.0.1:5672/vh"
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", broker_url=url))
+    assert app.conf.broker_url == url
+
+
+def test_a_result_backend_override_is_warned_about_without_secrets(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("CELERY_BROKER_URL", "redis://user:hunter2@elsewhere:6379/0")
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", "redis://user:hunter2@elsewhere:6379/0")
     with caplog.at_level(logging.WARNING, logger="executus_worker.worker.factory"):
         create_app(settings)
-    assert "CELERY_BROKER_URL" in caplog.text
+    assert "CELERY_RESULT_BACKEND" in caplog.text
     assert "hunter2" not in caplog.text
+
+
+@pytest.mark.parametrize("quorum", [False, True])
+def test_a_rabbitmq_broker_uses_the_stock_amqp_transport_with_confirms(quorum: bool) -> None:
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0",
+        broker_url="amqp://guest:guest@127.0.0.1:5672/vh",
+        broker_quorum_queues=quorum,
+    )
+    app = create_app(settings)
+    with app.connection_for_write() as conn:  # built, never connected
+        assert conn.transport.driver_type == "amqp"
+    assert app.conf.broker_transport_options["confirm_publish"] is True
+    (queue,) = app.conf.task_queues
+    assert queue.name == queue.routing_key == queue.exchange.name == "executus"
+    assert queue.queue_arguments == ({"x-queue-type": "quorum"} if quorum else None)
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "shown"),
+    [
+        ("amqp://guest:s3cret@rabbit:5672/vh", "amqp://guest:***@rabbit:5672/vh (amqp transport)"),
+        (None, "redis://127.0.0.1:1/0 (redis transport)"),
+    ],
+)
+def test_the_startup_log_names_the_broker_the_consumer_connected_to(
+    broker_url: str | None, shown: str
+) -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", broker_url=broker_url)
+    app = create_app(settings)
+    consumer = SimpleNamespace(app=app, connection=app.connection_for_write())  # not connected
+    assert broker_in_use(consumer, settings) == shown
 
 
 def test_hooks_ignore_a_worker_of_another_app(settings: Settings) -> None:

@@ -12,14 +12,9 @@ import redis
 from celery import Celery
 from kombu import Connection, Consumer, Queue
 
+from executus_worker.broker_publish import CeleryPublisher
 from executus_worker.core.models import RunRequest
-from executus_worker.publish import (
-    TASK_RUN,
-    BatchPublisher,
-    CeleryPublisher,
-    RunMessage,
-    build_envelope,
-)
+from executus_worker.publish import TASK_RUN, BatchPublisher, RunMessage, build_envelope
 from executus_worker.settings import Settings
 
 

@@ -1,7 +1,10 @@
-"""Publish ``executus.run`` messages through kombu: the path for any broker that is not Redis.
+"""Publish ``executus.run`` messages to the configured broker: ``CeleryPublisher`` picks the path.
 
-The Redis fast path (``publish.BatchPublisher``) writes the transport's list items itself.
-Other brokers get real kombu publishes on one connection and one channel, batched: on RabbitMQ
+Redis brokers keep the fast path (``publish.BatchPublisher``: pipelined LPUSHes of the exact
+list items kombu's Redis transport reads). Any other broker (RabbitMQ) goes through kombu
+(``KombuPublisher``).
+
+KombuPublisher: real kombu publishes on one connection and one channel, batched: on RabbitMQ
 (py-amqp) the channel is put in publisher-confirm mode once, a whole batch is written without
 waiting, and then the broker's acks are awaited together -- one confirm round trip per batch
 instead of one per message, and ``publish_many`` returns only once RabbitMQ has taken every
@@ -19,13 +22,23 @@ import json
 import os
 import socket
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 
+import redis
 from kombu import Connection, Producer, Queue
+from kombu.transport.base import StdChannel
 
 from executus_worker.broker import run_queue
 from executus_worker.errors import ExecutusError
-from executus_worker.publish import DEFAULT_BATCH_SIZE, TASK_RUN, RunMessage, build_envelope
+from executus_worker.publish import (
+    DEFAULT_BATCH_SIZE,
+    TASK_RUN,
+    BatchPublisher,
+    RunMessage,
+    build_envelope,
+)
+from executus_worker.settings import Settings
 
 # How long to wait for the broker's confirms of one batch before the batch counts as failed.
 CONFIRM_TIMEOUT_S = 30.0
@@ -55,6 +68,7 @@ class KombuPublisher:
         self._confirm_timeout_s = confirm_timeout_s
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
         self._connection: Connection | None = None
+        self._channel: StdChannel | None = None
         self._producer: Producer | None = None
         self._confirms: _Confirms | None = None
         self._declared: dict[str, Queue] = {}
@@ -82,14 +96,14 @@ class KombuPublisher:
 
     def queue_depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (not those delivered and unacked)."""
-        producer = self._open()
-        declared = self._queue(queue, producer)
-        _name, ready, _consumers = declared.bind(producer.channel).queue_declare(passive=True)
-        return int(ready)
+        _producer, channel = self._open()
+        # kombu-stubs type the reply as a str; py-amqp returns (name, ready, consumers).
+        reply: Any = self._queue(queue).bind(channel).queue_declare(passive=True)
+        return int(reply[1])
 
     def close(self) -> None:
         connection = self._connection
-        self._connection = self._producer = self._confirms = None
+        self._connection = self._channel = self._producer = self._confirms = None
         self._declared.clear()
         if connection is not None:
             connection.release()
@@ -102,27 +116,27 @@ class KombuPublisher:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _open(self) -> Producer:
-        if self._producer is None:
+    def _open(self) -> tuple[Producer, StdChannel]:
+        if self._producer is None or self._channel is None:
             connection = Connection(self._url)
             channel = connection.default_channel  # connects
-            self._connection = connection
+            self._connection, self._channel = connection, channel
             self._producer = Producer(channel)
             self._confirms = _Confirms.select(channel)
-        return self._producer
+        return self._producer, self._channel
 
-    def _queue(self, name: str, producer: Producer) -> Queue:
+    def _queue(self, name: str) -> Queue:
         declared = self._declared.get(name)
         if declared is None:
             declared = run_queue(name, quorum=self._quorum)
-            declared.bind(producer.channel).declare()
+            declared.bind(self._open()[1]).declare()
             self._declared[name] = declared
         return declared
 
     def _flush(self, batch: list[RunMessage]) -> int:
-        producer = self._open()
+        producer, _channel = self._open()
         for message in batch:
-            queue = self._queue(message.queue, producer)
+            queue = self._queue(message.queue)
             body, headers, correlation_id = self._message(message)
             producer.publish(
                 body,
@@ -197,10 +211,62 @@ class _Confirms:
         while self.confirmed < self.sent and not self._nacked:
             try:
                 self._channel.connection.drain_events(timeout=timeout_s)
-            except socket.timeout as exc:
+            except TimeoutError as exc:
                 raise PublishNotConfirmed(
                     f"the broker confirmed {self.confirmed} of {self.sent} messages "
                     f"within {timeout_s:g}s"
                 ) from exc
         if self._nacked:
             raise PublishNotConfirmed(f"the broker refused (nacked) {self._nacked} message(s)")
+
+
+class CeleryPublisher:
+    """The publisher the client uses: a lazy broker connection from ``Settings``.
+
+    Redis brokers get the pipelined ``BatchPublisher``; RabbitMQ gets kombu publishes with
+    publisher confirms (``kombu_publish.KombuPublisher``). Needs no Celery app and imports no
+    task code, so a producer service stays light.
+    """
+
+    def __init__(self, settings: Settings, *, global_keyprefix: str = "") -> None:
+        self._settings = settings
+        self._keyprefix = global_keyprefix
+        self._client: redis.Redis | None = None
+        self._publisher: BatchPublisher | KombuPublisher | None = None
+
+    def _batch(self) -> BatchPublisher | KombuPublisher:
+        if self._publisher is None:
+            s = self._settings
+            if s.broker_is_amqp:
+                self._publisher = KombuPublisher(
+                    s.effective_broker_url, quorum=s.broker_quorum_queues
+                )
+            else:
+                self._client = redis.Redis.from_url(s.effective_broker_url)
+                self._publisher = BatchPublisher(self._client, global_keyprefix=self._keyprefix)
+        return self._publisher
+
+    def publish(self, run_id: str, request_json: str, *, queue: str) -> None:
+        self._batch().publish(run_id, request_json, queue=queue)
+
+    def publish_many(self, messages: Iterable[RunMessage]) -> int:
+        return self._batch().publish_many(messages)
+
+    def close(self) -> None:
+        publisher, client = self._publisher, self._client
+        self._client = self._publisher = None
+        if isinstance(publisher, KombuPublisher):
+            publisher.close()
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> CeleryPublisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -115,3 +115,14 @@ def test_check_names_the_live_workers_and_their_queues(env: dict[str, str], tmp_
     assert re.match(r"checked@\S+ is alive, consuming executus$", workers[0]["detail"])
     [queue] = [f for f in findings if f["check"] == "queues"]
     assert re.search(r"0 message\(s\) waiting on 'executus', consumed by checked@", queue["detail"])
+
+
+def test_check_reaches_a_rabbitmq_broker_and_fails_on_an_unreachable_one(
+    env: dict[str, str], rabbitmq_url: str
+) -> None:
+    ok = run(["check"], {**env, "EXECUTUS_BROKER_URL": rabbitmq_url})
+    assert "[ok  ] broker: RabbitMQ" in ok.stdout
+    assert "cannot read the broker's queues" not in ok.stdout
+    down = run(["check"], {**env, "EXECUTUS_BROKER_URL": f"amqp://u:p@127.0.0.1:{free_port()}/"})
+    assert down.exit_code == 1
+    assert "[fail] broker: cannot reach amqp://u:***@127.0.0.1:" in down.stdout

@@ -15,7 +15,7 @@ import click
 
 from executus_worker.cli.check.findings import Finding
 from executus_worker.cli.check.fleet import fleet_checks
-from executus_worker.cli.check.store import celery_env_checks, redis_checks
+from executus_worker.cli.check.store import amqp_check, celery_env_checks, redis_checks
 from executus_worker.cli.common import load_settings
 from executus_worker.cli.output import emit_json
 from executus_worker.settings import Settings
@@ -25,7 +25,9 @@ def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     env = os.environ if environ is None else environ
     findings = list(celery_env_checks(settings, env))
     findings += list(redis_checks("redis", settings.redis_url, settings))
-    if settings.effective_broker_url != settings.redis_url:
+    if settings.broker_is_amqp:
+        findings.append(amqp_check(settings.effective_broker_url))
+    elif settings.effective_broker_url != settings.redis_url:
         findings += list(redis_checks("broker", settings.effective_broker_url, None))
     if any(f.level == "fail" and f.check in ("redis", "broker") for f in findings):
         return findings  # the rest would only repeat that Redis cannot be reached

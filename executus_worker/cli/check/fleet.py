@@ -31,6 +31,11 @@ PEEK = 100  # messages read from the head of each foreign list
 def fleet_checks(settings: Settings) -> Iterator[Finding]:
     yield agents_finding(settings)
     consumers = yield from _workers(settings)
+    if settings.broker_is_amqp:
+        # Queue depths and stranded messages are read from a Redis broker's lists; RabbitMQ
+        # shows both in its own tools (rabbitmqctl list_queues, the management UI).
+        yield Finding("ok", "queues", "RabbitMQ broker: see rabbitmqctl list_queues")
+        return
     client = redis.Redis.from_url(
         settings.effective_broker_url, socket_connect_timeout=3, socket_timeout=5
     )

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import redis
+from kombu import Connection
 
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.cli.check.findings import Finding
@@ -19,6 +20,19 @@ PING_SAMPLES = 20
 # (celery/app/utils.py: broker_url, broker_read_url, ...), so one stray variable silently
 # points a worker or the client at another broker.
 CELERY_URL_OVERRIDES = ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")
+
+
+def amqp_check(url: str) -> Finding:
+    """The RabbitMQ broker answers (one connection, what it announces about itself)."""
+    shown = redact_url(url)
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+            server = conn.connection.server_properties  # py-amqp: what the broker announced
+    except Exception as exc:  # kombu raises many types for one unreachable broker
+        return Finding("fail", "broker", f"cannot reach {shown}: {exc}")
+    product, version = server.get("product", "AMQP broker"), server.get("version", "?")
+    return Finding("ok", "broker", f"{product} {version} at {shown}")
 
 
 def redis_checks(name: str, url: str, settings: Settings | None) -> Iterator[Finding]:

@@ -15,9 +15,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+from kombu import Connection
+from kombu.exceptions import OperationalError
 
 from executus_worker.errors import ConfigError
-from executus_worker.settings import Settings, redact_url
+from executus_worker.settings import AMQP_SCHEMES, Settings, redact_url
 
 RETRY_S = 1.0
 PING_TIMEOUT_S = 2.0
@@ -31,6 +33,14 @@ class Service:
     options: dict[str, Any] = field(default_factory=dict)  # as the real client connects
 
     def ping(self) -> None:
+        if urlsplit(self.url).scheme in AMQP_SCHEMES:
+            with Connection(self.url, connect_timeout=PING_TIMEOUT_S) as conn:
+                try:
+                    conn.ensure_connection(max_retries=1)
+                except conn.connection_errors + conn.channel_errors as exc:
+                    # A refused login or an unknown vhost is a channel error in py-amqp.
+                    raise OperationalError(str(exc)) from exc
+            return
         client = redis.Redis.from_url(
             self.url,
             socket_connect_timeout=PING_TIMEOUT_S,
@@ -74,7 +84,7 @@ def wait_for_services(
             try:
                 service.ping()
                 break
-            except (redis.RedisError, OSError) as exc:
+            except (redis.RedisError, OSError, OperationalError) as exc:
                 if clock() + RETRY_S > deadline:
                     raise ConfigError(unreachable(service, settings, exc)) from exc
             sleep(RETRY_S)

@@ -9,13 +9,14 @@ import time
 
 import pytest
 import redis
+from kombu.exceptions import OperationalError
 
 from executus_worker.embedded import free_port
 from executus_worker.errors import ConfigError
 from executus_worker.settings import Settings
 from executus_worker.worker import startup
 from executus_worker.worker.factory import EXIT_UNAVAILABLE
-from executus_worker.worker.startup import wait_for_services
+from executus_worker.worker.startup import Service, services, wait_for_services
 
 
 class FakeTime:
@@ -101,3 +102,14 @@ def test_the_broker_is_pinged_with_the_tls_the_worker_will_use() -> None:
     )
     assert [s.options for s in startup.services(bare)] == [{}, {"ssl_cert_reqs": "none"}]
     assert [s.options for s in startup.services(explicit)] == [{}, {}]
+
+
+def test_a_rabbitmq_broker_is_pinged_over_amqp_and_a_refused_login_is_named(
+    rabbitmq_url: str,
+) -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", broker_url=rabbitmq_url)
+    broker = services(settings)[1]
+    broker.ping()
+    wrong = Service(broker.setting, rabbitmq_url.replace("guest:guest", "guest:wrong"), broker.role)
+    with pytest.raises(OperationalError, match="ACCESS_REFUSED"):
+        wrong.ping()

@@ -70,6 +70,8 @@ class Lease:
         self._valid_until = sent_at + lease_ttl_s
         self._heartbeats: Heartbeats | None = None
         self._changed = threading.Event()
+        # The renewal thread has no run context: name the run in its log lines explicitly.
+        self._log_fields = {"run_id": run_id, "epoch": fence.epoch}
         self.lost = False
         self.failures = 0  # consecutive failed renewals
 
@@ -96,6 +98,7 @@ class Lease:
             log.warning(
                 "run %s: lease renewal failed %d time(s), %.1fs of certain lease left: %s",
                 self.run_id, self.failures, self.remaining(), error,
+                extra=self._log_fields,
             )  # fmt: skip
         self._changed.set()
 
@@ -110,7 +113,7 @@ class Lease:
         started = self._monotonic()
         log.warning(
             "run %s: paused before %s: lease certain for only %.2fs (margin %.2fs)",
-            self.run_id, what, self.remaining(), self._margin_s,
+            self.run_id, what, self.remaining(), self._margin_s, extra=self._log_fields,
         )  # fmt: skip
         while True:
             self._changed.clear()

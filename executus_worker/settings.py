@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -38,7 +46,10 @@ class ModelTier(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EXECUTUS_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a rejected value may be a token or a URL with a password.
+    model_config = SettingsConfigDict(
+        env_prefix="EXECUTUS_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     redis_url: str = DEFAULT_REDIS_URL
     broker_url: str | None = None  # defaults to redis_url; redis(s):// or amqp(s)://
@@ -154,6 +165,24 @@ class Settings(BaseSettings):
     health_stale_s: float = Field(default=30.0, gt=0)
     log_format: Literal["text", "json"] = "text"
 
+    # The HTTP API (`executus-worker api`, executus_worker.api). Without a token it serves
+    # anyone who can reach it, so it refuses to listen on a non-loopback address then. The
+    # token is a SecretStr: settings get printed and copied, a secret must not ride along.
+    api_host: str = Field(default="127.0.0.1", min_length=1)
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    api_token: SecretStr | None = None
+    # Cap on any request body, checked before a byte is parsed (default: max_payload_bytes,
+    # the largest run request a worker accepts), and on JSON nesting (json.loads recurses).
+    api_max_body_bytes: int | None = Field(default=None, ge=1024)
+    api_max_json_depth: int = Field(default=64, ge=4, le=512)
+    # The live event stream of a run: how often it reads the run, the keep-alive comment a
+    # proxy needs to keep an idle stream open, how long one stream may last (clients resume
+    # with Last-Event-ID), and how many may be open at once.
+    api_stream_poll_s: float = Field(default=0.5, gt=0, le=60)
+    api_stream_heartbeat_s: float = Field(default=15.0, gt=0)
+    api_stream_max_s: float = Field(default=3600.0, gt=0)
+    api_max_streams: int = Field(default=256, ge=1)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -178,6 +207,18 @@ class Settings(BaseSettings):
                 f"unsupported broker URL scheme {scheme!r}; use Redis "
                 f"({', '.join(sorted(REDIS_SCHEMES))}) or RabbitMQ (amqp, amqps, pyamqp)"
             )
+        return value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _token_strength(cls, value: object) -> object:
+        # Compose files pass `${TOKEN:-}`: an empty value means "no token", not a token "".
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(secret, str) and len(secret) < 16:
+            # Never echo the value: only its length.
+            raise ValueError(f"must be at least 16 characters (got {len(secret)})")
         return value
 
     @model_validator(mode="after")
@@ -253,6 +294,10 @@ class Settings(BaseSettings):
     def broker_is_amqp(self) -> bool:
         """True for RabbitMQ (amqp://, amqps://, pyamqp://), False for a Redis broker."""
         return urlsplit(self.effective_broker_url).scheme in AMQP_SCHEMES
+
+    @property
+    def effective_api_max_body_bytes(self) -> int:
+        return self.api_max_body_bytes or self.max_payload_bytes
 
     def queue_for(self, model_tier: str | None) -> str:
         if model_tier is not None and model_tier in self.tier_queues:

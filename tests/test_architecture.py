@@ -151,6 +151,33 @@ def test_client_never_reaches_worker_or_batteries() -> None:
     assert not {m for m in reached if _within(m, {f"{PKG}.worker", f"{PKG}.batteries"})}
 
 
+def test_the_api_goes_through_the_client_only() -> None:
+    """The HTTP API reaches neither the worker nor the batteries, and only ``cli`` imports it."""
+    api = f"{PKG}.api"
+    reached = set().union(*(closure(name) for name in package_modules() if _within(name, {api})))
+    assert not {m for m in reached if _within(m, {f"{PKG}.worker", f"{PKG}.batteries"})}
+    importers = [
+        f"{name} imports {imported}"
+        for name, path in package_modules().items()
+        if not _within(name, {api, f"{PKG}.cli"})
+        for imported in sorted(imports_of(path))
+        if _within(imported, {api})
+    ]
+    assert importers == []
+
+
+def test_only_the_api_speaks_http() -> None:
+    web = {"fastapi", "starlette", "uvicorn", "anyio"}
+    offenders = [
+        f"{name} imports {imported}"
+        for name, path in package_modules().items()
+        if not _within(name, {f"{PKG}.api"})
+        for imported in sorted(imports_of(path))
+        if _top(imported) in web
+    ]
+    assert offenders == []
+
+
 def test_the_package_never_imports_beat() -> None:
     offenders = [
         f"{name} imports {imported}"

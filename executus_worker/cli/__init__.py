@@ -7,6 +7,7 @@ processes.py  worker, beat: exec into Celery
 dev.py        dev: Redis + worker + beat in one foreground command
 runs.py       enqueue, status, runs, cancel, recover, schema
 agents.py     agents: which live worker serves which agent
+api.py        api: the HTTP API (executus_worker.api) on uvicorn
 check.py      check: is this deployment fit to hold runs?
 health.py     health: the liveness probe (reads the worker's heartbeat file, nothing else)
 demo.py       demo: the whole story, live

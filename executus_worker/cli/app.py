@@ -23,6 +23,7 @@ from executus_worker.cli.common import ErrorsAsMessages
 # dashes as underscores). Adding a command is one line here.
 COMMANDS = {
     "agents": "agents",
+    "api": "api",
     "beat": "processes",
     "cancel": "runs",
     "check": "check",

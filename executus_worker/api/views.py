@@ -1,0 +1,86 @@
+"""What the HTTP API answers: the JSON shapes of runs, transcripts and errors (in the OpenAPI
+document as component schemas, so clients can generate their types)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from executus_worker.core.models import Message, RunRecord, RunRequest, RunStatus
+
+
+class RunView(BaseModel):
+    """A run as callers see it: the record without its internals (owner, fence)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    status: RunStatus
+    agent: str
+    queue: str
+    attempts: int = Field(description="Execution attempts so far (a resumed run counts again).")
+    cancel_requested: bool
+    created_at: float = Field(description="Unix time, seconds.")
+    updated_at: float
+    enqueued_at: float
+    started_at: float | None
+    finished_at: float | None
+    output: JsonValue = Field(description="The run's output once completed, else null.")
+    error: str | None = Field(description="Why it failed, was cancelled or became dead.")
+    request: RunRequest
+
+    @classmethod
+    def of(cls, record: RunRecord) -> RunView:
+        return cls(
+            run_id=record.run_id,
+            status=record.status,
+            agent=record.agent,
+            queue=record.queue,
+            attempts=record.attempts,
+            cancel_requested=record.cancel_requested,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            enqueued_at=record.enqueued_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            output=record.output,
+            error=record.error,
+            request=record.request,
+        )
+
+
+class EnqueueView(BaseModel):
+    """The answer to an enqueue: ``created`` is false when the run id already existed with the
+    same request (nothing was sent again)."""
+
+    created: bool
+    run: RunView
+
+
+class TranscriptView(BaseModel):
+    run_id: str
+    total: int = Field(description="Messages in the whole transcript.")
+    offset: int = Field(description="Index of the first message in `messages`.")
+    messages: list[Message]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable: e.g. run_not_found, run_conflict.")
+    message: str = Field(description="For people: what was wrong and where.")
+    run_id: str | None = None
+    fields: list[str] | None = Field(
+        default=None,
+        description="run_conflict: the request fields that differ from the stored run.",
+    )
+    where: list[str] | None = Field(
+        default=None, description="invalid_request: the locations that failed validation."
+    )
+
+
+class ErrorView(BaseModel):
+    """Every error the API returns, whatever its status code."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str

@@ -11,11 +11,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.middleware import Middleware
 
 from executus_worker import __version__
-from executus_worker.api import problems
+from executus_worker.api import openapi, problems
 from executus_worker.api.auth import BearerAuth
 from executus_worker.api.limits import BodyLimits
 from executus_worker.api.routes import run_routes
@@ -35,6 +37,17 @@ Enqueue durable agent runs and follow them, for services that do not speak Celer
 Send `Authorization: Bearer <EXECUTUS_API_TOKEN>` on every `/v1` request when the server has a
 token. Errors always have the shape `{"error": {"code", "message", ...}}`.
 """
+
+
+def known_query_only(request: Request) -> None:
+    """A query parameter the operation does not take is an error, not ignored: a misspelt
+    ``allow_unknown_agents=true`` must not quietly mean false."""
+    route = request.scope.get("route")
+    known = {p.alias for p in route.dependant.query_params} if isinstance(route, APIRoute) else ()
+    unknown = sorted(set(request.query_params).difference(known))
+    if unknown:
+        problem = {"msg": "unknown query parameter", "type": "extra_forbidden"}
+        raise RequestValidationError([{"loc": ("query", name), **problem} for name in unknown])
 
 
 def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
@@ -61,6 +74,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        dependencies=[Depends(known_query_only)],
         middleware=[
             Middleware(BearerAuth, token=settings.api_token, public_paths=PUBLIC_PATHS),
             Middleware(
@@ -71,6 +85,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         ],
     )
     problems.install(app)
+    openapi.install(app)
     app.include_router(run_routes(runs, settings))
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness")

@@ -99,6 +99,10 @@ class BodyLimits:
             got = (content_type or b"").decode("latin-1")[:100]
             detail = f"request bodies are JSON: send Content-Type: application/json (got {got!r})"
             return 415, "unsupported_media_type", detail
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return 422, "invalid_request", f"request body is not UTF-8 (at byte {exc.start})"
         offset = json_too_deep(body, self.max_depth)
         if offset is None:
             return None

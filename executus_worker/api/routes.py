@@ -34,6 +34,7 @@ RunIdPath = Annotated[
 ]
 
 _ERRORS: dict[int, str] = {
+    400: "A malformed request (e.g. a Content-Length that is not a number).",
     401: "Missing or wrong bearer token.",
     404: "No such run (never enqueued, or past its retention).",
     409: "The run id exists with a different request; `fields` names what differs.",
@@ -46,6 +47,16 @@ _ERRORS: dict[int, str] = {
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorView, "description": _ERRORS[code]} for code in codes}
+
+
+def _json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Errors of a route whose own media type is not JSON: FastAPI would document a ``model``
+    under the route's type (``text/event-stream``), so the JSON content is spelled out."""
+    schema = {"$ref": "#/components/schemas/ErrorView"}
+    return {
+        code: {"description": _ERRORS[code], "content": {"application/json": {"schema": schema}}}
+        for code in codes
+    }
 
 
 class EventStream(StreamingResponse):
@@ -74,7 +85,7 @@ def run_routes(client: Client, settings: Settings) -> APIRouter:
         prefix="/v1",
         tags=["runs"],
         dependencies=[Security(bearer_scheme)],
-        responses=_errors(401),
+        responses=_errors(400, 401),
     )
     # Enqueues are serialised: the client's publisher (a broker connection) is not promised to
     # be thread-safe, and an enqueue is a few Redis round trips.
@@ -119,7 +130,7 @@ def run_routes(client: Client, settings: Settings) -> APIRouter:
         return EnqueueView(created=result.created, run=RunView.of(result.record))
 
     @router.get(
-        "/runs/{run_id}", response_model=RunView, responses=_errors(404, 503), summary="Status"
+        "/runs/{run_id}", response_model=RunView, responses=_errors(404, 422, 503), summary="Status"
     )
     def status(run_id: RunIdPath) -> RunView:
         return RunView.of(client.status(run_id))
@@ -127,7 +138,7 @@ def run_routes(client: Client, settings: Settings) -> APIRouter:
     @router.get(
         "/runs/{run_id}/transcript",
         response_model=TranscriptView,
-        responses=_errors(404, 503),
+        responses=_errors(404, 422, 503),
         summary="Transcript",
     )
     def transcript(
@@ -146,7 +157,7 @@ def run_routes(client: Client, settings: Settings) -> APIRouter:
     @router.post(
         "/runs/{run_id}/cancel",
         response_model=RunView,
-        responses=_errors(404, 503),
+        responses=_errors(404, 422, 503),
         summary="Cancel",
     )
     def cancel(run_id: RunIdPath) -> RunView:
@@ -159,11 +170,14 @@ def run_routes(client: Client, settings: Settings) -> APIRouter:
         response_class=EventStream,
         responses={
             200: {
-                "description": "Server-Sent Events: status, message, rewind, error, end "
-                "(see the module docs of executus_worker.api.stream).",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": "Server-Sent Events until the run ends: `status` (first, and on "
+                "each change), `message` (id: messages held after it), `rewind` (the transcript "
+                "was cut back: drop messages past `data.messages`), `error` (store unreachable; "
+                "the stream goes on), `end` (last). Resume with Last-Event-ID or ?after=.",
+                # The schema of each event: openapi.py.
+                "content": {"text/event-stream": {}},
             },
-            **_errors(404, 503),
+            **_json_errors(400, 401, 404, 422, 503),
         },
         summary="Follow a run live (Server-Sent Events)",
     )
@@ -172,10 +186,12 @@ def run_routes(client: Client, settings: Settings) -> APIRouter:
         after: Annotated[
             int, Query(ge=0, le=1_000_000_000, description="Messages already held.")
         ] = 0,
+        # A str defaulting to "" rather than an optional: a header cannot be null, and the
+        # document should not say it can.
         last_event_id: Annotated[
-            str | None,
-            Header(pattern=r"^[0-9]{1,10}$", description="Sent by EventSource on reconnect."),
-        ] = None,
+            str,
+            Header(pattern=r"^[0-9]{0,10}$", description="Sent by EventSource on reconnect."),
+        ] = "",
     ) -> Response:
         if slots.open >= slots.limit:
             return error_json(
@@ -183,7 +199,7 @@ def run_routes(client: Client, settings: Settings) -> APIRouter:
                 "too_many_streams",
                 f"{slots.open} event streams are open (EXECUTUS_API_MAX_STREAMS); retry later",
             )
-        held = int(last_event_id) if last_event_id is not None else after
+        held = int(last_event_id) if last_event_id else after
         follower = RunFollower(client, run_id, after=held)
         # Read once before answering, so an unknown run is a 404, not an empty stream.
         opening = await anyio.to_thread.run_sync(follower.first)

@@ -31,14 +31,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from pydantic import BaseModel
 
-from executus_worker.api.views import ErrorDetail, RunView
+from executus_worker.api.views import (
+    STREAM_EVENTS,
+    EndEvent,
+    ErrorDetail,
+    MessageEvent,
+    RewindEvent,
+    RunView,
+    StatusEvent,
+)
 from executus_worker.client import Client
-from executus_worker.core.models import Message, RunRecord
+from executus_worker.core.models import Message, RunRecord, RunStatus
 from executus_worker.errors import RunNotFoundError, StoreError
 
 RETRY_MS = 2000
 HEARTBEAT = b": keep-alive\n\n"
+_NAMES = {model: name for name, (model, _) in STREAM_EVENTS.items()}
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,11 @@ class Event:
     event: str
     data: dict[str, Any]
     id: str | None = None
+
+    @classmethod
+    def of(cls, payload: BaseModel, id: str | None = None) -> Event:
+        """The event carrying ``payload``, named after its model (views.STREAM_EVENTS)."""
+        return cls(_NAMES[type(payload)], payload.model_dump(mode="json"), id)
 
     def encode(self) -> bytes:
         lines = [f"event: {self.event}"]
@@ -55,6 +70,9 @@ class Event:
         # payload is always one data line.
         lines.append("data: " + json.dumps(self.data, separators=(",", ":")))
         return ("\n".join(lines) + "\n\n").encode()
+
+
+GONE = EndEvent(reason="gone", status=None)
 
 
 @dataclass
@@ -67,13 +85,13 @@ class RunFollower:
     done: bool = False
     _known: list[Message] | None = None  # the transcript as the client now holds it
     _read_at: float | None = None  # the record's updated_at when the transcript was read
-    _last_status: dict[str, Any] | None = None
+    _last_status: StatusEvent | None = None
     _failing: bool = False
 
     @property
-    def status(self) -> str | None:
+    def status(self) -> RunStatus | None:
         """The last status sent, if any."""
-        return None if self._last_status is None else str(self._last_status["status"])
+        return None if self._last_status is None else self._last_status.status
 
     def first(self) -> list[Event]:
         """The opening events; ``RunNotFoundError`` for an unknown run (the caller's 404)."""
@@ -86,7 +104,7 @@ class RunFollower:
         except RunNotFoundError:
             # Past its retention (or the store lost it): nothing more will come.
             self.done = True
-            return [Event("end", {"reason": "gone", "status": None})]
+            return [Event.of(GONE)]
         except StoreError as exc:
             return self._outage(exc)
         return self._read(record)
@@ -98,22 +116,21 @@ class RunFollower:
                 messages = self.client.transcript(self.run_id)
             except RunNotFoundError:
                 self.done = True
-                return [Event("end", {"reason": "gone", "status": None})]
+                return [Event.of(GONE)]
             except StoreError as exc:
                 return self._outage(exc)
             events += self._diff(messages)
             self._read_at = record.updated_at
-        if self._failing:
-            self._failing = False
+        self._failing = False
         assert self._known is not None
-        status = RunView.of(record).model_dump(mode="json") | {"messages": len(self._known)}
+        status = StatusEvent(**RunView.of(record).model_dump(), messages=len(self._known))
         # Every save moves updated_at: a status event says something changed besides the time.
-        if self._last_status is None or _without_time(status) != _without_time(self._last_status):
-            events.append(Event("status", status))
+        if self._last_status is None or _timeless(status) != _timeless(self._last_status):
+            events.append(Event.of(status))
         self._last_status = status
         if record.status.terminal:
             self.done = True
-            events.append(Event("end", {"reason": "terminal", "status": record.status.value}))
+            events.append(Event.of(EndEvent(reason="terminal", status=record.status)))
         return events
 
     def _diff(self, messages: list[Message]) -> list[Event]:
@@ -133,8 +150,8 @@ class RunFollower:
         if common < len(known):
             events.append(_rewind(common))
         for index in range(common, len(messages)):
-            message = messages[index].model_dump(mode="json")
-            events.append(Event("message", {"index": index, "message": message}, str(index + 1)))
+            payload = MessageEvent(index=index, message=messages[index])
+            events.append(Event.of(payload, id=str(index + 1)))
         self._known = messages
         return events
 
@@ -142,18 +159,16 @@ class RunFollower:
         if self._failing:
             return []
         self._failing = True  # say it once per outage, not once per poll
-        detail = ErrorDetail(
-            code="store_unavailable", message=f"the run store is unavailable: {exc}"
-        )
-        return [Event("error", detail.model_dump(mode="json", exclude_none=True))]
+        message = f"the run store is unavailable: {exc}"
+        return [Event.of(ErrorDetail(code="store_unavailable", message=message))]
 
 
-def _without_time(status: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in status.items() if k != "updated_at"}
+def _timeless(status: StatusEvent) -> StatusEvent:
+    return status.model_copy(update={"updated_at": 0.0})
 
 
 def _rewind(count: int) -> Event:
-    return Event("rewind", {"messages": count}, str(count))
+    return Event.of(RewindEvent(messages=count), id=str(count))
 
 
 @dataclass(frozen=True)
@@ -176,7 +191,7 @@ async def sse_stream(
     while not follower.done:
         now = time.monotonic()
         if now >= deadline:
-            yield Event("end", {"reason": "timeout", "status": follower.status}).encode()
+            yield Event.of(EndEvent(reason="timeout", status=follower.status)).encode()
             return
         if now - last_sent >= limits.heartbeat_s:
             yield HEARTBEAT

@@ -3,6 +3,8 @@ document as component schemas, so clients can generate their types)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from executus_worker.core.models import Message, RunRecord, RunRequest, RunStatus
@@ -84,3 +86,42 @@ class ErrorView(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+# -- the event stream's payloads (each event's `data` is one of these, as JSON) -------------
+
+
+class StatusEvent(RunView):
+    """``event: status``: the run, and how many transcript messages it has."""
+
+    messages: int
+
+
+class MessageEvent(BaseModel):
+    """``event: message`` (id: index + 1): one new transcript message."""
+
+    index: int
+    message: Message
+
+
+class RewindEvent(BaseModel):
+    """``event: rewind`` (id: messages): the transcript was cut back to ``messages``."""
+
+    messages: int
+
+
+class EndEvent(BaseModel):
+    """``event: end``: the last event of a stream."""
+
+    reason: Literal["terminal", "timeout", "gone"]
+    status: RunStatus | None
+
+
+# event name -> its data model, and whether it carries an id (the messages held after it).
+STREAM_EVENTS: dict[str, tuple[type[BaseModel], bool]] = {
+    "status": (StatusEvent, False),
+    "message": (MessageEvent, True),
+    "rewind": (RewindEvent, True),
+    "error": (ErrorDetail, False),
+    "end": (EndEvent, False),
+}

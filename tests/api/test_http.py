@@ -208,6 +208,23 @@ def test_broken_json_is_a_422(api: ApiServer) -> None:
     assert reply.error["code"] == "invalid_request"
 
 
+def test_a_body_that_is_not_utf8_is_a_422(api: ApiServer) -> None:
+    reply = api.request(
+        "POST", "/v1/runs", body=b'{"agent": "\xff"}', headers={"Content-Type": "application/json"}
+    )
+    assert reply.status == 422
+    assert reply.error["message"] == "request body is not UTF-8 (at byte 11)"
+
+
+def test_an_unknown_query_parameter_is_refused_not_ignored(api: ApiServer) -> None:
+    """A misspelt override must not quietly mean its default."""
+    body = counter(new_id())
+    reply = api.request("POST", "/v1/runs?allow_unknown_agents=true", json_body=body)
+    assert reply.status == 422
+    assert reply.error["where"] == ["query.allow_unknown_agents"]
+    assert api.request("GET", f"/v1/runs/{new_id()}?verbose=1").status == 422
+
+
 def test_a_body_that_is_not_json_is_a_415(api: ApiServer) -> None:
     reply = api.request(
         "POST",

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from executus_worker.api.views import STREAM_EVENTS
+from executus_worker.api.views import CURSOR_PATTERN, STREAM_EVENTS
 
 _REF = "#/components/schemas/{model}"
 
@@ -34,7 +34,7 @@ def stream_schema() -> dict[str, Any]:
         }
         required = ["event", "data"]
         if has_id:
-            properties["id"] = {"type": "string", "pattern": "^[0-9]+$"}
+            properties["id"] = {"type": "string", "pattern": CURSOR_PATTERN}
             required.append("id")
         branches.append({"type": "object", "properties": properties, "required": required})
     return {"oneOf": branches}

@@ -17,8 +17,14 @@ from fastapi.responses import StreamingResponse
 
 from executus_worker.api.auth import bearer_scheme
 from executus_worker.api.problems import error_json
-from executus_worker.api.stream import RunFollower, StreamLimits, sse_stream
-from executus_worker.api.views import EnqueueView, ErrorView, RunView, TranscriptView
+from executus_worker.api.stream import Cursor, RunFollower, StreamLimits, sse_stream
+from executus_worker.api.views import (
+    CURSOR_PATTERN,
+    EnqueueView,
+    ErrorView,
+    RunView,
+    TranscriptView,
+)
 from executus_worker.client import Client
 from executus_worker.core.models import RunRequest
 from executus_worker.settings import Settings
@@ -190,7 +196,11 @@ def run_routes(client: Client, settings: Settings) -> APIRouter:
         # document should not say it can.
         last_event_id: Annotated[
             str,
-            Header(pattern=r"^[0-9]{0,10}$", description="Sent by EventSource on reconnect."),
+            Header(
+                pattern=f"^$|{CURSOR_PATTERN}",
+                description="The id of the last event received (EventSource sends it when it "
+                "reconnects): the stream resumes after it.",
+            ),
         ] = "",
     ) -> Response:
         if slots.open >= slots.limit:
@@ -199,8 +209,8 @@ def run_routes(client: Client, settings: Settings) -> APIRouter:
                 "too_many_streams",
                 f"{slots.open} event streams are open (EXECUTUS_API_MAX_STREAMS); retry later",
             )
-        held = int(last_event_id) if last_event_id else after
-        follower = RunFollower(client, run_id, after=held)
+        cursor = Cursor.parse(last_event_id) if last_event_id else Cursor(messages=after)
+        follower = RunFollower(client, run_id, cursor=cursor)
         # Read once before answering, so an unknown run is a 404, not an empty stream.
         opening = await anyio.to_thread.run_sync(follower.first)
         return EventStream(

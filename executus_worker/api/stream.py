@@ -1,40 +1,51 @@
-"""The live event stream of a run (Server-Sent Events): its status and its transcript as they
-change, until it ends.
+"""The live event stream of a run (Server-Sent Events): its status, its transcript and its
+recorded events as they come, until it ends.
 
     event: status    data: RunView + "messages" (transcript length); first, and on each change
-    event: message   data: {"index": i, "message": {...}}         id: i + 1
-    event: rewind    data: {"messages": n}                         id: n
+    event: message   data: {"index": i, "message": {...}}                        id: cursor
+    event: rewind    data: {"messages": n}                                       id: cursor
                      the stored transcript was cut back to n messages (a phased run re-runs
                      its interrupted phase from the start): drop what you hold beyond n
+    event: audit     data: {"id", "event", "ts", "data"}: one entry of the run's event stream
+                     (enqueued, claimed, step, interrupted, recovered, completed, ...)  id: cursor
     event: error     data: ErrorDetail   the store is unreachable; the stream keeps trying
     event: end       data: {"reason": "terminal" | "timeout" | "gone", "status": ...}
     : keep-alive     a comment when nothing else was sent for EXECUTUS_API_STREAM_HEARTBEAT_S
 
-A message event's id is the number of messages the client holds after it, so a reconnect with
-``Last-Event-ID: n`` (browsers send it by themselves) or ``?after=n`` resumes at message n.
-A stream lasts at most EXECUTUS_API_STREAM_MAX_S, then ends with reason ``timeout``.
+The id is a resume cursor: ``<messages held>`` or ``<messages held>/<last audit entry id>``.
+A reconnect sends it back as ``Last-Event-ID`` (browsers do it by themselves) and gets only
+what is newer; ``?after=n`` resumes after n messages. Cross-source order is not promised: a
+step's audit entry may come just before or after its message. A stream lasts at most
+EXECUTUS_API_STREAM_MAX_S, then ends with reason ``timeout``.
 
 ``RunFollower`` decides what to send from successive reads (blocking Client calls: the async
-side runs ``poll`` in a worker thread). It reads the record every poll and the transcript only
-when the record's ``updated_at`` moved -- every checkpoint save bumps it -- so a quiet run costs
-one small read per poll however long its transcript is. The record is read *before* the
-transcript, so a save that lands between the two reads is seen now or on the next poll, never
-missed.
+side runs ``poll`` in a worker thread). Each poll reads the record and the audit entries after
+the cursor (one small read each), and the transcript only when the record's ``updated_at``
+moved -- every checkpoint save bumps it -- so a quiet run costs two small reads per poll however
+long its transcript is. The record is read *before* the transcript, so a save that lands
+between the two reads is seen now or on the next poll, never missed.
+
+A run's terminal audit entry is written a moment after its record turns terminal, so a
+terminal record ends the stream once that entry was sent, or ``AUDIT_GRACE_S`` later (a run
+whose entries are switched off or were lost must not hold the stream open).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from pydantic import BaseModel
 
 from executus_worker.api.views import (
+    CURSOR_PATTERN,
     STREAM_EVENTS,
+    AuditEvent,
     EndEvent,
     ErrorDetail,
     MessageEvent,
@@ -48,7 +59,29 @@ from executus_worker.errors import RunNotFoundError, StoreError
 
 RETRY_MS = 2000
 HEARTBEAT = b": keep-alive\n\n"
+AUDIT_GRACE_S = 2.0
+AUDIT_PAGE = 500
+TERMINAL_AUDIT = frozenset({"completed", "failed", "cancelled", "dead"})
+CURSOR = re.compile(CURSOR_PATTERN)
 _NAMES = {model: name for name, (model, _) in STREAM_EVENTS.items()}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a client is: messages held, and the last audit entry it got ("0": none)."""
+
+    messages: int = 0
+    audit: str = "0"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        if CURSOR.match(text) is None:
+            raise ValueError(f"not a stream cursor: {text!r}")
+        messages, _, audit = text.partition("/")
+        return cls(int(messages), audit or "0")
+
+    def __str__(self) -> str:
+        return str(self.messages) if self.audit == "0" else f"{self.messages}/{self.audit}"
 
 
 @dataclass(frozen=True)
@@ -58,9 +91,13 @@ class Event:
     id: str | None = None
 
     @classmethod
-    def of(cls, payload: BaseModel, id: str | None = None) -> Event:
+    def of(cls, payload: BaseModel, cursor: Cursor | None = None) -> Event:
         """The event carrying ``payload``, named after its model (views.STREAM_EVENTS)."""
-        return cls(_NAMES[type(payload)], payload.model_dump(mode="json"), id)
+        return cls(
+            _NAMES[type(payload)],
+            payload.model_dump(mode="json"),
+            None if cursor is None else str(cursor),
+        )
 
     def encode(self) -> bytes:
         lines = [f"event: {self.event}"]
@@ -81,12 +118,15 @@ class RunFollower:
 
     client: Client
     run_id: str
-    after: int = 0  # messages the client already holds (Last-Event-ID)
+    cursor: Cursor = field(default_factory=Cursor)  # what the client holds
+    clock: Callable[[], float] = time.monotonic
     done: bool = False
     _known: list[Message] | None = None  # the transcript as the client now holds it
     _read_at: float | None = None  # the record's updated_at when the transcript was read
     _last_status: StatusEvent | None = None
     _failing: bool = False
+    _audit_ended: bool = False
+    _terminal_since: float | None = None
 
     @property
     def status(self) -> RunStatus | None:
@@ -94,11 +134,12 @@ class RunFollower:
         return None if self._last_status is None else self._last_status.status
 
     def first(self) -> list[Event]:
-        """The opening events; ``RunNotFoundError`` for an unknown run (the caller's 404)."""
-        return self._read(self.client.status(self.run_id))
+        """The opening events. Raises ``RunNotFoundError`` for an unknown run and
+        ``StoreError`` when Redis is down: the caller answers 404 or 503, not a stream."""
+        return self._read(self.client.status(self.run_id), strict=True)
 
     def poll(self) -> list[Event]:
-        """What changed since the last call; an ``end`` event once the run is terminal."""
+        """What changed since the last call; an ``end`` event once the run is over."""
         try:
             record = self.client.status(self.run_id)
         except RunNotFoundError:
@@ -109,18 +150,22 @@ class RunFollower:
             return self._outage(exc)
         return self._read(record)
 
-    def _read(self, record: RunRecord) -> list[Event]:
-        events: list[Event] = []
-        if record.updated_at != self._read_at or self._known is None:
-            try:
-                messages = self.client.transcript(self.run_id)
-            except RunNotFoundError:
-                self.done = True
-                return [Event.of(GONE)]
-            except StoreError as exc:
-                return self._outage(exc)
-            events += self._diff(messages)
-            self._read_at = record.updated_at
+    def _read(self, record: RunRecord, *, strict: bool = False) -> list[Event]:
+        events: list[Event] = []  # kept on a failure: the cursor has moved past them
+        try:
+            self._audit(events)
+            if record.updated_at != self._read_at or self._known is None:
+                events += self._diff(self.client.transcript(self.run_id))
+                self._read_at = record.updated_at
+        except RunNotFoundError:
+            if strict:
+                raise
+            self.done = True
+            return [*events, Event.of(GONE)]
+        except StoreError as exc:
+            if strict:
+                raise
+            return events + self._outage(exc)
         self._failing = False
         assert self._known is not None
         status = StatusEvent(**RunView.of(record).model_dump(), messages=len(self._known))
@@ -128,19 +173,42 @@ class RunFollower:
         if self._last_status is None or _timeless(status) != _timeless(self._last_status):
             events.append(Event.of(status))
         self._last_status = status
-        if record.status.terminal:
+        if record.status.terminal and self._audit_settled():
             self.done = True
             events.append(Event.of(EndEvent(reason="terminal", status=record.status)))
         return events
+
+    def _audit_settled(self) -> bool:
+        if self._audit_ended or not self.client.settings.audit_stream:
+            return True
+        now = self.clock()
+        if self._terminal_since is None:
+            self._terminal_since = now
+        return now - self._terminal_since >= AUDIT_GRACE_S
+
+    def _audit(self, events: list[Event]) -> None:
+        if not self.client.settings.audit_stream:
+            return
+        while True:
+            page = self.client.event_log.read(
+                self.run_id, after=self.cursor.audit, count=AUDIT_PAGE
+            )
+            for entry in page:
+                self.cursor = Cursor(self.cursor.messages, entry.id)
+                self._audit_ended = self._audit_ended or entry.event in TERMINAL_AUDIT
+                payload = AuditEvent(id=entry.id, event=entry.event, ts=entry.ts, data=entry.data)
+                events.append(Event.of(payload, self.cursor))
+            if len(page) < AUDIT_PAGE:
+                return
 
     def _diff(self, messages: list[Message]) -> list[Event]:
         events: list[Event] = []
         if self._known is None:
             # What the client says it holds is taken on trust: it came from this transcript.
-            held = min(self.after, len(messages))
+            held = min(self.cursor.messages, len(messages))
             self._known = messages[:held]
-            if self.after > held:
-                events.append(_rewind(held))
+            if self.cursor.messages > held:
+                events.append(self._rewind(held))
         known = self._known
         common = 0
         for old, new in zip(known, messages, strict=False):
@@ -148,12 +216,16 @@ class RunFollower:
                 break
             common += 1
         if common < len(known):
-            events.append(_rewind(common))
+            events.append(self._rewind(common))
         for index in range(common, len(messages)):
-            payload = MessageEvent(index=index, message=messages[index])
-            events.append(Event.of(payload, id=str(index + 1)))
+            self.cursor = Cursor(index + 1, self.cursor.audit)
+            events.append(Event.of(MessageEvent(index=index, message=messages[index]), self.cursor))
         self._known = messages
         return events
+
+    def _rewind(self, count: int) -> Event:
+        self.cursor = Cursor(count, self.cursor.audit)
+        return Event.of(RewindEvent(messages=count), self.cursor)
 
     def _outage(self, exc: StoreError) -> list[Event]:
         if self._failing:
@@ -165,10 +237,6 @@ class RunFollower:
 
 def _timeless(status: StatusEvent) -> StatusEvent:
     return status.model_copy(update={"updated_at": 0.0})
-
-
-def _rewind(count: int) -> Event:
-    return Event.of(RewindEvent(messages=count), id=str(count))
 
 
 @dataclass(frozen=True)

@@ -98,16 +98,26 @@ class StatusEvent(RunView):
 
 
 class MessageEvent(BaseModel):
-    """``event: message`` (id: index + 1): one new transcript message."""
+    """``event: message``: one new transcript message."""
 
     index: int
     message: Message
 
 
 class RewindEvent(BaseModel):
-    """``event: rewind`` (id: messages): the transcript was cut back to ``messages``."""
+    """``event: rewind``: the transcript was cut back to ``messages``: drop the rest."""
 
     messages: int
+
+
+class AuditEvent(BaseModel):
+    """``event: audit``: one entry of the run's event stream (what the workers, the client
+    and the sweep recorded: enqueued, claimed, step, interrupted, recovered, completed, ...)."""
+
+    id: str = Field(description="The entry's stream id (sortable).")
+    event: str
+    ts: float = Field(description="Unix time, seconds.")
+    data: dict[str, JsonValue]
 
 
 class EndEvent(BaseModel):
@@ -117,11 +127,15 @@ class EndEvent(BaseModel):
     status: RunStatus | None
 
 
-# event name -> its data model, and whether it carries an id (the messages held after it).
+# An event id: messages held, and the last audit entry's stream id once there is one.
+CURSOR_PATTERN = r"^[0-9]{1,10}(/[0-9]{1,20}-[0-9]{1,20})?$"
+
+# event name -> its data model, and whether it carries an id (the stream's resume cursor).
 STREAM_EVENTS: dict[str, tuple[type[BaseModel], bool]] = {
     "status": (StatusEvent, False),
     "message": (MessageEvent, True),
     "rewind": (RewindEvent, True),
+    "audit": (AuditEvent, True),
     "error": (ErrorDetail, False),
     "end": (EndEvent, False),
 }

@@ -355,6 +355,7 @@ def finish(client: Client, run_id: str, messages: list[Message], output: Any) ->
         now=time.time(),
         result_ttl_s=60,
     )
+    client.event_log.append(run_id, "completed", {"iterations": len(messages)})
 
 
 # -- the event stream (the live run is in test_e2e.py) ---------------------------------------
@@ -371,13 +372,20 @@ def test_the_stream_of_a_finished_run_replays_it_and_ends(api: ApiServer) -> Non
         assert response.getheader("content-type", "").startswith("text/event-stream")
         assert response.getheader("cache-control") == "no-cache"
         got = [e for e in events if isinstance(e, SseEvent)]
-    assert [(e.event, e.id) for e in got] == [
-        ("message", "1"), ("message", "2"), ("status", None), ("end", None)
+    enqueued, completed, first, second, status, end = got  # audit entries, then messages
+    assert (enqueued.event, enqueued.data["event"]) == ("audit", "enqueued")
+    assert enqueued.id == f"0/{enqueued.data['id']}"
+    assert (completed.event, completed.data["event"]) == ("audit", "completed")
+    assert [(e.event, e.id) for e in (first, second)] == [
+        ("message", f"1/{completed.data['id']}"), ("message", f"2/{completed.data['id']}")
     ]  # fmt: skip
-    assert got[0].data == {"index": 0, "message": _message("step 1")}
-    assert got[2].data["status"] == "completed"
-    assert got[2].data["messages"] == 2
-    assert got[3].data == {"reason": "terminal", "status": "completed"}
+    assert first.data == {"index": 0, "message": _message("step 1")}
+    assert (status.event, status.data["status"], status.data["messages"]) == (
+        "status",
+        "completed",
+        2,
+    )
+    assert (end.event, end.data) == ("end", {"reason": "terminal", "status": "completed"})
 
 
 def test_a_reconnect_with_last_event_id_sends_only_what_is_new(api: ApiServer) -> None:
@@ -387,15 +395,26 @@ def test_a_reconnect_with_last_event_id_sends_only_what_is_new(api: ApiServer) -
         finish(client, run_id, [Message(role="assistant", content=f"step {i}") for i in (1, 2, 3)],
                output="done 3")  # fmt: skip
     path = f"/v1/runs/{run_id}/events"
-    with api.stream(path, headers={"Last-Event-ID": "2"}) as (_, events):
-        got = [e for e in events if isinstance(e, SseEvent) and e.event == "message"]
-    assert [(e.id, e.data["message"]["content"]) for e in got] == [("3", "step 3")]
-    with api.stream(f"{path}?after=3") as (_, events):
+    with api.stream(path) as (_, events):
+        ids = [e.id for e in events if isinstance(e, SseEvent) and e.id]
+    with api.stream(path, headers={"Last-Event-ID": ids[-1]}) as (_, events):
         assert [e.event for e in events if isinstance(e, SseEvent)] == ["status", "end"]
+    # After two messages and every audit entry: only the third message is new.
+    with api.stream(path, headers={"Last-Event-ID": "2/" + ids[-1].split("/")[1]}) as (_, events):
+        got = [e for e in events if isinstance(e, SseEvent) and e.event != "status"]
+    assert [(e.event, e.data.get("index")) for e in got] == [("message", 2), ("end", None)]
+    # ?after= counts messages only: the audit entries come again.
+    with api.stream(f"{path}?after=3") as (_, events):
+        got = [e for e in events if isinstance(e, SseEvent)]
+    assert [e.event for e in got] == ["audit", "audit", "status", "end"]
     with api.stream(f"{path}?after=5") as (_, events):
         # The client holds more than exists: it is told to cut back.
-        got = [e for e in events if isinstance(e, SseEvent)]
-    assert (got[0].event, got[0].data, got[0].id) == ("rewind", {"messages": 3}, "3")
+        got = [e for e in events if isinstance(e, SseEvent) and e.event != "audit"]
+    assert (got[0].event, got[0].data) == ("rewind", {"messages": 3})
+    assert got[0].id is not None and got[0].id.startswith("3/")
+    bad = api.request("GET", path, headers={"Last-Event-ID": "two"})
+    assert bad.status == 422
+    assert bad.error["where"] == ["header.last-event-id"]
 
 
 def _message(content: str) -> dict[str, Any]:

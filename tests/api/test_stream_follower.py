@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from executus_worker.api.stream import Event, RunFollower
+from executus_worker.api.stream import Cursor, Event, RunFollower
 from executus_worker.checkpoint.memory import MemoryStore
 from executus_worker.checkpoint.store import Fence
 from executus_worker.client import Client
@@ -28,7 +28,8 @@ class World:
 
     def __init__(self) -> None:
         self.store = MemoryStore(clock=lambda: 0.0)
-        settings = Settings.model_construct(check_agents_on_enqueue=False)
+        # The audit stream lives in Redis: test_stream_audit.py follows it on a real one.
+        settings = Settings.model_construct(check_agents_on_enqueue=False, audit_stream=False)
         self.client = Client(settings, store=self.store)
         self.clock = itertools.count(100)
         self.stored = 0
@@ -135,10 +136,10 @@ def test_a_rewritten_message_is_a_rewind_even_when_the_length_is_unchanged(world
 def test_resuming_after_n_messages_sends_only_the_rest(world: World) -> None:
     world.claim()
     world.step("one", "two", "three")
-    assert brief(RunFollower(world.client, RUN, after=2).first()) == [
+    assert brief(RunFollower(world.client, RUN, cursor=Cursor(2)).first()) == [
         ("message", "three"), ("status", ("running", 3))
     ]  # fmt: skip
-    assert brief(RunFollower(world.client, RUN, after=9).first()) == [
+    assert brief(RunFollower(world.client, RUN, cursor=Cursor(9)).first()) == [
         ("rewind", 3), ("status", ("running", 3))
     ]  # fmt: skip
 

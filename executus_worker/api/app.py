@@ -58,9 +58,10 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Build the client's lazy members now: worker threads must not race to create them.
-        # Neither connects yet.
+        # None connects yet.
         runs.store  # noqa: B018
         runs.publisher  # noqa: B018
+        runs.event_log  # noqa: B018
         yield
         if owned:
             runs.close()

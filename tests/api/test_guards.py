@@ -3,7 +3,10 @@ open API beyond this machine, and how settings treat the token."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 from click.testing import CliRunner
 from pydantic import ValidationError
 
@@ -93,3 +96,14 @@ def test_the_token_is_kept_out_of_reprs_and_dumps() -> None:
     assert TOKEN not in repr(settings)
     assert TOKEN not in str(settings.model_dump())
     assert Settings(api_token="  ").api_token is None  # compose's ${TOKEN:-}: unset
+
+
+def test_the_compose_service_needs_its_token_and_the_image_has_the_extra() -> None:
+    ops = Path(__file__).resolve().parents[2] / "ops"
+    service = yaml.safe_load((ops / "compose.yaml").read_text())["services"]["api"]
+    # What compose passes when EXECUTUS_API_TOKEN is unset: ${EXECUTUS_API_TOKEN:-} is "".
+    env = {**service["environment"], "EXECUTUS_API_TOKEN": ""}
+    result = CliRunner().invoke(cli.main, service["command"], env=env)
+    assert result.exit_code == 1
+    assert "without a token" in result.stderr
+    assert "'.[api]'" in (ops / "Dockerfile").read_text()

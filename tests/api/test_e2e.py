@@ -108,7 +108,10 @@ def test_the_stream_follows_a_run_through_warm_shutdown_and_resume(
     assert audit[:3] == ["enqueued", "claimed", "started"]
     assert audit[-1] == "completed"
     stop = audit.index("interrupted")
-    assert audit[stop : stop + 4] == ["interrupted", "recovered", "claimed", "resumed"]
+    # (The recovery is recorded with the next claim, in either order within that write.)
+    assert audit[stop] == "interrupted"
+    assert sorted(audit[stop + 1 : stop + 3]) == ["claimed", "recovered"]
+    assert audit[stop + 3] == "resumed"
     assert audit.count("step") == 6
     # The new worker took seconds to boot: the quiet stream was kept alive meanwhile.
     assert ": keep-alive" in seen

@@ -26,6 +26,7 @@ from beat.ticker import DEFAULT_MAX_SLEEP_S, RetryPolicy, Ticker
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.client import Client
 from executus_worker.core.stop import StopToken
+from executus_worker.redis_connect import connect
 from executus_worker.schedules.catalog import JobCatalog
 from executus_worker.schedules.source_toml import TomlJobFile
 from executus_worker.schedules.store import ScheduleStore
@@ -59,8 +60,9 @@ def recovery_sweep(settings: Settings) -> Callable[[], object]:
 
 
 def build_parts(settings: Settings, *, sweep: Callable[[], object] | None = None) -> BeatParts:
-    client = redis.Redis.from_url(
+    client = connect(
         settings.redis_url,
+        sentinel_master=settings.sentinel_master,
         socket_timeout=_SOCKET_TIMEOUT_S,
         socket_connect_timeout=_SOCKET_TIMEOUT_S,
         health_check_interval=30,

@@ -38,6 +38,7 @@ from executus_worker.publish import (
     RunMessage,
     build_envelope,
 )
+from executus_worker.redis_connect import connect
 from executus_worker.settings import Settings
 
 # How long to wait for the broker's confirms of one batch before the batch counts as failed.
@@ -242,7 +243,9 @@ class CeleryPublisher:
                     s.effective_broker_url, quorum=s.broker_quorum_queues
                 )
             else:
-                self._client = redis.Redis.from_url(s.effective_broker_url)
+                self._client = connect(
+                    s.effective_broker_url, sentinel_master=s.effective_broker_sentinel_master
+                )
                 self._publisher = BatchPublisher(self._client, global_keyprefix=self._keyprefix)
         return self._publisher
 

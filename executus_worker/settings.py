@@ -22,9 +22,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from executus_worker.redis_connect import SENTINEL_SCHEME, is_sentinel, parse_sentinel_url
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Run state (records, checkpoints, leases, indexes) lives in Redis, whatever the broker.
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+socket"})
+# sentinel: kombu's list of sentinels (redis_connect.py), with EXECUTUS_SENTINEL_MASTER.
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+socket", SENTINEL_SCHEME})
 # The broker carries only executus.run messages: Redis, or RabbitMQ over AMQP 0-9-1 (kombu's
 # py-amqp transport; Celery's recommended production broker).
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
@@ -57,6 +60,10 @@ class Settings(BaseSettings):
     # RabbitMQ cluster). A queue's type is fixed when it is first declared: switching an
     # existing deployment means new queue names (or deleting the old queues once drained).
     broker_quorum_queues: bool = False
+    # Redis Sentinel (redis_connect.py): with a sentinel:// URL, the name of the master group
+    # the sentinels watch; the broker's defaults to the run state's.
+    sentinel_master: str | None = Field(default=None, min_length=1)
+    broker_sentinel_master: str | None = Field(default=None, min_length=1)
     key_prefix: str = Field(default="executus", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
 
     lease_ttl_s: float = Field(default=30.0, gt=0)
@@ -194,6 +201,8 @@ class Settings(BaseSettings):
                 + (hint if scheme in AMQP_SCHEMES else "")
                 + f"; use one of {sorted(REDIS_SCHEMES)}"
             )
+        if scheme == SENTINEL_SCHEME:
+            parse_sentinel_url(value)  # its ValueError names the part that is wrong
         return value
 
     @field_validator("broker_url")
@@ -207,6 +216,8 @@ class Settings(BaseSettings):
                 f"unsupported broker URL scheme {scheme!r}; use Redis "
                 f"({', '.join(sorted(REDIS_SCHEMES))}) or RabbitMQ (amqp, amqps, pyamqp)"
             )
+        if scheme == SENTINEL_SCHEME:
+            parse_sentinel_url(value)  # its ValueError names the part that is wrong
         return value
 
     @field_validator("api_token", mode="before")
@@ -227,6 +238,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EXECUTUS_BROKER_QUORUM_QUEUES=true needs a RabbitMQ broker "
                 f"(EXECUTUS_BROKER_URL=amqp://...), not {urlsplit(self.effective_broker_url).scheme}://"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sentinel_names_master(self) -> Settings:
+        if is_sentinel(self.redis_url) and not self.sentinel_master:
+            raise ValueError(
+                "EXECUTUS_REDIS_URL is a sentinel:// URL: set EXECUTUS_SENTINEL_MASTER "
+                "to the name of the master group the sentinels watch"
+            )
+        if is_sentinel(self.effective_broker_url) and not self.effective_broker_sentinel_master:
+            raise ValueError(
+                "EXECUTUS_BROKER_URL is a sentinel:// URL: set EXECUTUS_BROKER_SENTINEL_MASTER "
+                "(or EXECUTUS_SENTINEL_MASTER) to the name of its master group"
             )
         return self
 
@@ -299,6 +324,10 @@ class Settings(BaseSettings):
     def effective_api_max_body_bytes(self) -> int:
         return self.api_max_body_bytes or self.max_payload_bytes
 
+    @property
+    def effective_broker_sentinel_master(self) -> str | None:
+        return self.broker_sentinel_master or self.sentinel_master
+
     def queue_for(self, model_tier: str | None) -> str:
         if model_tier is not None and model_tier in self.tier_queues:
             return self.tier_queues[model_tier]
@@ -307,6 +336,8 @@ class Settings(BaseSettings):
 
 def redact_url(url: str) -> str:
     """A URL safe to log: the password (and a lone token user) replaced by ``***``."""
+    if ";" in url:  # kombu's list of sentinels: each one may carry the password
+        return ";".join(redact_url(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None and parts.username is None:
         return url

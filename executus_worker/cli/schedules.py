@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-import redis
 from pydantic import ValidationError
 
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.cli.agents import allow_unknown_agent_option
 from executus_worker.cli.common import ErrorsAsMessages, load_settings
 from executus_worker.client import Client
+from executus_worker.redis_connect import connect
 from executus_worker.schedules.admin import JobView, ScheduleAdmin
 from executus_worker.schedules.cron import Schedule
 from executus_worker.schedules.model import JobSpec, OverlapPolicy
@@ -39,7 +39,12 @@ def _settings(ctx: click.Context) -> Settings:
 @contextmanager
 def _admin(ctx: click.Context) -> Iterator[ScheduleAdmin]:
     settings = _settings(ctx)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    client = connect(
+        settings.redis_url,
+        sentinel_master=settings.sentinel_master,
+        socket_connect_timeout=5,
+        socket_timeout=10,
+    )
     try:
         yield ScheduleAdmin(
             ScheduleStore(client, key_prefix=settings.key_prefix),

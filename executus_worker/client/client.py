@@ -34,6 +34,7 @@ from executus_worker.errors import (
     UnknownAgentError,
 )
 from executus_worker.fleet.directory import AgentDirectory, Directory
+from executus_worker.redis_connect import connect
 from executus_worker.schedules.admin import JobView, ScheduleAdmin
 from executus_worker.schedules.model import JobSpec
 from executus_worker.schedules.source_toml import validation_problems
@@ -98,7 +99,9 @@ class Client:
 
     def _client(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.settings.redis_url)
+            self._redis = connect(
+                self.settings.redis_url, sentinel_master=self.settings.sentinel_master
+            )
         return self._redis
 
     @property

@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> Celery:
 
 
 _HARDENED_TRANSPORT = "executus_worker.worker.transport:Transport"
+_HARDENED_SENTINEL_TRANSPORT = "executus_worker.worker.transport:SentinelTransport"
 
 
 def _transport_config(broker_url: str) -> dict[str, Any]:
@@ -68,6 +69,8 @@ def _transport_config(broker_url: str) -> dict[str, Any]:
     redis+socket:// names its transport in the URL, so it keeps the stock one.
     """
     parts = urlsplit(broker_url)
+    if parts.scheme == "sentinel":
+        return {"broker_transport": _HARDENED_SENTINEL_TRANSPORT}
     if parts.scheme not in {"redis", "rediss"}:
         return {}
     config: dict[str, Any] = {"broker_transport": _HARDENED_TRANSPORT}
@@ -106,6 +109,11 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_is_amqp:
         # send_task returns only once RabbitMQ has taken the message (publisher confirms).
         options["confirm_publish"] = True
+    if urlsplit(settings.effective_broker_url).scheme == "sentinel":
+        # kombu's Sentinel transport asks the sentinels for this group's master; the
+        # sentinels get short timeouts, so a dead one is passed over rather than waited on.
+        options["master_name"] = settings.effective_broker_sentinel_master
+        options["sentinel_kwargs"] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
     return options
 
 

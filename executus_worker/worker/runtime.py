@@ -31,6 +31,7 @@ from executus_worker.observability.instruments import (
     observed_execute,
 )
 from executus_worker.publish import BatchPublisher
+from executus_worker.redis_connect import connect
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats
 from executus_worker.worker.messages import run_id_of
@@ -50,9 +51,12 @@ def scan_lock_key(key_prefix: str) -> str:
     return f"{key_prefix}:recover:lock"
 
 
-def redis_client(url: str, *, timeout_s: float = _SOCKET_TIMEOUT_S) -> redis.Redis:
-    return redis.Redis.from_url(
+def redis_client(
+    url: str, *, timeout_s: float = _SOCKET_TIMEOUT_S, sentinel_master: str | None = None
+) -> redis.Redis:
+    return connect(
         url,
+        sentinel_master=sentinel_master,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
@@ -100,7 +104,9 @@ class Runtime:
         with self._lock:
             self._fresh()
             if self._client is None:
-                self._client = redis_client(self.settings.redis_url)
+                self._client = redis_client(
+                    self.settings.redis_url, sentinel_master=self.settings.sentinel_master
+                )
             return self._client
 
     def store(self) -> RedisStore:
@@ -166,7 +172,11 @@ class Runtime:
             # socket on the main client must not hold up the leases.
             heartbeats=Heartbeats(
                 RedisStore(
-                    redis_client(s.redis_url, timeout_s=s.effective_renew_timeout_s),
+                    redis_client(
+                        s.redis_url,
+                        timeout_s=s.effective_renew_timeout_s,
+                        sentinel_master=s.sentinel_master,
+                    ),
                     key_prefix=s.key_prefix,
                     result_ttl_s=s.result_ttl_s,
                 ),
@@ -194,7 +204,9 @@ class Runtime:
         else:
             with self._lock:
                 if self._broker is None:
-                    self._broker = redis_client(s.effective_broker_url)
+                    self._broker = redis_client(
+                        s.effective_broker_url, sentinel_master=s.effective_broker_sentinel_master
+                    )
                 publisher = BatchPublisher(self._broker)
         return Recovery(
             self.store(),

@@ -19,6 +19,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from executus_worker.errors import ConfigError
+from executus_worker.redis_connect import connect
 from executus_worker.settings import AMQP_SCHEMES, Settings, redact_url
 
 RETRY_S = 1.0
@@ -31,6 +32,7 @@ class Service:
     url: str
     role: str  # "Redis", "the broker"
     options: dict[str, Any] = field(default_factory=dict)  # as the real client connects
+    sentinel_master: str | None = None
 
     def ping(self) -> None:
         if urlsplit(self.url).scheme in AMQP_SCHEMES:
@@ -41,8 +43,9 @@ class Service:
                     # A refused login or an unknown vhost is a channel error in py-amqp.
                     raise OperationalError(str(exc)) from exc
             return
-        client = redis.Redis.from_url(
+        client = connect(
             self.url,
+            sentinel_master=self.sentinel_master,
             socket_connect_timeout=PING_TIMEOUT_S,
             socket_timeout=PING_TIMEOUT_S,
             **self.options,
@@ -54,11 +57,20 @@ class Service:
 
 
 def services(settings: Settings) -> list[Service]:
-    store = Service("EXECUTUS_REDIS_URL", settings.redis_url, "Redis")
+    store = Service(
+        "EXECUTUS_REDIS_URL", settings.redis_url, "Redis", sentinel_master=settings.sentinel_master
+    )
     broker_url = settings.effective_broker_url
     if broker_url == settings.redis_url:
         return [store]
-    return [store, Service("EXECUTUS_BROKER_URL", broker_url, "the broker", _as_kombu(broker_url))]
+    broker = Service(
+        "EXECUTUS_BROKER_URL",
+        broker_url,
+        "the broker",
+        _as_kombu(broker_url),
+        sentinel_master=settings.effective_broker_sentinel_master,
+    )
+    return [store, broker]
 
 
 def _as_kombu(broker_url: str) -> dict[str, Any]:

@@ -37,9 +37,11 @@ import json
 import logging
 from queue import Empty  # what kombu's channels raise for 'nothing to read'
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from kombu.transport import redis as kombu_redis
+from redis.sentinel import Sentinel
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +201,55 @@ class Transport(kombu_redis.Transport):
                 describe(message),
             )
             log.debug("delivery failure on queue %s", queue, exc_info=True)
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The hardened channel on kombu's Sentinel channel.
+
+    kombu builds each Sentinel pool from ``self.connection.client.alt`` (the URL's list of
+    sentinels) -- the same path as (3) above: after Celery let go of the connection, closing
+    the channel raised ``AttributeError`` and the worker stopped consuming (seen in
+    tests/faults/test_sentinel_failover.py). The sentinels are read once, while the transport
+    knows them; the master itself is still asked of the sentinels on every new connection.
+    """
+
+    def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
+        hosts = [urlsplit(url) for url in connection.client.alt]
+        self._sentinel_hosts = [
+            (url.hostname, url.port or connection.default_port)
+            for url in hosts
+            if url.scheme == "sentinel" and url.hostname
+        ]
+        super().__init__(connection, *args, **kwargs)
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        # kombu's own method with the sentinels it read once (see the class docstring).
+        params = self._connparams(asynchronous)
+        hosts = self._sentinel_hosts or [(params["host"], params["port"])]
+        params.pop("host", None)
+        params.pop("port", None)
+        manager = Sentinel(  # type: ignore[no-untyped-call]
+            hosts,
+            min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=getattr(self, "sentinel_kwargs", None),
+            **params,
+        )
+        # kombu closes these managers' sentinel connections in _disconnect_pools.
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        master_name = getattr(self, "master_name", None)
+        if master_name is None:
+            raise ValueError("'master_name' transport option must be specified.")
+        credentials = {k: params[k] for k in ("username", "password") if k in params}
+        master = manager.master_for(  # type: ignore[no-untyped-call]
+            master_name, redis.Redis, **credentials
+        )
+        return master.connection_pool
+
+
+class SentinelTransport(Transport, kombu_redis.SentinelTransport):
+    """The hardened transport for ``sentinel://`` brokers (kombu's stock one otherwise)."""
+
+    Channel = SentinelChannel

@@ -27,6 +27,7 @@ from executus_worker.broker_publish import KombuPublisher
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.core.models import RunRecord, RunRequest, RunStatus
 from executus_worker.publish import BatchPublisher
+from executus_worker.redis_connect import connect
 
 HERE = Path(__file__).resolve().parent
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -140,12 +141,17 @@ class Cluster:
     settings: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
     broker_url: str | None = None  # None: the Redis of run state
+    # Redis Sentinel: the master group's name for a sentinel:// redis_url, and a plain Redis
+    # for the step log (a failover may drop the last writes; the verdict must not lose any).
+    sentinel_master: str | None = None
+    steps_url: str | None = None
 
     def __post_init__(self) -> None:
         tag = uuid.uuid4().hex[:8]
         self.prefix = f"e2e{tag}"
         self.queue = f"q-{tag}"
-        self.client = redis.Redis.from_url(self.redis_url)
+        self.client = connect(self.redis_url, sentinel_master=self.sentinel_master)
+        self.steps_client = redis.Redis.from_url(self.steps_url) if self.steps_url else self.client
         self.store = RedisStore(self.client, key_prefix=self.prefix)
         self.publisher: BatchPublisher | KombuPublisher = (
             KombuPublisher(self.broker_url) if self.broker_url else BatchPublisher(self.client)
@@ -161,8 +167,10 @@ class Cluster:
             "EXECUTUS_SWEEP_INTERVAL_S": "0.5",
             "EXECUTUS_SHUTDOWN_GRACE_S": "30",
             "EXECUTUS_QUEUED_TIMEOUT_S": "600",
-            "E2E_STEPS_URL": self.redis_url,
+            "E2E_STEPS_URL": self.steps_url or self.redis_url,
         }
+        if self.sentinel_master:
+            self.base_env["EXECUTUS_SENTINEL_MASTER"] = self.sentinel_master
         if self.broker_url:
             self.base_env["EXECUTUS_BROKER_URL"] = self.broker_url
 
@@ -210,6 +218,8 @@ class Cluster:
         with contextlib.suppress(redis.RedisError):
             self.client.delete(self.queue)
         self.client.close()
+        if self.steps_client is not self.client:
+            self.steps_client.close()
 
     # -- runs ------------------------------------------------------------------------
 
@@ -261,7 +271,7 @@ class Cluster:
         return [m.content for m in self.store.transcript(run_id)]
 
     def steps(self, run_id: str, ev: str | None = None) -> list[dict[str, Any]]:
-        raw = self.client.lrange(f"{self.prefix}:e2e:steps", 0, -1)
+        raw = self.steps_client.lrange(f"{self.prefix}:e2e:steps", 0, -1)
         events = [json.loads(item) for item in raw]
         return [e for e in events if e["run"] == run_id and (ev is None or e["ev"] == ev)]
 

@@ -24,11 +24,17 @@ from executus_worker.settings import Settings
 def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Finding]:
     env = os.environ if environ is None else environ
     findings = list(celery_env_checks(settings, env))
-    findings += list(redis_checks("redis", settings.redis_url, settings))
+    master = settings.sentinel_master
+    findings += list(redis_checks("redis", settings.redis_url, settings, sentinel_master=master))
     if settings.broker_is_amqp:
         findings.append(amqp_check(settings.effective_broker_url))
     elif settings.effective_broker_url != settings.redis_url:
-        findings += list(redis_checks("broker", settings.effective_broker_url, None))
+        broker_master = settings.effective_broker_sentinel_master
+        findings += list(
+            redis_checks(
+                "broker", settings.effective_broker_url, None, sentinel_master=broker_master
+            )
+        )
     if any(f.level == "fail" and f.check in ("redis", "broker") for f in findings):
         return findings  # the rest would only repeat that Redis cannot be reached
     return findings + list(fleet_checks(settings))

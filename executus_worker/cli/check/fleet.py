@@ -20,6 +20,7 @@ from executus_worker.cli.processes import all_queues
 from executus_worker.client import Client
 from executus_worker.errors import ConfigError
 from executus_worker.publish import TASK_RUN
+from executus_worker.redis_connect import connect
 from executus_worker.settings import Settings
 
 PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: <queue><sep><priority> per priority step
@@ -36,8 +37,11 @@ def fleet_checks(settings: Settings) -> Iterator[Finding]:
         # shows both in its own tools (rabbitmqctl list_queues, the management UI).
         yield Finding("ok", "queues", "RabbitMQ broker: see rabbitmqctl list_queues")
         return
-    client = redis.Redis.from_url(
-        settings.effective_broker_url, socket_connect_timeout=3, socket_timeout=5
+    client = connect(
+        settings.effective_broker_url,
+        sentinel_master=settings.effective_broker_sentinel_master,
+        socket_connect_timeout=3,
+        socket_timeout=5,
     )
     try:
         yield from _queues(client, settings, consumers)

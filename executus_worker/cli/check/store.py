@@ -13,6 +13,7 @@ from kombu import Connection
 
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.cli.check.findings import Finding
+from executus_worker.redis_connect import connect
 from executus_worker.settings import Settings, redact_url
 
 PING_SAMPLES = 20
@@ -35,10 +36,16 @@ def amqp_check(url: str) -> Finding:
     return Finding("ok", "broker", f"{product} {version} at {shown}")
 
 
-def redis_checks(name: str, url: str, settings: Settings | None) -> Iterator[Finding]:
+def redis_checks(
+    name: str, url: str, settings: Settings | None, *, sentinel_master: str | None = None
+) -> Iterator[Finding]:
     shown = redact_url(url)
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=3, socket_timeout=5, decode_responses=True
+    client = connect(
+        url,
+        sentinel_master=sentinel_master,
+        socket_connect_timeout=3,
+        socket_timeout=5,
+        decode_responses=True,
     )
     try:
         try:

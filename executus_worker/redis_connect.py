@@ -1,0 +1,100 @@
+"""One way to build a redis-py client from a URL: plain Redis or Redis Sentinel.
+
+``redis://``, ``rediss://``, ``unix://`` go to ``redis.Redis.from_url``. A Sentinel URL names
+the sentinels, kombu's way, so the same string works as a Celery broker URL::
+
+    sentinel://[:password@]host1:26379;sentinel://host2:26379/0
+
+with the master group's name from ``EXECUTUS_SENTINEL_MASTER`` (kombu takes it from the
+``master_name`` transport option, which the worker sets from the same setting). The password
+in the URL authenticates to the *master* (as kombu does); the sentinels themselves are asked
+without one. The client asks the sentinels for the master on every new connection and drops
+its connections when a server answers as a replica (redis-py's ``SentinelConnectionPool``), so
+after a failover the next command goes to the new master.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.sentinel import Sentinel
+
+SENTINEL_SCHEME = "sentinel"
+DEFAULT_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    hosts: tuple[tuple[str, int], ...]
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def is_sentinel(url: str) -> bool:
+    return urlsplit(url).scheme == SENTINEL_SCHEME
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """The sentinels, database and master credentials of a ``sentinel://`` URL.
+
+    ``ValueError`` names the part that is wrong (never the password).
+    """
+    hosts: list[tuple[str, int]] = []
+    db = 0
+    username = password = None
+    for index, part in enumerate(p for p in url.split(";") if p.strip()):
+        where = f"sentinel {index + 1}"
+        parts = urlsplit(part.strip())
+        if parts.scheme != SENTINEL_SCHEME:
+            raise ValueError(f"{where}: scheme {parts.scheme!r}, expected 'sentinel'")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{where}: a sentinel URL takes no ?query or #fragment")
+        try:
+            port = parts.port or DEFAULT_SENTINEL_PORT
+        except ValueError:
+            raise ValueError(f"{where}: the port is not a number in 1..65535") from None
+        if not parts.hostname:
+            raise ValueError(f"{where}: no host")
+        hosts.append((parts.hostname, port))
+        if parts.password is not None:
+            password = unquote(parts.password)
+            username = unquote(parts.username) if parts.username else None
+        path = parts.path.strip("/")
+        if path:
+            if not path.isdigit():
+                raise ValueError(f"{where}: database {path!r} is not a number")
+            db = int(path)
+    if not hosts:
+        raise ValueError("no sentinel host in the URL")
+    return SentinelURL(tuple(hosts), db, username, password)
+
+
+def connect(url: str, *, sentinel_master: str | None = None, **options: Any) -> redis.Redis:
+    """A client for ``url``; ``options`` (timeouts, health checks) go to every connection.
+
+    A ``sentinel://`` URL needs ``sentinel_master``; the sentinels are asked with the same
+    timeouts, so a dead sentinel costs at most one connect timeout before the next is tried.
+    """
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **options)
+    if not sentinel_master:
+        raise ValueError("a sentinel:// URL needs the master's name (EXECUTUS_SENTINEL_MASTER)")
+    spec = parse_sentinel_url(url)
+    timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
+    # redis-py's sentinel module has no annotations.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(spec.hosts), sentinel_kwargs=timeouts, **timeouts
+    )
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        sentinel_master,
+        redis_class=redis.Redis,
+        db=spec.db,
+        username=spec.username,
+        password=spec.password,
+        **options,
+    )
+    return master

@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from executus_worker.observability.metrics import QUEUE_DEPTH, UNFINISHED_RUNS
 from executus_worker.observability.procs import pid_alive
+from executus_worker.redis_connect import connect
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,12 @@ class WorkerCollector:
         return [family]
 
 
-def scrape_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, socket_timeout=_SCRAPE_TIMEOUT_S, socket_connect_timeout=_SCRAPE_TIMEOUT_S
+def scrape_client(url: str, *, sentinel_master: str | None = None) -> redis.Redis:
+    return connect(
+        url,
+        sentinel_master=sentinel_master,
+        socket_timeout=_SCRAPE_TIMEOUT_S,
+        socket_connect_timeout=_SCRAPE_TIMEOUT_S,
     )
 
 

@@ -70,9 +70,11 @@ class Observability:
         os.environ[MULTIPROC_ENV] = str(directory.prepare())
         collector = WorkerCollector(
             directory,
-            broker=scrape_client(s.effective_broker_url),
+            broker=scrape_client(
+                s.effective_broker_url, sentinel_master=s.effective_broker_sentinel_master
+            ),
             queues=queues,
-            store=scrape_client(s.redis_url),
+            store=scrape_client(s.redis_url, sentinel_master=s.sentinel_master),
             active_index_key=active_index_key,
         )
         server = MetricsServer(collector, addr=s.metrics_addr, port=s.metrics_port or 0)

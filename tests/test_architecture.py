@@ -99,7 +99,8 @@ def third_party_violations(subpackage: str, forbidden: set[str]) -> list[str]:
 
 
 CORE = f"{PKG}.core"
-BASE = {CORE, f"{PKG}.errors", f"{PKG}.settings"}
+# redis_connect: how a URL becomes a client (settings validates sentinel:// URLs with it).
+BASE = {CORE, f"{PKG}.errors", f"{PKG}.settings", f"{PKG}.redis_connect"}
 
 
 def test_core_imports_only_stdlib_pydantic_and_itself() -> None:

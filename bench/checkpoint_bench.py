@@ -199,17 +199,17 @@ def bench_sweep(client: redis.Redis, prefix: str, runs: int) -> dict[str, float]
         fields.update(status="interrupted", attempts="1", epoch="1", interrupts="1")
         pipe.hset(store.keys.rec(run_id), mapping=fields)
         pipe.zadd(store.keys.active, {run_id: now - 60 + i * 1e-6})
+        pipe.zadd(store.keys.due, {run_id: now - 60})  # interrupted: a recovery candidate
         if i % 2_000 == 1_999:
             pipe.execute()
     pipe.execute()
     t0 = time.perf_counter()
-    cursor, requeued, pages = 0, 0, 0
+    requeued, pages = 0, 0
     while True:
-        batch = store.sweep(now=now, queued_timeout_s=900, cursor=cursor, batch=1_000)
+        batch = store.sweep(now=now, queued_timeout_s=900, batch=1_000)
         requeued += len(batch.requeued)
         pages += 1
-        cursor = batch.cursor
-        if cursor == 0:
+        if not batch.more:
             break
     elapsed = time.perf_counter() - t0
     assert requeued == runs, (requeued, runs)

@@ -1,77 +1,364 @@
-"""Recovery benchmark: one sweep finds and re-publishes 10,000 interrupted runs (target < 1 s).
+"""Recovery benchmark: what a sweep costs when it has work, and when it has none.
 
-Starts a private redis-server, registers N runs and leaves each one `interrupted` (a warm
-shutdown's state), then times ``Recovery.sweep()``: walking the active index in batches, the
-per-run compare-and-set back to `queued`, and publishing every message through the batch
-publisher. Checks that the broker queue holds exactly N messages. For comparison it also times
-publishing the same messages one round trip each (what ``send_task`` in a loop costs at least).
+Starts a private redis-server and measures ``Recovery.sweep()`` (store sweep + publishing
+through the batch publisher, exactly what every worker runs every ``sweep_interval_s``):
 
-    .venv/bin/python bench/recovery_bench.py [--runs 10000] [--repeats 3] [--no-write]
+- **healthy**: N running runs with live leases and ~64 KB structured requests, nothing to do.
+  Sweep time, the worst round trip of a PING sent every millisecond from another process
+  during the sweeps, and the longest single command Redis itself executed (its latency
+  monitor): a sweep must not hold Redis for more than a few milliseconds at a time.
+- **interrupted**: N interrupted runs (a warm shutdown's state) found, moved back to
+  `queued` and re-published; checks that the broker list holds exactly N messages.
+- **empty sweep vs active runs**: the cost of a sweep that finds nothing, for growing numbers
+  of healthy running runs (it should not grow).
+- **renewal**: one ``renew_many`` round trip for 1,000 leases (the recovery index is pushed
+  forward by every renewal, so this is its price).
 
-Writes its table under ``## Recovery`` in bench/RESULTS.md (other sections are left alone).
+    .venv/bin/python bench/recovery_bench.py [--repeats 3] [--no-write] [--json-out F]
+        [--baseline F]     # a --json-out file from an earlier commit: adds "before" columns
+        [--smoke]          # tiny sizes, no write: what CI runs so the script cannot rot
+
+Only ``Recovery``, ``RedisStore`` and ``BatchPublisher`` are used, so the same file runs
+against older commits (``PYTHONPATH=<old checkout>``) to produce the baseline.
+Writes its tables under ``## Recovery`` in bench/RESULTS.md (other sections are left alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
 import platform
 import re
 import statistics
+import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
+import executus_worker
 from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.checkpoint.store import Fence
 from executus_worker.core.models import RunRequest
 from executus_worker.embedded import EmbeddedRedis
-from executus_worker.publish import BatchPublisher, RunMessage
+from executus_worker.publish import BatchPublisher
 from executus_worker.worker.recovery import Recovery, ScanLock
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 QUEUE = "executus"
-TARGET_S = 1.0
+PREFIX = "bench"
+LONG_LEASE_S = 3_600.0  # healthy runs: their leases outlive the benchmark
 
 
-def prepare(client: redis.Redis, prefix: str, n: int) -> RedisStore:
-    store = RedisStore(client, key_prefix=prefix)
+# --------------------------------------------------------------------------- the pinger
+
+
+def _ping_loop(url: str, conn: multiprocessing.connection.Connection) -> None:
+    """In its own process (no GIL shared with the sweeper): PING every ~1 ms; on "stop",
+    send back the RTTs measured since the last "start"."""
+    client = redis.Redis.from_url(url)
+    client.ping()  # connect now, so no sample includes the connection setup
+    samples: list[float] = []
+    running = False
+    while True:
+        if conn.poll(0.001 if running else None):
+            command = conn.recv()
+            if command == "start":
+                samples, running = [], True
+                conn.send("ok")
+            elif command == "stop":
+                running = False
+                conn.send(samples)
+            else:
+                return
+        if running:
+            t0 = time.perf_counter()
+            client.ping()
+            samples.append(time.perf_counter() - t0)
+
+
+class Pinger:
+    def __init__(self, url: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_ping_loop, args=(url, child), daemon=True)
+        self._proc.start()
+
+    def start(self) -> None:
+        self._conn.send("start")
+        self._conn.recv()
+
+    def stop(self) -> list[float]:
+        self._conn.send("stop")
+        samples: list[float] = self._conn.recv()
+        return samples
+
+    def close(self) -> None:
+        self._conn.send("quit")
+        self._proc.join(5)
+
+
+def redis_worst_command_ms(client: redis.Redis) -> float:
+    """The longest single command (a script counts as one) since the last reset, per Redis's
+    latency monitor (1 ms resolution: 0 means under 1 ms)."""
+    worst = 0.0
+    for event in client.execute_command("LATENCY", "LATEST"):
+        name = event[0].decode() if isinstance(event[0], bytes) else str(event[0])
+        if name in {"command", "fast-command"}:
+            worst = max(worst, float(event[3]))
+    return worst
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def big_request(kb: int) -> RunRequest:
+    """A structured request of about ``kb`` KB: documents, as an agent's input often is."""
+    doc = {"title": "quarterly report", "text": "lorem ipsum dolor sit amet " * 8, "tags": ["a"]}
+    per_doc = len(json.dumps(doc)) + 12
+    documents = [{"id": i, **doc} for i in range(max(1, kb * 1024 // per_doc))]
+    return RunRequest(agent="demo.counter", input={"steps": 3, "documents": documents})
+
+
+SMALL = RunRequest(agent="demo.counter", input={"steps": 5, "step_s": 0.1})
+
+
+def add_running(store: RedisStore, n: int, request: RunRequest, start: int = 0) -> list[str]:
+    now = time.time()
+    ids = []
+    for i in range(start, start + n):
+        run_id = f"live-{i:06d}"
+        store.register(request, run_id=run_id, queue=QUEUE, now=now)
+        store.claim(run_id, owner="bench:1", lease_ttl_s=LONG_LEASE_S, max_attempts=5, now=now)
+        ids.append(run_id)
+    return ids
+
+
+def add_interrupted(store: RedisStore, n: int) -> None:
     now = time.time()
     for i in range(n):
-        run_id = f"bench-{i:06d}"
-        request = RunRequest(run_id=run_id, agent="demo.counter", input={"steps": 5, "step_s": 0.1})
-        store.register(request, run_id=run_id, queue=QUEUE, now=now)
+        run_id = f"int-{i:06d}"
+        store.register(SMALL, run_id=run_id, queue=QUEUE, now=now)
         claim = store.claim(run_id, owner="bench:1", lease_ttl_s=60, max_attempts=5, now=now)
         assert claim.fence is not None
         store.interrupt(run_id, fence=claim.fence, now=now)
-    return store
 
 
-def one_sweep(client: redis.Redis, prefix: str, n: int) -> dict[str, float]:
-    client.flushall()
-    store = prepare(client, prefix, n)
-    recovery = Recovery(
+def recovery(client: redis.Redis, store: RedisStore) -> Recovery:
+    return Recovery(
         store,
         BatchPublisher(client),
         queued_timeout_s=900,
-        lock=ScanLock(client, f"{prefix}:recover:lock"),
+        lock=ScanLock(client, f"{PREFIX}:recover:lock"),
     )
-    started = time.perf_counter()
-    report = recovery.sweep()
-    elapsed = time.perf_counter() - started
-    queued = client.llen(QUEUE)
-    if report.published != n or queued != n or report.errors:
-        raise SystemExit(f"sweep published {report.published}, queue holds {queued}, want {n}")
-    return {"sweep_s": elapsed, "store_s": report.store_s, "publish_s": report.publish_s}
 
 
-def one_by_one(client: redis.Redis, n: int) -> float:
-    client.delete(QUEUE)
-    publisher = BatchPublisher(client, batch_size=1)
-    request_json = RunRequest(agent="demo.counter").to_json()
-    started = time.perf_counter()
+# --------------------------------------------------------------------------- measurements
+
+
+def timed_sweeps(
+    client: redis.Redis, pinger: Pinger, sweep: Callable[[], Any], repeats: int
+) -> dict[str, Any]:
+    """``repeats`` sweeps, each with its own PING and latency-monitor window."""
+    rounds = []
+    for _ in range(repeats):
+        client.execute_command("LATENCY", "RESET")
+        pinger.start()
+        t0 = time.perf_counter()
+        report = sweep()
+        elapsed = time.perf_counter() - t0
+        pings = pinger.stop()
+        rounds.append(
+            {
+                "sweep_s": elapsed,
+                "store_s": report.store_s,
+                "publish_s": report.publish_s,
+                "scanned": report.scanned,
+                "requeued": report.requeued,
+                "ping_max_ms": max(pings, default=0.0) * 1e3,
+                "pings": len(pings),
+                "redis_worst_ms": redis_worst_command_ms(client),
+            }
+        )
+    return summarise(rounds)
+
+
+def summarise(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"repeats": len(rounds)}
+    for key in rounds[0]:
+        values = sorted(r[key] for r in rounds)
+        out[key] = {"median": statistics.median(values), "min": values[0], "max": values[-1]}
+    return out
+
+
+def bench_healthy(client: redis.Redis, pinger: Pinger, n: int, kb: int, repeats: int) -> dict:
+    client.flushall()
+    store = RedisStore(client, key_prefix=PREFIX)
+    add_running(store, n, big_request(kb))
+    used_mb = int(client.info("memory")["used_memory"]) / 2**20
+    result = timed_sweeps(client, pinger, recovery(client, store).sweep, repeats)
+    if result["requeued"]["max"] != 0:
+        raise SystemExit("a sweep over healthy runs requeued something")
+    return {"runs": n, "request_kb": kb, "redis_mb": round(used_mb), **result}
+
+
+def bench_interrupted(client: redis.Redis, pinger: Pinger, n: int, repeats: int) -> dict:
+    rounds = []
+    for _ in range(repeats):
+        client.flushall()
+        store = RedisStore(client, key_prefix=PREFIX)
+        add_interrupted(store, n)
+        one = timed_sweeps(client, pinger, recovery(client, store).sweep, 1)
+        queued = client.llen(QUEUE)
+        if one["requeued"]["median"] != n or queued != n:
+            raise SystemExit(f"requeued {one['requeued']}, queue holds {queued}, want {n}")
+        rounds.append({k: v["median"] for k, v in one.items() if isinstance(v, dict)})
+    return {"runs": n, **summarise(rounds)}
+
+
+def bench_empty(client: redis.Redis, pinger: Pinger, sizes: Sequence[int], repeats: int) -> dict:
+    client.flushall()
+    store = RedisStore(client, key_prefix=PREFIX)
+    out: dict[str, Any] = {}
+    have = 0
+    for n in sorted(sizes):
+        add_running(store, n - have, SMALL, start=have)
+        have = n
+        result = timed_sweeps(client, pinger, recovery(client, store).sweep, repeats)
+        out[str(n)] = result
+    return out
+
+
+def bench_renew(client: redis.Redis, n: int, repeats: int) -> dict:
+    client.flushall()
+    store = RedisStore(client, key_prefix=PREFIX)
+    now = time.time()
+    leases: list[tuple[str, Fence]] = []
     for i in range(n):
-        publisher.publish_many([RunMessage(f"one-{i}", request_json, QUEUE)])
-    return time.perf_counter() - started
+        run_id = f"renew-{i:05d}"
+        store.register(SMALL, run_id=run_id, queue=QUEUE, now=now)
+        claim = store.claim(run_id, owner="bench:1", lease_ttl_s=30, max_attempts=5, now=now)
+        assert claim.fence is not None
+        leases.append((run_id, claim.fence))
+    store.renew_many(leases, lease_ttl_s=30)  # loads the script
+    times = []
+    for _ in range(max(repeats, 5) * 4):
+        t0 = time.perf_counter()
+        replies = store.renew_many(leases, lease_ttl_s=30)
+        times.append(time.perf_counter() - t0)
+        assert all(str(r) == "ok" for r in replies), replies[:3]
+    times.sort()
+    return {
+        "leases": n,
+        "ms": {"median": statistics.median(times) * 1e3, "min": times[0] * 1e3,
+               "max": times[-1] * 1e3},
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    redis_v = next((v.split("=")[1] for v in version if v.startswith("v=")), "?")
+    return (
+        f"{model}, {os.cpu_count()} CPUs, Redis {redis_v}, "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"redis-py {redis.__version__}"
+    )
+
+
+def fmt(stat: dict[str, float] | None, unit: str = "s", scale: float = 1.0, nd: int = 3) -> str:
+    if stat is None:
+        return "n/a"
+    m, lo, hi = (stat[k] * scale for k in ("median", "min", "max"))
+    return f"{m:.{nd}f} {unit} ({lo:.{nd}f}-{hi:.{nd}f})"
+
+
+def render(res: dict[str, Any], base: dict[str, Any] | None, commit: str) -> str:
+    def before(*path: str) -> Any:
+        node: Any = base
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        return node
+
+    head = (
+        "| measure | before | after |\n|---|---|---|\n"
+        if base
+        else "| measure | result |\n|---|---|\n"
+    )
+
+    def row(label: str, *path: str, unit: str = "s", scale: float = 1.0, nd: int = 3) -> str:
+        node: Any = res
+        for p in path:
+            node = node[p]
+        cells = [fmt(node, unit, scale, nd)]
+        if base:
+            cells.insert(0, fmt(before(*path), unit, scale, nd))
+        return f"| {label} | " + " | ".join(cells) + " |\n"
+
+    h = res["healthy"]
+    lines = [
+        "## Recovery\n\n",
+        f"`bench/recovery_bench.py` on {res['machine']}; {res['date']}.\n",
+        "Each cell: median (min-max) over the repeats; every sweep is a full "
+        "`Recovery.sweep()` (store sweep + publishing) against a private redis-server on "
+        "loopback. *PING worst*: the slowest round trip of a PING sent every millisecond "
+        "by another process during the sweep. *Redis worst command*: the longest single "
+        "command Redis executed during the sweep (its latency monitor, 1 ms resolution; "
+        "0 = under 1 ms). The box is a shared, noisy 2-core VM.\n",
+    ]
+    if base:
+        lines.append(f"\n*before* = commit {base.get('commit', '?')}, *after* = {commit}.\n")
+    lines.append(
+        f"\n### Sweep over {h['runs']:,} healthy running runs ({h['request_kb']} KB requests, "
+        f"Redis {h['redis_mb']} MB), nothing to do\n\n"
+    )
+    lines.append(head)
+    lines.append(row("sweep time", "healthy", "sweep_s"))
+    lines.append(row("runs the store looked at", "healthy", "scanned", unit="", nd=0))
+    lines.append(row("PING worst", "healthy", "ping_max_ms", unit="ms", nd=1))
+    lines.append(row("Redis worst command", "healthy", "redis_worst_ms", unit="ms", nd=0))
+    for n, r in res["interrupted"].items():
+        lines.append(f"\n### {int(n):,} interrupted runs found and re-published\n\n")
+        lines.append(head)
+        lines.append(row("sweep + publish", "interrupted", n, "sweep_s"))
+        lines.append(row("per run", "interrupted", n, "sweep_s", unit="us",
+                         scale=1e6 / int(n), nd=0))  # fmt: skip
+        lines.append(row("of which the store's sweep", "interrupted", n, "store_s"))
+        lines.append(row("of which building + pushing messages", "interrupted", n, "publish_s"))
+        lines.append(row("PING worst", "interrupted", n, "ping_max_ms", unit="ms", nd=1))
+        lines.append(row("Redis worst command", "interrupted", n, "redis_worst_ms",
+                         unit="ms", nd=0))  # fmt: skip
+        del r
+    lines.append("\n### A sweep that finds nothing, by number of healthy running runs\n\n")
+    lines.append(head.replace("measure", "healthy runs"))
+    for n in res["empty"]:
+        lines.append(row(f"{int(n):,}", "empty", n, "sweep_s", unit="ms", scale=1e3, nd=2))
+    lines.append("\n### Renewal\n\n")
+    lines.append(head)
+    lines.append(
+        row(f"`renew_many` of {res['renew']['leases']:,} leases (one round trip)", "renew", "ms",
+            unit="ms", nd=2)
+    )  # fmt: skip
+    if res.get("notes"):
+        lines.append("\n" + res["notes"].strip() + "\n")
+    return "".join(lines)
 
 
 def write_results(section: str) -> None:
@@ -85,48 +372,70 @@ def write_results(section: str) -> None:
     RESULTS.write_text(text)
 
 
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    root = Path(executus_worker.__file__).resolve().parent.parent
+    for where in (root, here):
+        out = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return "?"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--healthy", type=int, default=10_000)
+    parser.add_argument("--healthy-kb", type=int, default=64)
+    parser.add_argument("--interrupted", default="10000,100000")
+    parser.add_argument("--empty", default="0,1000,10000,100000")
+    parser.add_argument("--renew", type=int, default=1_000)
+    parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--baseline", type=Path)
+    parser.add_argument("--notes", type=Path, help="a Markdown file appended to the section")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, no write")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.healthy, args.healthy_kb = 1, 20, 4
+        args.interrupted, args.empty, args.renew, args.no_write = "30", "0,10", 10, True
 
+    res: dict[str, Any] = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": git_commit(),
+    }
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
-        rounds = [one_sweep(client, "bench", args.runs) for _ in range(args.repeats)]
-        single_n = min(args.runs, 2_000)
-        single_s = one_by_one(client, single_n)
-        client.close()
-
-    sweeps = [r["sweep_s"] for r in rounds]
-    median = statistics.median(sweeps)
-    store_s = statistics.median(r["store_s"] for r in rounds)
-    publish_s = statistics.median(r["publish_s"] for r in rounds)
-    per_msg_single_us = single_s / single_n * 1e6
-    verdict = "PASS" if median < TARGET_S else "FAIL"
-    print(f"sweep + publish of {args.runs} runs: median {median:.3f}s {sorted(sweeps)} {verdict}")
-    print(f"store sweep {store_s:.3f}s, publish {publish_s:.3f}s (medians)")
-    print(f"one round trip per message: {per_msg_single_us:.0f} us/message")
-    section = (
-        "## Recovery\n\n"
-        f"`bench/recovery_bench.py` -- one `Recovery.sweep()` over {args.runs:,} interrupted runs\n"
-        "(walk the active index in batches of 1,000, per-run CAS back to `queued` in Lua,\n"
-        "publish every `executus.run` message with the pipelined batch publisher), private\n"
-        f"redis-server on loopback, {platform.python_implementation()} "
-        f"{platform.python_version()}, {args.repeats} repeats on a fresh dataset each.\n\n"
-        "| measure | result |\n|---|---|\n"
-        f"| sweep + publish, median | **{median:.3f} s** ({verdict}: target < {TARGET_S:g} s) |\n"
-        f"| sweep + publish, all repeats | {', '.join(f'{s:.3f}' for s in sorted(sweeps))} s |\n"
-        f"| per run | {median / args.runs * 1e6:.0f} us |\n"
-        f"| of which the store's sweep (index walk + Lua CAS), median | {store_s:.3f} s |\n"
-        f"| of which building + pushing messages, median | {publish_s:.3f} s |\n"
-        f"| publishing one message per round trip (for comparison) | "
-        f"{per_msg_single_us:.0f} us/message, i.e. {per_msg_single_us * args.runs / 1e6:.1f} s "
-        f"for {args.runs:,} |\n\n"
-        "Every repeat checks that the broker list holds exactly one message per run and\n"
-        "that no record was reported bad. The numbers are from a noisy shared 2-core box.\n"
-    )
+        client.config_set("latency-monitor-threshold", 1)
+        pinger = Pinger(server.url)
+        try:
+            res["healthy"] = bench_healthy(
+                client, pinger, args.healthy, args.healthy_kb, args.repeats
+            )
+            print("healthy:", json.dumps(res["healthy"]), flush=True)
+            res["interrupted"] = {}
+            for n in (int(x) for x in args.interrupted.split(",")):
+                res["interrupted"][str(n)] = bench_interrupted(client, pinger, n, args.repeats)
+                print(f"interrupted {n}:", json.dumps(res["interrupted"][str(n)]), flush=True)
+            sizes = [int(x) for x in args.empty.split(",")]
+            res["empty"] = bench_empty(client, pinger, sizes, args.repeats)
+            print("empty:", json.dumps(res["empty"]), flush=True)
+            res["renew"] = bench_renew(client, args.renew, args.repeats)
+            print("renew:", json.dumps(res["renew"]), flush=True)
+        finally:
+            pinger.close()
+            client.close()
+    if args.json_out:
+        args.json_out.write_text(json.dumps(res, indent=1))
+    if args.notes:
+        res["notes"] = args.notes.read_text()
+    base = json.loads(args.baseline.read_text()) if args.baseline else None
+    section = render(res, base, res["commit"])
+    print(section)
     if not args.no_write:
         write_results(section)
         print(f"wrote the Recovery section of {RESULTS}")

@@ -164,6 +164,11 @@ class BatchPublisher:
     def publish(self, run_id: str, request_json: str, *, queue: str) -> None:
         self.publish_many([RunMessage(run_id, request_json, queue)])
 
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in ``queue`` (not those a worker reserved): the recovery sweep's
+        backlog signal. Our messages go out at priority 0, which kombu keeps in the bare list."""
+        return int(self._client.llen(self._keyprefix + queue))
+
     def publish_many(self, messages: Iterable[RunMessage]) -> int:
         """Publish every message; returns how many. Raises redis errors (nothing is retried:
         a run whose message was lost stays ``queued`` and the sweep re-publishes it)."""

@@ -4,7 +4,8 @@ Product code, not a test double: the demo, our tests and users' own tests run on
 the same stored shapes as Redis (a record "hash" of strings, the transcript as a list of JSON
 strings, a meta "hash") and goes through the same codec, so decoding rules and error types are
 identical. Lease and retention expiry follow an injectable ``clock`` so tests can expire a
-lease without sleeping; the ``now`` arguments are only recorded, as in Redis.
+lease without sleeping; the ``now`` arguments are recorded, and, as in Redis, they place runs in
+the recovery index (the caller's wall clock, like the sweep's ``now``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pydantic import JsonValue
 
 from executus_worker.checkpoint import codec
 from executus_worker.checkpoint.store import (
+    BACKLOG_DEFER_LIMIT,
+    QUEUED_BACKOFF_DOUBLINGS,
     ClaimResult,
     ClaimStatus,
     Fence,
+    IndexAudit,
     RenewStatus,
     Requeued,
     RunningLease,
@@ -60,6 +64,10 @@ class MemoryStore:
         self._runs: dict[str, _Run] = {}
         self._active: dict[str, float] = {}  # run_id -> created_at (the index order)
         self._done: dict[str, float] = {}  # run_id -> finished_at
+        # The recovery index (store.py): running/interrupted -> due time; queued -> base.
+        self._due: dict[str, float] = {}
+        self._waiting: dict[str, float] = {}
+        self._audit_cursor = 0
 
     # ------------------------------------------------------------------------ internals
 
@@ -114,6 +122,8 @@ class MemoryStore:
         run.ckpt = None
         run.expires_at = self._clock() + ttl_s
         self._active.pop(run_id, None)
+        self._due.pop(run_id, None)
+        self._waiting.pop(run_id, None)
         self._done[run_id] = now
         horizon = now - ttl_s
         for old in [k for k, v in self._done.items() if v < horizon]:
@@ -132,6 +142,8 @@ class MemoryStore:
             self._runs[run_id] = run
             self._active[run_id] = now
             self._done.pop(run_id, None)
+            self._due.pop(run_id, None)
+            self._waiting[run_id] = now
             return self._decode(run_id, run), True
 
     def get(self, run_id: str) -> RunRecord | None:
@@ -183,6 +195,9 @@ class MemoryStore:
                 last_reason=reason,
             )
             run.lease = (fence.token, self._clock() + lease_ttl_s)
+            run.rec.pop("sweep_checks", None)
+            self._waiting.pop(run_id, None)
+            self._due[run_id] = now + lease_ttl_s
             return self._claim_result(ClaimStatus.CLAIMED, run_id, run, fence)
 
     def _claim_result(
@@ -194,9 +209,15 @@ class MemoryStore:
         )
 
     def renew_many(
-        self, leases: Sequence[tuple[str, Fence]], *, lease_ttl_s: float
+        self,
+        leases: Sequence[tuple[str, Fence]],
+        *,
+        lease_ttl_s: float,
+        now: float | None = None,
     ) -> list[RenewStatus | StoreError]:
-        return [self.renew(run_id, fence=f, lease_ttl_s=lease_ttl_s) for run_id, f in leases]
+        return [
+            self.renew(run_id, fence=f, lease_ttl_s=lease_ttl_s, now=now) for run_id, f in leases
+        ]
 
     def running_leases(
         self, *, cursor: int = 0, batch: int = 1000
@@ -233,9 +254,15 @@ class MemoryStore:
             run.rec["survived"] = str(int(run.rec.get("survived", "0")) + 1)
             return True
 
-    def renew(self, run_id: str, *, fence: Fence, lease_ttl_s: float) -> RenewStatus:
+    def renew(
+        self, run_id: str, *, fence: Fence, lease_ttl_s: float, now: float | None = None
+    ) -> RenewStatus:
         value = fence.token
         with self._lock:
+            # RedisStore's ZADD XX GT, sent with every renewal whatever RENEW answers.
+            if run_id in self._due:
+                deadline = (time.time() if now is None else now) + lease_ttl_s
+                self._due[run_id] = max(self._due[run_id], deadline)
             run = self._get(run_id)
             if run is None:
                 return RenewStatus.LOST
@@ -284,57 +311,117 @@ class MemoryStore:
             return found[: max(limit, 0)]
 
     def sweep(
-        self, *, now: float, queued_timeout_s: float, cursor: int = 0, batch: int = 1000
+        self,
+        *,
+        now: float,
+        queued_timeout_s: float,
+        batch: int = 1000,
+        backlogged: Callable[[str], bool] | None = None,
     ) -> SweepBatch:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
         with self._lock:
-            ordered = sorted(self._active, key=lambda k: (self._active[k], k))
-            page = ordered[cursor : cursor + batch]
+            due = _first(self._due, now, batch)
+            waiting = _first(self._waiting, now - queued_timeout_s, batch)
+            answers: dict[str, bool] = {}
             requeued: list[Requeued] = []
             errors: list[tuple[str, str]] = []
-            removed = 0
-            for run_id in page:
+            deferred = 0
+            seen = set(due)
+            for run_id in due + [i for i in waiting if i not in seen]:
                 run = self._get(run_id)
-                outcome = self._requeue_if_orphan(run_id, run, now, queued_timeout_s)
+                queue = run.rec.get("queue") if run is not None else None
+                flag = False
+                if backlogged is not None and run_id in waiting and queue is not None:
+                    if queue not in answers:
+                        answers[queue] = backlogged(queue)
+                    flag = answers[queue]
+                outcome = self._requeue(run_id, run, now, queued_timeout_s, flag)
                 if isinstance(outcome, Requeued):
                     requeued.append(outcome)
+                elif outcome == "deferred":
+                    deferred += 1
                 elif outcome is not None:
-                    kind, why = outcome
-                    if kind == "removed":
-                        removed += 1
-                        self._active.pop(run_id, None)
-                    errors.append((run_id, why))
-            next_cursor = 0 if len(page) < batch else cursor + len(page) - removed
-            return SweepBatch(requeued, errors, scanned=len(page), cursor=next_cursor)
+                    errors.append((run_id, outcome))
+            ids = seen | set(waiting)
+            more = len(due) == batch or len(waiting) == batch
+            return SweepBatch(requeued, errors, scanned=len(ids), deferred=deferred, more=more)
 
-    def _requeue_if_orphan(  # noqa: PLR0911 -- one return per branch of the Lua REQUEUE
-        self, run_id: str, run: _Run | None, now: float, queued_timeout_s: float
-    ) -> Requeued | tuple[str, str] | None:
-        """The Lua REQUEUE script, in Python: a Requeued, ("removed"|"bad", why), or None."""
+    def _requeue(  # noqa: PLR0911 -- one return per branch of the Lua REQUEUE
+        self, run_id: str, run: _Run | None, now: float, wait_s: float, backlogged: bool
+    ) -> Requeued | str | None:
+        """The Lua REQUEUE script, in Python: a Requeued, "deferred", None (skipped), or what
+        was wrong (reported)."""
+
+        def unindex(why: str) -> str:
+            for index in (self._active, self._due, self._waiting):
+                index.pop(run_id, None)
+            return f"removed from the run indexes: {why}"
+
+        def later(why: str) -> str:
+            self._waiting.pop(run_id, None)
+            self._due[run_id] = now + wait_s
+            return f"skipped unreadable record: {why}"
+
         if run is None:
-            return ("removed", "indexed as active but has no record")
-        status = run.rec.get("status")
+            return unindex("indexed for recovery but has no record")
+        status, queue = run.rec.get("status"), run.rec.get("queue")
         if status is None:
-            return ("bad", "skipped unreadable record: record has no status")
+            return later("record has no status")
         if status in _TERMINAL:
-            return ("removed", f"terminal ({status}) but still indexed as active")
-        try:
-            request = codec.decode_request(run_id, f"memory:{run_id}:rec", run.rec["request"])
-            queue = run.rec["queue"]
-        except (CorruptCheckpointError, KeyError) as exc:
-            return ("bad", f"skipped unreadable record: {exc}")
+            return unindex(f"terminal ({status}) but still indexed for recovery")
+        if queue is None or "request" not in run.rec:
+            return later("record has no queue or request")
         if status == "running":
             if self._lease_live(run):
+                assert run.lease is not None
+                self._waiting.pop(run_id, None)
+                self._due[run_id] = now + (run.lease[1] - self._clock())
                 return None
             run.rec["last_reason"] = "lease expired while running (worker lost)"
             self._mark_taken(run, now)
         elif status == "queued":
-            if now - float(run.rec.get("enqueued_at", "0")) < queued_timeout_s:
+            self._due.pop(run_id, None)
+            enqueued = _float(run.rec.get("enqueued_at"))
+            base = self._waiting.get(run_id, enqueued)
+            if base > now - wait_s:
+                self._waiting[run_id] = base
                 return None
+            checks = int(run.rec.get("sweep_checks", "0")) + 1
+            backoff = 2 ** min(checks, QUEUED_BACKOFF_DOUBLINGS) - 1
+            self._waiting[run_id] = now + wait_s * backoff
+            run.rec["sweep_checks"] = str(checks)
+            if backlogged and now - enqueued < BACKLOG_DEFER_LIMIT * wait_s:
+                return "deferred"
+            run.rec.update(enqueued_at=repr(now), updated_at=repr(now))
+            return Requeued(run_id, queue, run.rec["request"], RunStatus.QUEUED)
         elif status != "interrupted":
-            return ("bad", f"skipped unreadable record: unknown status {status}")
+            return later(f"unknown status {status}")
         run.rec.update(status="queued", enqueued_at=repr(now), updated_at=repr(now))
         run.rec.pop("owner", None)
-        return Requeued(run_id, queue, request, RunStatus(status))
+        run.rec.pop("sweep_checks", None)
+        self._due.pop(run_id, None)
+        self._waiting[run_id] = now
+        return Requeued(run_id, queue, run.rec["request"], RunStatus(status))
+
+    def audit_index(self, *, now: float, limit: int = 500) -> IndexAudit:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        with self._lock:
+            ordered = sorted(self._active, key=lambda k: (self._active[k], k))
+            full = len(self._due) + len(self._waiting) < len(ordered)
+            start = self._audit_cursor if self._audit_cursor < len(ordered) else 0
+            span = len(ordered) if full else min(limit, len(ordered) - start)
+            checked = added = 0
+            for step in range(span):
+                run_id = ordered[(start + step) % len(ordered)]
+                checked += 1
+                if run_id not in self._due and run_id not in self._waiting:
+                    self._due[run_id] = now
+                    added += 1
+            end = start + span
+            self._audit_cursor = end % len(ordered) if ordered and end < len(ordered) else 0
+            return IndexAudit(checked=checked, added=added)
 
     # ------------------------------------------------------------------------ checkpoints
 
@@ -426,6 +513,8 @@ class MemoryStore:
             )
             run.rec.pop("owner", None)
             run.lease = None
+            self._waiting.pop(run_id, None)
+            self._due[run_id] = now  # a recovery candidate at once
 
     def transcript(self, run_id: str) -> list[Message]:
         with self._lock:
@@ -434,3 +523,15 @@ class MemoryStore:
                 raise RunNotFoundError(run_id)
             items = list(run.msgs)
         return codec.decode_messages(run_id, f"memory:{run_id}:msgs", codec.join_items(items))
+
+
+def _first(index: dict[str, float], at_most: float, n: int) -> list[str]:
+    """The first ``n`` ids scored at most ``at_most``, by (score, id) like ZRANGEBYSCORE."""
+    return [k for _, k in sorted((v, k) for k, v in index.items() if v <= at_most)[:n]]
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0

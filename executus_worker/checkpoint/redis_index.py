@@ -1,88 +1,189 @@
-"""RedisStore operations that walk the run indexes: ``list_runs`` and the recovery sweep.
+"""RedisStore operations that read the run indexes: the recovery sweep, its audit, ``list_runs``.
 
-Both read the ``runs:active`` / ``runs:done`` sorted sets (never SCAN the keyspace) and send one
-pipelined round trip per batch, not one per run: the sweep must find and requeue 10,000 runs in
-well under a second, and publishing one message per round trip takes ~9 s here.
+The sweep reads only what is due (the recovery index, ``store.py``): one pipelined
+``ZRANGEBYSCORE ... LIMIT`` on ``runs:due`` and ``runs:waiting``, then one pipelined round trip
+of per-run compare-and-set scripts for those runs only. A healthy run (a live, renewed lease, a
+queued run inside its timeout) is never read, so a sweep that finds nothing costs two index
+range reads whatever the number of active runs. No script decodes a request, and each one is a
+few O(1) commands, so Redis, which serves pipelined commands a read buffer at a time, is never
+held for more than a fraction of a millisecond by a sweep.
+
+Nothing here ever scans the keyspace.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
-from redis.commands.core import Script
 
-from executus_worker.checkpoint import codec
+from executus_worker.checkpoint import codec, scripts
 from executus_worker.checkpoint.keys import KeySchema
-from executus_worker.checkpoint.store import Requeued, SweepBatch
+from executus_worker.checkpoint.store import IndexAudit, Requeued, SweepBatch
 from executus_worker.core.models import RunRecord, RunStatus
 from executus_worker.errors import CorruptCheckpointError, StoreError
 
 log = logging.getLogger(__name__)
 
+_REQUEUE = scripts.WITH_LIB["requeue"]
+_AUDIT = scripts.WITH_LIB["audit"]
+_REQUEUE_SHA = hashlib.sha1(_REQUEUE.encode(), usedforsecurity=False).hexdigest()
+_AUDIT_SHA = hashlib.sha1(_AUDIT.encode(), usedforsecurity=False).hexdigest()
+
 
 def sweep(
     client: redis.Redis,
     keys: KeySchema,
-    requeue: Script,
     *,
     now: float,
     queued_timeout_s: float,
-    cursor: int,
     batch: int,
+    backlogged: Callable[[str], bool] | None,
 ) -> SweepBatch:
-    """One page of the active index: a per-run compare-and-set for each id, pipelined.
-
-    The index is walked by rank, so ids that the sweep itself removes shift the ranks behind
-    them; the returned cursor accounts for those. Runs finished concurrently by workers can
-    still shift a page boundary; a run skipped that way is seen by the next sweep.
-    """
+    """One batch of due runs: up to ``batch`` from each index, each through REQUEUE."""
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
     try:
-        raw_ids = cast("list[bytes]", client.zrange(keys.active, cursor, cursor + batch - 1))
-        ids = [codec.text(i) for i in raw_ids]
-        if not ids:
-            return SweepBatch(requeued=[], errors=[], scanned=0, cursor=0)
         pipe = client.pipeline(transaction=False)
-        for run_id in ids:
-            rec, lease = keys.rec(run_id), keys.lease(run_id)
-            requeue(
-                keys=[rec, lease, keys.active], args=[run_id, now, queued_timeout_s], client=pipe
-            )
-        # One bad record must not stop the others: collect per-command errors instead.
-        replies = pipe.execute(raise_on_error=False)
+        pipe.zrangebyscore(keys.due, "-inf", now, start=0, num=batch)
+        pipe.zrangebyscore(keys.waiting, "-inf", now - queued_timeout_s, start=0, num=batch)
+        raw_due, raw_waiting = pipe.execute()
+        due = [codec.text(i) for i in raw_due]
+        waiting = [codec.text(i) for i in raw_waiting]
+        if not due and not waiting:
+            return SweepBatch(requeued=[], errors=[], scanned=0)
+        flags = _backlog_flags(client, keys, waiting, backlogged)
+        seen = set(due)
+        ids = due + [i for i in waiting if i not in seen]
+        replies = _requeue_all(
+            client, keys, ids, now=now, queued_timeout_s=queued_timeout_s, flags=flags
+        )
     except redis.RedisError as exc:
-        raise StoreError(f"redis sweep of {keys.active} failed: {exc}") from exc
+        raise StoreError(f"redis sweep of {keys.due} / {keys.waiting} failed: {exc}") from exc
 
     requeued: list[Requeued] = []
     errors: list[tuple[str, str]] = []
-    removed = 0
+    deferred = failed = 0
     for run_id, reply in zip(ids, replies, strict=True):
         if isinstance(reply, Exception):
+            failed += 1
             errors.append((run_id, f"sweep script failed: {reply}"))
             continue
         kind = codec.text(reply[0])
         if kind == "requeued":
-            try:
-                request = codec.decode_request(run_id, keys.rec(run_id), reply[3])
-            except CorruptCheckpointError as exc:
-                errors.append((run_id, str(exc)))
-                continue
             requeued.append(
                 Requeued(
                     run_id=run_id,
                     queue=codec.text(reply[2]),
-                    request=request,
+                    # Bytes that are not UTF-8 still go out (replaced): the worker that gets the
+                    # message fails the run with the reason, rather than recovery looping on it.
+                    request_json=reply[3].decode(errors="replace")
+                    if isinstance(reply[3], bytes)
+                    else reply[3],
                     previous_status=RunStatus(codec.text(reply[1])),
                 )
             )
+        elif kind == "deferred":
+            deferred += 1
         elif kind == "removed":
-            removed += 1
-            errors.append((run_id, f"removed from {keys.active}: {codec.text(reply[1])}"))
+            errors.append((run_id, f"removed from the run indexes: {codec.text(reply[1])}"))
         elif kind == "bad":
             errors.append((run_id, f"skipped unreadable record: {codec.text(reply[1])}"))
-    next_cursor = 0 if len(ids) < batch else cursor + len(ids) - removed
-    return SweepBatch(requeued=requeued, errors=errors, scanned=len(ids), cursor=next_cursor)
+    # A full page may have more behind it; but if no script ran, the same runs would come
+    # back: stop rather than loop (the errors say why).
+    more = (len(due) == batch or len(waiting) == batch) and failed < len(ids)
+    return SweepBatch(requeued, errors, scanned=len(ids), deferred=deferred, more=more)
+
+
+def _backlog_flags(
+    client: redis.Redis,
+    keys: KeySchema,
+    waiting: Sequence[str],
+    backlogged: Callable[[str], bool] | None,
+) -> dict[str, str]:
+    """'1' for each due queued run whose broker queue holds messages. The queue names cost a
+    pipelined HGET per due queued run (no request is read); the callable is asked per queue."""
+    if not waiting or backlogged is None:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for run_id in waiting:
+        pipe.hget(keys.rec(run_id), "queue")
+    queues = pipe.execute(raise_on_error=False)
+    answers: dict[str, bool] = {}
+    flags: dict[str, str] = {}
+    for run_id, raw in zip(waiting, queues, strict=True):
+        if isinstance(raw, bytes | str):
+            queue = codec.text(raw)
+            if queue not in answers:
+                answers[queue] = backlogged(queue)
+            if answers[queue]:
+                flags[run_id] = "1"
+    return flags
+
+
+def _requeue_all(
+    client: redis.Redis,
+    keys: KeySchema,
+    ids: Sequence[str],
+    *,
+    now: float,
+    queued_timeout_s: float,
+    flags: dict[str, str],
+) -> list[Any]:
+    """REQUEUE for every id in one pipelined round trip; per-run failures stay in their slot."""
+
+    def send(targets: Sequence[str]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for run_id in targets:
+            base = keys.run_base(run_id)
+            pipe.evalsha(
+                _REQUEUE_SHA, 5, f"{base}:rec", f"{base}:lease", keys.active, keys.due,
+                keys.waiting, run_id, now, queued_timeout_s, flags.get(run_id, "0"),
+            )  # fmt: skip
+        return pipe.execute(raise_on_error=False)
+
+    replies = send(ids)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
+    if missing:
+        # A restarted Redis forgot the script: load it, then run the calls that did not run.
+        client.script_load(_REQUEUE)
+        for i, reply in zip(missing, send([ids[i] for i in missing]), strict=True):
+            replies[i] = reply
+    return replies
+
+
+def audit_index(client: redis.Redis, keys: KeySchema, *, now: float, limit: int) -> IndexAudit:
+    """See ``RunStore.audit_index``. Each AUDIT call is one short script over ``limit`` ids."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key in (keys.active, keys.due, keys.waiting):
+            pipe.zcard(key)
+        active, due, waiting = (int(n) for n in pipe.execute())
+        # Fewer index entries than active runs: some run is invisible to the sweep. Check them
+        # all now (an upgrade from an older version, lost writes) instead of one slice a sweep.
+        full = due + waiting < active
+        checked = added = 0
+        args: list[str | float] = [keys.active, keys.due, keys.waiting, keys.audit, now, limit]
+        # Full: round the whole index once from wherever the cursor stands (the bound stops a
+        # pass that races an index growing faster than it walks).
+        for _ in range(active // limit + 2 if full else 1):
+            try:
+                reply = client.evalsha(_AUDIT_SHA, 4, *args)
+            except redis.exceptions.NoScriptError:
+                client.script_load(_AUDIT)
+                reply = client.evalsha(_AUDIT_SHA, 4, *args)
+            checked += int(reply[0])
+            added += int(reply[1])
+            if checked >= active:
+                break
+    except redis.RedisError as exc:
+        raise StoreError(f"redis audit of {keys.active} failed: {exc}") from exc
+    return IndexAudit(checked=checked, added=added)
 
 
 def list_runs(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, cast
 
@@ -24,6 +25,7 @@ from executus_worker.checkpoint.store import (
     ClaimResult,
     ClaimStatus,
     Fence,
+    IndexAudit,
     RenewStatus,
     RunningLease,
     SaveAck,
@@ -138,30 +140,43 @@ class RedisStore:
             status, epoch=record.epoch, attempts=record.attempts, record=record, fence=fence
         )
 
-    def renew(self, run_id: str, *, fence: Fence, lease_ttl_s: float) -> RenewStatus:
-        reply = self.renew_many([(run_id, fence)], lease_ttl_s=lease_ttl_s)[0]
+    def renew(
+        self, run_id: str, *, fence: Fence, lease_ttl_s: float, now: float | None = None
+    ) -> RenewStatus:
+        reply = self.renew_many([(run_id, fence)], lease_ttl_s=lease_ttl_s, now=now)[0]
         if isinstance(reply, StoreError):
             raise reply
         return reply
 
     def renew_many(
-        self, leases: Sequence[tuple[str, Fence]], *, lease_ttl_s: float
+        self,
+        leases: Sequence[tuple[str, Fence]],
+        *,
+        lease_ttl_s: float,
+        now: float | None = None,
     ) -> list[RenewStatus | StoreError]:
         """One pipelined round trip for every lease of a process: one slow or failing lease
         cannot delay the others, and the cost per interval is one round trip, not one per run."""
         if not leases:
             return []
         ttl = _ms(lease_ttl_s)
+        deadline = (time.time() if now is None else now) + lease_ttl_s
         try:
             pipe = self._r.pipeline(transaction=False)
             for run_id, fence in leases:
                 keys = (self.keys.rec(run_id), self.keys.lease(run_id))
                 pipe.evalsha(_SHA["renew"], 2, *keys, fence.token, ttl)
-            replies = pipe.execute(raise_on_error=False)
+            # The recovery index: the sweep looks at these runs no sooner than their new
+            # deadline. One command for all, outside RENEW so RENEW stays single-slot; only a
+            # hint (the sweep's CAS decides from the lease), so it need not be atomic with it.
+            # XX: never re-index a run that left the index; GT: never pull a deadline earlier.
+            pipe.zadd(self.keys.due, dict.fromkeys((r for r, _ in leases), deadline),
+                      xx=True, gt=True)  # fmt: skip
+            *replies, _ = pipe.execute(raise_on_error=False)
             if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 # A restarted Redis forgot the script: load it, then the whole batch once more.
                 _SHA["renew"] = self._r.script_load(scripts.WITH_LIB["renew"])
-                return self.renew_many(leases, lease_ttl_s=lease_ttl_s)
+                return self.renew_many(leases, lease_ttl_s=lease_ttl_s, now=now)
         except redis.RedisError as exc:
             raise StoreError(f"redis renew of {len(leases)} lease(s) failed: {exc}") from exc
         out: list[RenewStatus | StoreError] = []
@@ -210,17 +225,24 @@ class RedisStore:
         return redis_index.list_runs(self._r, self.keys, status=status, limit=limit)
 
     def sweep(
-        self, *, now: float, queued_timeout_s: float, cursor: int = 0, batch: int = 1000
+        self,
+        *,
+        now: float,
+        queued_timeout_s: float,
+        batch: int = 1000,
+        backlogged: Callable[[str], bool] | None = None,
     ) -> SweepBatch:
         return redis_index.sweep(
             self._r,
             self.keys,
-            self._r.register_script(scripts.WITH_LIB["requeue"]),
             now=now,
             queued_timeout_s=queued_timeout_s,
-            cursor=cursor,
             batch=batch,
+            backlogged=backlogged,
         )
+
+    def audit_index(self, *, now: float, limit: int = 500) -> IndexAudit:
+        return redis_index.audit_index(self._r, self.keys, now=now, limit=limit)
 
     # ------------------------------------------------------------------------ checkpoints
 

@@ -2,8 +2,8 @@
 
 Conventions shared by every per-run script:
 
-- ``KEYS`` = rec, lease, ckpt, msgs, active, done (``RunKeys.all()``), ``ARGV[1]`` = run id,
-  ``ARGV[2]`` = now (wall-clock seconds).
+- ``KEYS`` = rec, lease, ckpt, msgs, active, done, due, waiting (``RunKeys.all()``),
+  ``ARGV[1]`` = run id, ``ARGV[2]`` = now (wall-clock seconds).
 - Redis does not roll a script back when it errors half-way, so every check that can fail runs
   before the first write.
 - Errors the store maps to typed exceptions start with ``EXECUTUS_``: ``EXECUTUS_FENCED``
@@ -23,11 +23,19 @@ than the lease) clears that mark with REFUND and the attempt is booked as ``surv
 ``failures = attempts - interrupts - survived``.
 
 Redis Cluster: the four per-run keys share the ``{run:<id>}`` hash tag, but the scripts that
-also touch the global ``runs:active`` / ``runs:done`` indexes (register, claim, finish,
-request_cancel, sweep) cross slots, so the store supports plain (single-shard) Redis only.
+also touch the global indexes (``runs:active`` / ``runs:done``, and the recovery index
+``runs:due`` / ``runs:waiting``: register, claim, finish, interrupt, request_cancel, requeue)
+cross slots, so the store supports plain (single-shard) Redis only. The recovery index adds no
+new kind of crossing: it rides in scripts that already touched ``runs:active``, except
+INTERRUPT (which was already handed every key) and AUDIT (index keys only). RENEW stays
+single-slot: renewals push ``runs:due`` with a separate ``ZADD XX GT`` in the same pipeline.
+To shard later, split each index by a hash of the run id (``runs:due:<n>``) and give the run
+keys the shard's tag; the sweep would then read every shard.
 """
 
 from __future__ import annotations
+
+from executus_worker.checkpoint.store import BACKLOG_DEFER_LIMIT, QUEUED_BACKOFF_DOUBLINGS
 
 # Shared helpers, prepended to the scripts that need them.
 _LIB = r"""
@@ -102,7 +110,8 @@ local function splice(msgs, base_len, count, payload)
 end
 
 -- Terminal transition: drop lease and checkpoint, put a TTL on every per-run key that stays,
--- move the id from the active index to the done index (trimmed to the retention window).
+-- move the id from the active and recovery indexes to the done index (trimmed to the retention
+-- window).
 local function finalize(status, now, ttl)
   redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now, 'updated_at', now)
   redis.call('HDEL', KEYS[1], 'owner')
@@ -110,6 +119,8 @@ local function finalize(status, now, ttl)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[4], ttl)
   redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[7], ARGV[1])
+  redis.call('ZREM', KEYS[8], ARGV[1])
   redis.call('ZADD', KEYS[6], now, ARGV[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (tonumber(now) - ttl))
 end
@@ -125,6 +136,9 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
+-- Queued: a recovery candidate once queued_timeout_s has passed (see REQUEUE).
+redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('ZADD', KEYS[8], ARGV[2], ARGV[1])
 return {1}
 """
 
@@ -172,6 +186,11 @@ local epoch = (tonumber(r[4]) or 0) + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', epoch, 'attempts', attempts + 1,
   'owner', owner, 'fence', ARGV[7], 'started_at', now, 'updated_at', now, 'last_reason', reason)
 redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[4])
+-- A recovery candidate once the lease can have expired (renewals push this later); the
+-- queued-run backoff starts over.
+redis.call('HDEL', KEYS[1], 'sweep_checks')
+redis.call('ZREM', KEYS[8], ARGV[1])
+redis.call('ZADD', KEYS[7], tonumber(now) + tonumber(ARGV[4]) / 1000, ARGV[1])
 return {'claimed', cjson.encode(redis.call('HGETALL', KEYS[1]))}
 """
 
@@ -270,6 +289,7 @@ redis.call('HSET', KEYS[1], 'status', 'interrupted', 'updated_at', ARGV[2],
 redis.call('HINCRBY', KEYS[1], 'interrupts', 1)
 redis.call('HDEL', KEYS[1], 'owner')
 redis.call('DEL', KEYS[2])
+redis.call('ZADD', KEYS[7], ARGV[2], ARGV[1])  -- a recovery candidate at once
 return 1
 """
 
@@ -288,42 +308,101 @@ end
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
 
-# One sweep step for one indexed run. KEYS: rec, lease, active (only these: the sweep packs
-# 10,000 of these calls, and every argument costs client time). ARGV: run_id, now, timeout_s
-#   -> {'requeued', previous_status, queue, request_json} | {'skip'} | {'removed', why}
-#    | {'bad', why}
+# One sweep step for one due run. KEYS: rec, lease, active, due, waiting (only these: the sweep
+# packs up to 2,000 calls per round trip, and every argument costs client time).
+# ARGV: run_id, now, queued_timeout_s, backlogged (1 if the run's broker queue holds messages)
+#   -> {'requeued', previous_status, queue, request_json} | {'skip'} | {'deferred'}
+#    | {'removed', why} | {'bad', why}
+# It decides from the record and the lease only (the index is a hint), and never reads the
+# request unless it requeues the run: a skip costs a few O(1) commands whatever the request
+# size. Whatever it answers, the run leaves the due range, so the sweep makes progress.
 REQUEUE = r"""
+local id, now, wait = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local function unindex(why)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[5], id)
+  return {'removed', why}
+end
+-- A record this sweep cannot act on: report it now and again one queued timeout later, not on
+-- every pass (a newer worker, or a person, may fix it meanwhile).
+local function later(why)
+  redis.call('ZREM', KEYS[5], id)
+  redis.call('ZADD', KEYS[4], now + wait, id)
+  return {'bad', why}
+end
 local kind = redis.call('TYPE', KEYS[1])
 kind = type(kind) == 'table' and kind.ok or kind
-if kind == 'none' then
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  return {'removed', 'indexed as active but has no record'}
-end
-if kind ~= 'hash' then return {'bad', 'record key holds a ' .. kind} end
-local r = redis.call('HMGET', KEYS[1], 'status', 'queue', 'request', 'enqueued_at')
-local status, now = r[1], tonumber(ARGV[2])
-if not status then return {'bad', 'record has no status'} end
+if kind == 'none' then return unindex('indexed for recovery but has no record') end
+if kind ~= 'hash' then return later('record key holds a ' .. kind) end
+local r = redis.call('HMGET', KEYS[1], 'status', 'queue', 'enqueued_at', 'sweep_checks')
+local status, queue = r[1], r[2]
+if not status then return later('record has no status') end
 if TERMINAL[status] then
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  return {'removed', 'terminal (' .. status .. ') but still indexed as active'}
+  return unindex('terminal (' .. status .. ') but still indexed for recovery')
 end
-if not r[2] or not r[3] then return {'bad', 'record has no queue or request'} end
-if not pcall(cjson.decode, r[3]) then return {'bad', 'request is not valid JSON'} end
+if not queue or redis.call('HEXISTS', KEYS[1], 'request') == 0 then
+  return later('record has no queue or request')
+end
 local reason = nil
 if status == 'running' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {'skip'} end
+  local pttl = redis.call('PTTL', KEYS[2])
+  if pttl ~= -2 then
+    -- Live: look again when it can first expire (its renewals push that later still). A
+    -- lease without expiry is no lease we wrote; look again in one queued timeout.
+    redis.call('ZREM', KEYS[5], id)
+    redis.call('ZADD', KEYS[4], pttl > 0 and now + pttl / 1000 or now + wait, id)
+    return {'skip'}
+  end
   reason = 'lease expired while running (worker lost)'
   mark_taken()
 elseif status == 'queued' then
-  -- The CAS that makes concurrent sweeps safe: a run requeued a moment ago looks fresh here.
-  if now - (tonumber(r[4]) or 0) < tonumber(ARGV[3]) then return {'skip'} end
+  -- The waiting score is the compare-and-set between concurrent sweeps: whoever acts on a
+  -- check moves it ahead. Not indexed (an older version wrote it): start from enqueued_at.
+  redis.call('ZREM', KEYS[4], id)
+  local enqueued = tonumber(r[3]) or 0
+  local base = tonumber(redis.call('ZSCORE', KEYS[5], id)) or enqueued
+  if base > now - wait then
+    redis.call('ZADD', KEYS[5], base, id)
+    return {'skip'}
+  end
+  local checks = (tonumber(r[4]) or 0) + 1
+  local backoff = 2 ^ math.min(checks, @DOUBLINGS@) - 1
+  redis.call('ZADD', KEYS[5], now + wait * backoff, id)
+  redis.call('HSET', KEYS[1], 'sweep_checks', checks)
+  if ARGV[4] == '1' and now - enqueued < @DEFER@ * wait then return {'deferred'} end
+  redis.call('HSET', KEYS[1], 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
+  return {'requeued', status, queue, redis.call('HGET', KEYS[1], 'request')}
 elseif status ~= 'interrupted' then
-  return {'bad', 'unknown status ' .. status}
+  return later('unknown status ' .. status)
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
-redis.call('HDEL', KEYS[1], 'owner')
+redis.call('HDEL', KEYS[1], 'owner', 'sweep_checks')
 if reason then redis.call('HSET', KEYS[1], 'last_reason', reason) end
-return {'requeued', status, r[2], r[3]}
+redis.call('ZREM', KEYS[4], id)
+redis.call('ZADD', KEYS[5], ARGV[2], id)
+return {'requeued', status, queue, redis.call('HGET', KEYS[1], 'request')}
+""".replace("@DOUBLINGS@", str(QUEUED_BACKOFF_DOUBLINGS)).replace(
+    "@DEFER@", str(BACKLOG_DEFER_LIMIT)
+)
+
+# Index upkeep: the next ARGV[2] ids of runs:active (by rank, from where the last call stopped)
+# that are in neither runs:due nor runs:waiting get indexed as due now. Index keys only, O(limit).
+# KEYS: active, due, waiting, audit. ARGV: now, limit -> {checked, added, next rank (0: wrapped)}
+AUDIT = r"""
+local limit = tonumber(ARGV[2])
+local start = tonumber(redis.call('GET', KEYS[4])) or 0
+local ids = redis.call('ZRANGE', KEYS[1], start, start + limit - 1)
+local added = 0
+for _, id in ipairs(ids) do
+  if not redis.call('ZSCORE', KEYS[2], id) and not redis.call('ZSCORE', KEYS[3], id) then
+    redis.call('ZADD', KEYS[2], ARGV[1], id)
+    added = added + 1
+  end
+end
+local nxt = #ids < limit and 0 or start + #ids
+redis.call('SET', KEYS[4], nxt)
+return {#ids, added, nxt}
 """
 
 # Scripts that use the helpers get them prepended; the rest are sent as written.
@@ -338,4 +417,5 @@ WITH_LIB = {
     "interrupt": _LIB + INTERRUPT,
     "cancel": _LIB + CANCEL,
     "requeue": _LIB + REQUEUE,
+    "audit": AUDIT,
 }

@@ -11,13 +11,40 @@ Run lifecycle (every arrow is one atomic compare-and-set):
                    │                  │  └─ lease expires (crash) ──requeue──► queued
                    │                  └──finish──► completed | failed | cancelled
                    └─cancel─► cancelled           claim past max attempts ──► dead
+
+The recovery index. Every non-terminal run is a *candidate* for the sweep at a known time, kept
+up to date by the transitions themselves, so a sweep reads only the runs that are due and never
+the healthy ones:
+
+    status        candidate when                              set by
+    running       its lease deadline has passed               claim, every renewal
+    interrupted   at once                                     interrupt
+    queued        now - base >= queued_timeout_s              register, requeue
+
+A due candidate gets the per-run compare-and-set (``sweep``), which decides from the record and
+the lease, never from the index: a live lease is only rescheduled to its expiry; an interrupted
+run, or a running one whose lease is gone, goes back to ``queued`` and must be re-published.
+
+A queued run that nobody claimed may just be waiting in a backlog, so it is re-published only
+when its message is plausibly lost, with backoff. The k-th check since the run was last claimed
+comes ``queued_timeout_s * 2**min(k-1, QUEUED_BACKOFF_DOUBLINGS)`` after the previous one (so at
+T, 3T, 7T, 15T, ... after it was enqueued, then every 32 T). At a check:
+
+    its broker queue (LLEN, asked once per sweep)  last published         outcome
+    empty, or unknown                              any time ago            re-published
+    non-empty (a backlog it may be waiting in)     < BACKLOG_DEFER_LIMIT T deferred, not published
+    non-empty                                      >= BACKLOG_DEFER_LIMIT T re-published
+
+A backlog thus postpones a re-publish, never by more than ``BACKLOG_DEFER_LIMIT`` queued
+timeouts, so a message lost while the queue never drains is still replaced; and however long a
+backlog lasts, each run gets a logarithmic number of duplicates, not one per timeout.
 """
 
 from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +52,10 @@ from pydantic import JsonValue
 
 from executus_worker.core.models import Checkpoint, Message, RunRecord, RunRequest, RunStatus
 from executus_worker.errors import StoreError
+
+# The queued-run backoff and backlog rule (module docstring); the Lua REQUEUE uses the same.
+QUEUED_BACKOFF_DOUBLINGS = 5
+BACKLOG_DEFER_LIMIT = 4  # in queued timeouts since the run's message was last published
 
 
 class ClaimStatus(enum.StrEnum):
@@ -83,11 +114,16 @@ class RenewStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Requeued:
-    """A run the sweep moved back to ``queued``; the caller must publish its message."""
+    """A run the sweep moved back to ``queued``; the caller must publish its message.
+
+    ``request_json`` is the stored request exactly as registered, not parsed: the sweep never
+    pays for decoding requests, and the worker that receives the message validates it (a
+    request it cannot read ends the run ``failed`` with the reason, instead of leaving it
+    stuck in recovery)."""
 
     run_id: str
     queue: str
-    request: RunRequest
+    request_json: str
     previous_status: RunStatus
 
 
@@ -95,8 +131,15 @@ class Requeued:
 class SweepBatch:
     requeued: list[Requeued]
     errors: list[tuple[str, str]]  # (run_id, what was wrong) for records that were skipped
-    scanned: int
-    cursor: int  # 0 when the index was walked to the end
+    scanned: int  # due candidates looked at (never the healthy, not-yet-due runs)
+    deferred: int = 0  # queued runs not re-published because their queue has a backlog
+    more: bool = False  # the batch was full: call again (with the same ``now``) for the rest
+
+
+@dataclass(frozen=True)
+class IndexAudit:
+    checked: int  # active runs whose recovery-index entry was checked
+    added: int  # of those, runs that had none and were indexed as due now
 
 
 class RunStore(Protocol):
@@ -119,13 +162,21 @@ class RunStore(Protocol):
         new random fence (``ClaimResult.fence``) that every write of this attempt carries."""
         ...
 
-    def renew(self, run_id: str, *, fence: Fence, lease_ttl_s: float) -> RenewStatus: ...
+    def renew(
+        self, run_id: str, *, fence: Fence, lease_ttl_s: float, now: float | None = None
+    ) -> RenewStatus: ...
 
     def renew_many(
-        self, leases: Sequence[tuple[str, Fence]], *, lease_ttl_s: float
+        self,
+        leases: Sequence[tuple[str, Fence]],
+        *,
+        lease_ttl_s: float,
+        now: float | None = None,
     ) -> list[RenewStatus | StoreError]:
         """Renew every lease a process holds in one round trip; a per-lease error is returned
-        in its slot, a failure of the round trip itself raises StoreError."""
+        in its slot, a failure of the round trip itself raises StoreError. Also moves each
+        run's recovery candidacy to ``now + lease_ttl_s`` (``now``: wall clock, default
+        ``time.time()``), so the sweep never looks at a run whose owner keeps renewing."""
         ...
 
     def running_leases(
@@ -153,9 +204,26 @@ class RunStore(Protocol):
     ) -> list[RunRecord]: ...
 
     def sweep(
-        self, *, now: float, queued_timeout_s: float, cursor: int = 0, batch: int = 1000
+        self,
+        *,
+        now: float,
+        queued_timeout_s: float,
+        batch: int = 1000,
+        backlogged: Callable[[str], bool] | None = None,
     ) -> SweepBatch:
-        """Walk the active index from ``cursor``; CAS every orphan back to queued."""
+        """Up to ``batch`` due running/interrupted runs and ``batch`` due queued runs (see the
+        recovery index above); CAS each one: orphans go back to ``queued`` and are returned
+        for publishing, live leases are rescheduled, queued runs follow the backoff and
+        backlog rule (``backlogged(queue)``: does that broker queue hold messages; None:
+        never). Every run it looks at leaves the due range, so calling again with the same
+        ``now`` while ``more`` is set visits each due run once."""
+        ...
+
+    def audit_index(self, *, now: float, limit: int = 500) -> IndexAudit:
+        """Index upkeep, constant cost: check the next ``limit`` active runs (round robin)
+        each have a recovery-index entry, and index any that lack one as due ``now``. If the
+        indexes hold fewer entries than there are active runs (data written by an older
+        version, or an index entry lost), keep going until every active run was checked."""
         ...
 
     # -- checkpoints -------------------------------------------------------------------

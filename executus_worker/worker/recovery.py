@@ -9,6 +9,18 @@ behind long runs that hold every pool slot and can be starved for a whole run
 (shared/research/celery-shutdown.md §6, measured 16 s late). The ``executus.recover`` task
 exists for operators and beat, and calls the same ``Recovery.sweep``.
 
+A sweep costs what it finds: the store keeps every non-terminal run in a recovery index scored
+by when it becomes a candidate (a lease deadline pushed forward by every renewal, an interrupt,
+a queued run's timeout with backoff; see ``checkpoint/store.py``), so a sweep reads only the due
+runs, in batches, and a sweep that finds nothing is two index reads however many runs are
+healthy. Each batch is published as soon as it is moved back to ``queued``. One short index
+audit per sweep keeps the index honest (and indexes data an older version wrote).
+
+Queued runs are re-published only when their message is plausibly lost: after
+``queued_timeout_s``, with exponential backoff, and not while their broker queue holds a backlog
+they may be waiting in (one LLEN per queue per sweep; the rule and its limit are in
+``checkpoint/store.py``).
+
 Two layers stop a herd of booting workers from doing the work N times: a short scan lock
 (SET NX PX, released by compare-and-delete on a random token, so a sweep that outlived its
 lock never deletes the next holder's), and the store's per-run compare-and-set, which moves a
@@ -57,6 +69,10 @@ RECOVERY_REASONS = {
 class Publisher(Protocol):
     def publish_many(self, messages: Iterable[RunMessage]) -> int: ...
 
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in the broker queue (LLEN): a backlog a queued run may sit in."""
+        ...
+
 
 class ScanLock:
     """A best-effort mutual exclusion for sweeps; correctness never depends on it."""
@@ -81,6 +97,9 @@ class SweepReport:
     requeued: int = 0
     published: int = 0
     publish_failed: int = 0
+    deferred: int = 0  # queued runs not re-published: their queue has a backlog
+    audited: int = 0  # active runs whose index entry the audit checked
+    reindexed: int = 0  # of those, runs that had none (now indexed as due)
     errors: list[tuple[str, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
     store_s: float = 0.0  # of elapsed_s: the store's sweep (index walk + per-run CAS)
@@ -93,6 +112,8 @@ class SweepReport:
             "requeued": self.requeued,
             "published": self.published,
             "publish_failed": self.publish_failed,
+            "deferred": self.deferred,
+            "reindexed": self.reindexed,
             "errors": len(self.errors),
             "elapsed_s": round(self.elapsed_s, 4),
         }
@@ -107,6 +128,7 @@ class Recovery:
         queued_timeout_s: float,
         lock: ScanLock | None = None,
         batch: int = 1000,
+        audit_limit: int = 500,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
@@ -115,7 +137,9 @@ class Recovery:
         self._publisher = publisher
         self._queued_timeout_s = queued_timeout_s
         self._lock = lock
+        # Up to 2 x batch per-run scripts go out in one pipelined round trip.
         self._batch = batch
+        self._audit_limit = audit_limit
         self._clock = clock
 
     @property
@@ -123,7 +147,7 @@ class Recovery:
         return self._store
 
     def sweep(self) -> SweepReport:
-        """Walk the active index once; re-publish every run the store moved back to queued."""
+        """Requeue and re-publish every due run once; see the module docstring."""
         started = time.perf_counter()
         token = uuid.uuid4().hex
         if self._lock is not None and not self._lock.acquire(token):
@@ -136,23 +160,36 @@ class Recovery:
             if self._lock is not None:
                 self._lock.release(token)
             report.elapsed_s = time.perf_counter() - started
-        if report.requeued or report.errors or report.publish_failed:
+        if report.requeued or report.errors or report.publish_failed or report.deferred:
             log.info("recovery sweep: %s", report.as_dict())
         return report
 
     def _walk(self, report: SweepReport) -> None:
-        cursor = 0
-        seen: set[int] = set()
+        # One `now` for the whole sweep: every run the store looks at leaves the due range for
+        # this `now`, so each due run is visited once, and the batches end.
+        now = self._clock()
+        started = time.perf_counter()
+        audit = self._store.audit_index(now=now, limit=self._audit_limit)
+        report.audited, report.reindexed = audit.checked, audit.added
+        if audit.added:
+            log.warning(
+                "recovery: %d active runs were missing from the recovery index (written by an "
+                "older version, or index writes lost); indexed them as due now",
+                audit.added,
+            )
+        report.store_s += time.perf_counter() - started
+        backlogged = _BacklogProbe(self._publisher)
         while True:
             started = time.perf_counter()
             batch = self._store.sweep(
-                now=self._clock(),
+                now=now,
                 queued_timeout_s=self._queued_timeout_s,
-                cursor=cursor,
                 batch=self._batch,
+                backlogged=backlogged,
             )
             report.store_s += time.perf_counter() - started
             report.scanned += batch.scanned
+            report.deferred += batch.deferred
             for run_id, what in batch.errors:
                 # One bad record must not stop the others: report it and go on.
                 log.error("recovery: skipped run %s: %s", run_id, what)
@@ -162,10 +199,8 @@ class Recovery:
             started = time.perf_counter()
             self._publish(batch.requeued, report)
             report.publish_s += time.perf_counter() - started
-            if batch.cursor == 0 or batch.cursor in seen:
-                return  # walked to the end (or a store that went round in circles)
-            seen.add(batch.cursor)
-            cursor = batch.cursor
+            if not batch.more:
+                return
 
     def _count(self, requeued: Sequence[Requeued]) -> None:
         reasons = Counter(
@@ -177,7 +212,7 @@ class Recovery:
     def _publish(self, requeued: Sequence[Requeued], report: SweepReport) -> None:
         if not requeued:
             return
-        messages = [RunMessage(r.run_id, r.request.to_json(), r.queue) for r in requeued]
+        messages = [RunMessage(r.run_id, r.request_json, r.queue) for r in requeued]
         try:
             report.published += self._publisher.publish_many(messages)
         except Exception:
@@ -189,6 +224,25 @@ class Recovery:
                 "after the queued timeout",
                 len(messages),
             )
+
+
+class _BacklogProbe:
+    """Does a broker queue hold messages? Asked once per queue per sweep (one LLEN)."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._answers: dict[str, bool] = {}
+
+    def __call__(self, queue: str) -> bool:
+        if queue not in self._answers:
+            try:
+                self._answers[queue] = self._publisher.queue_depth(queue) > 0
+            except Exception:
+                # Unknown counts as no backlog: a duplicate is harmless (the claim drops it),
+                # a run left without a message is not.
+                log.warning("recovery: cannot read the depth of queue %r", queue, exc_info=True)
+                self._answers[queue] = False
+        return self._answers[queue]
 
 
 class RecoveryLoop:

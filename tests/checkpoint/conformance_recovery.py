@@ -1,4 +1,4 @@
-"""Conformance spec, part two: leases, cancel, the recovery sweep, listing and bad bytes."""
+"""Conformance spec, part two: leases, cancel, listing and bad bytes."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from executus_worker.errors import (
     UnsupportedFormatError,
 )
 
-from .conformance import LEASE_S, NOW, claimed, finish, msgs, registered, request, save
+from .conformance import LEASE_S, NOW, claimed, finish, msgs, registered, save
 from .conftest import Backend
-
-TIMEOUT_S = 900.0
 
 # --------------------------------------------------------------------------- leases
 
@@ -90,104 +88,6 @@ def test_cancel_of_a_finished_run_changes_nothing(store: RunStore) -> None:
     assert (record.status, record.output, record.cancel_requested) == ("completed", "done", False)
     with pytest.raises(RunNotFoundError):
         store.request_cancel("nope", now=NOW)
-
-
-# --------------------------------------------------------------------------- sweep
-
-
-def _requeued(store: RunStore, now: float = NOW + 10) -> dict[str, RunStatus]:
-    batch = store.sweep(now=now, queued_timeout_s=TIMEOUT_S)
-    return {r.run_id: r.previous_status for r in batch.requeued}
-
-
-def test_sweep_requeues_interrupted_and_orphaned_runs_once(
-    store: RunStore, backend: Backend
-) -> None:
-    """Interrupted runs and runs whose lease expired go back to queued, once."""
-    store.interrupt("a", fence=claimed(store, registered(store, "a")), now=NOW)
-    claimed(store, registered(store, "b"))
-    backend.expire_lease("b")
-    claimed(store, registered(store, "live"))
-    registered(store, "fresh")
-    batch = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S)
-    assert {r.run_id: r.previous_status for r in batch.requeued} == {
-        "a": RunStatus.INTERRUPTED,
-        "b": RunStatus.RUNNING,
-    }
-    assert batch.errors == [] and batch.scanned == 4 and batch.cursor == 0
-    sample = next(r for r in batch.requeued if r.run_id == "a")
-    assert (sample.queue, sample.request) == ("executus", request())
-    for run_id in ("a", "b"):
-        record = store.get(run_id)
-        assert record is not None and record.status is RunStatus.QUEUED
-        assert record.enqueued_at == NOW + 10
-    assert _requeued(store, NOW + 11) == {}
-
-
-def test_sweep_republishes_a_queued_run_only_after_the_timeout(store: RunStore) -> None:
-    """A queued run nobody claimed is requeued once queued_timeout_s has passed."""
-    registered(store, now=NOW)
-    assert _requeued(store, NOW + TIMEOUT_S - 1) == {}
-    assert _requeued(store, NOW + TIMEOUT_S) == {"r1": RunStatus.QUEUED}
-    assert _requeued(store, NOW + TIMEOUT_S + 1) == {}
-
-
-def test_two_sweeps_requeue_each_run_once(store: RunStore) -> None:
-    """Two sweeps over the same interrupted runs requeue each run exactly once in total."""
-    for i in range(20):
-        store.interrupt(f"r{i}", fence=claimed(store, registered(store, f"r{i}")), now=NOW)
-    first = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S, batch=7)
-    second = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S, batch=1000)
-    ids = [r.run_id for r in first.requeued + second.requeued]
-    assert len(first.requeued) == 7
-    assert sorted(ids) == sorted(f"r{i}" for i in range(20))
-
-
-def test_sweep_reports_a_bad_record_and_requeues_the_rest(
-    store: RunStore, backend: Backend
-) -> None:
-    """An unreadable record is reported in errors and skipped; the other runs are requeued."""
-    for run_id in ("a", "b", "c"):
-        store.interrupt(run_id, fence=claimed(store, registered(store, run_id)), now=NOW)
-    backend.set_record_field("b", "request", "{not json")
-    batch = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S)
-    assert sorted(r.run_id for r in batch.requeued) == ["a", "c"]
-    assert [run_id for run_id, _ in batch.errors] == ["b"]
-
-
-def test_sweep_drops_index_entries_of_finished_or_missing_runs(
-    store: RunStore, backend: Backend
-) -> None:
-    """A finished or unknown run still in the active index is removed from it and reported."""
-    epoch = claimed(store, registered(store, "done", now=NOW))
-    finish(store, "done", epoch, RunStatus.COMPLETED)
-    backend.index_as_active("done", NOW)
-    backend.index_as_active("ghost", NOW + 1)
-    store.interrupt("x", fence=claimed(store, registered(store, "x", now=NOW + 2)), now=NOW)
-    batch = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S)
-    assert sorted(run_id for run_id, _ in batch.errors) == ["done", "ghost"]
-    assert [r.run_id for r in batch.requeued] == ["x"]
-    again = store.sweep(now=NOW + 10, queued_timeout_s=TIMEOUT_S)
-    assert (again.errors, again.scanned) == ([], 1)
-
-
-def test_sweep_pages_through_the_index_with_a_cursor(store: RunStore) -> None:
-    """Paging with the returned cursor visits every run once and ends with cursor 0."""
-    for i in range(25):
-        run_id = f"r{i:02d}"
-        registered(store, run_id, now=NOW + i)
-        store.interrupt(run_id, fence=claimed(store, run_id), now=NOW)
-    seen: list[str] = []
-    cursor, pages = 0, 0
-    while True:
-        batch = store.sweep(now=NOW + 100, queued_timeout_s=TIMEOUT_S, cursor=cursor, batch=10)
-        seen += [r.run_id for r in batch.requeued]
-        pages += 1
-        cursor = batch.cursor
-        if cursor == 0:
-            break
-    assert pages == 3
-    assert seen == [f"r{i:02d}" for i in range(25)]
 
 
 # --------------------------------------------------------------------------- listing

@@ -57,6 +57,10 @@ class Backend:
     def index_as_active(self, run_id: str, score: float) -> None:
         raise NotImplementedError
 
+    def drop_from_recovery_index(self, run_id: str) -> None:
+        """Lose the run's recovery-index entry (as data written by an older version has none)."""
+        raise NotImplementedError
+
     def stored_len(self, run_id: str) -> int:
         raise NotImplementedError
 
@@ -89,6 +93,10 @@ class MemoryBackend(Backend):
 
     def index_as_active(self, run_id: str, score: float) -> None:
         self.mem._active[run_id] = score
+
+    def drop_from_recovery_index(self, run_id: str) -> None:
+        self.mem._due.pop(run_id, None)
+        self.mem._waiting.pop(run_id, None)
 
     def stored_len(self, run_id: str) -> int:
         return len(self.mem._runs[run_id].msgs)
@@ -123,11 +131,15 @@ class RedisBackend(Backend):
     def index_as_active(self, run_id: str, score: float) -> None:
         self.client.zadd(self.keys.active, {run_id: score})
 
+    def drop_from_recovery_index(self, run_id: str) -> None:
+        self.client.zrem(self.keys.due, run_id)
+        self.client.zrem(self.keys.waiting, run_id)
+
     def stored_len(self, run_id: str) -> int:
         return len(self._items(run_id))
 
     def keys_without_ttl(self) -> list[str] | None:
-        indexes = {self.keys.active, self.keys.done}
+        indexes = set(self.keys.indexes)
         found = []
         for raw in self.client.scan_iter(count=1000):
             key = raw.decode() if isinstance(raw, bytes) else str(raw)

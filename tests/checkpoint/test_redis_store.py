@@ -95,6 +95,7 @@ def test_key_prefix_namespaces_every_key(redis_client: redis.Redis) -> None:
     assert keys == sorted(
         [
             "tenant-a:runs:active",
+            "tenant-a:runs:due",
             "tenant-a:{run:r1}:rec",
             "tenant-a:{run:r1}:lease",
             "tenant-a:{run:r1}:ckpt",
@@ -122,5 +123,7 @@ def test_a_wrong_type_record_is_reported_by_the_sweep(redis_client: redis.Redis)
     store = RedisStore(redis_client)
     redis_client.set(store.keys.rec("weird"), "not a hash")
     redis_client.zadd(store.keys.active, {"weird": NOW})
+    redis_client.zadd(store.keys.due, {"weird": NOW})
     batch = store.sweep(now=NOW, queued_timeout_s=1)
     assert batch.requeued == [] and batch.errors[0][0] == "weird"
+    assert "holds a string" in batch.errors[0][1]

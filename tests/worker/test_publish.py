@@ -67,11 +67,13 @@ def test_each_batch_is_one_round_trip_and_order_is_kept() -> None:
     assert decode(first)[1][0][0] == "r0"  # kombu pops from the right: first in, first out
 
 
-def test_messages_go_to_their_own_queues_under_the_global_prefix() -> None:
+def test_messages_go_to_their_own_queues_under_the_global_prefix_where_depth_is_read() -> None:
     client = fakeredis.FakeRedis()
     publisher = BatchPublisher(client, global_keyprefix="pfx:")
     publisher.publish_many(messages(2, "a") + messages(3, "b"))
     assert (client.llen("pfx:a"), client.llen("pfx:b")) == (2, 3)
+    assert (publisher.queue_depth("a"), publisher.queue_depth("b")) == (2, 3)
+    assert publisher.queue_depth("nothing-here") == 0
 
 
 def test_the_client_publisher_connects_only_when_it_publishes() -> None:

@@ -103,6 +103,12 @@ class Pinger:
         self._proc.join(5)
 
 
+def redis_cpu_s(client: redis.Redis) -> float:
+    """CPU seconds the redis-server has used: the work, whatever the load on the box."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def redis_worst_command_ms(client: redis.Redis) -> float:
     """The longest single command (a script counts as one) since the last reset, per Redis's
     latency monitor (1 ms resolution: 0 means under 1 ms)."""
@@ -169,13 +175,17 @@ def timed_sweeps(
     for _ in range(repeats):
         client.execute_command("LATENCY", "RESET")
         pinger.start()
-        t0 = time.perf_counter()
+        redis_cpu0 = redis_cpu_s(client)
+        cpu0, t0 = time.process_time(), time.perf_counter()
         report = sweep()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        redis_cpu = redis_cpu_s(client) - redis_cpu0
         pings = pinger.stop()
         rounds.append(
             {
                 "sweep_s": elapsed,
+                "client_cpu_s": cpu,
+                "redis_cpu_s": redis_cpu,
                 "store_s": report.store_s,
                 "publish_s": report.publish_s,
                 "scanned": report.scanned,
@@ -246,18 +256,17 @@ def bench_renew(client: redis.Redis, n: int, repeats: int) -> dict:
         assert claim.fence is not None
         leases.append((run_id, claim.fence))
     store.renew_many(leases, lease_ttl_s=30)  # loads the script
-    times = []
+    rounds = []
     for _ in range(max(repeats, 5) * 4):
+        redis_cpu0 = redis_cpu_s(client)
         t0 = time.perf_counter()
         replies = store.renew_many(leases, lease_ttl_s=30)
-        times.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        rounds.append(
+            {"ms": elapsed * 1e3, "redis_cpu_ms": (redis_cpu_s(client) - redis_cpu0) * 1e3}
+        )
         assert all(str(r) == "ok" for r in replies), replies[:3]
-    times.sort()
-    return {
-        "leases": n,
-        "ms": {"median": statistics.median(times) * 1e3, "min": times[0] * 1e3,
-               "max": times[-1] * 1e3},
-    }  # fmt: skip
+    return {"leases": n, **summarise(rounds)}
 
 
 # --------------------------------------------------------------------------- report
@@ -331,6 +340,8 @@ def render(res: dict[str, Any], base: dict[str, Any] | None, commit: str) -> str
     )
     lines.append(head)
     lines.append(row("sweep time", "healthy", "sweep_s"))
+    lines.append(row("sweeper CPU", "healthy", "client_cpu_s"))
+    lines.append(row("redis-server CPU", "healthy", "redis_cpu_s"))
     lines.append(row("runs the store looked at", "healthy", "scanned", unit="", nd=0))
     lines.append(row("PING worst", "healthy", "ping_max_ms", unit="ms", nd=1))
     lines.append(row("Redis worst command", "healthy", "redis_worst_ms", unit="ms", nd=0))
@@ -340,6 +351,8 @@ def render(res: dict[str, Any], base: dict[str, Any] | None, commit: str) -> str
         lines.append(row("sweep + publish", "interrupted", n, "sweep_s"))
         lines.append(row("per run", "interrupted", n, "sweep_s", unit="us",
                          scale=1e6 / int(n), nd=0))  # fmt: skip
+        lines.append(row("sweeper CPU", "interrupted", n, "client_cpu_s"))
+        lines.append(row("redis-server CPU", "interrupted", n, "redis_cpu_s"))
         lines.append(row("of which the store's sweep", "interrupted", n, "store_s"))
         lines.append(row("of which building + pushing messages", "interrupted", n, "publish_s"))
         lines.append(row("PING worst", "interrupted", n, "ping_max_ms", unit="ms", nd=1))
@@ -350,12 +363,15 @@ def render(res: dict[str, Any], base: dict[str, Any] | None, commit: str) -> str
     lines.append(head.replace("measure", "healthy runs"))
     for n in res["empty"]:
         lines.append(row(f"{int(n):,}", "empty", n, "sweep_s", unit="ms", scale=1e3, nd=2))
+    lines.append("\n*Runs the store looked at* in those sweeps: ")
+    lines.append(", ".join(f"{int(n):,} -> {res['empty'][n]['scanned']['median']:,.0f}"
+                           for n in res["empty"]))  # fmt: skip
+    lines.append(".\n")
     lines.append("\n### Renewal\n\n")
     lines.append(head)
-    lines.append(
-        row(f"`renew_many` of {res['renew']['leases']:,} leases (one round trip)", "renew", "ms",
-            unit="ms", nd=2)
-    )  # fmt: skip
+    leases = f"{res['renew']['leases']:,} leases"
+    lines.append(row(f"`renew_many` of {leases}, one round trip", "renew", "ms", unit="ms", nd=2))
+    lines.append(row("redis-server CPU for it", "renew", "redis_cpu_ms", unit="ms", nd=2))
     if res.get("notes"):
         lines.append("\n" + res["notes"].strip() + "\n")
     return "".join(lines)

@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     renew_timeout_s: float | None = Field(default=None, gt=0)
     sweep_interval_s: float = Field(default=30.0, gt=0)
     # A queued run that no worker claimed within this time is re-published (lost message,
-    # crash between ack and claim). Must exceed the normal queue wait under load.
+    # crash between ack and claim), then with backoff (2x, 4x, ...), and not while its broker
+    # queue holds a backlog it may be waiting in (checkpoint/store.py has the rule).
     queued_timeout_s: float = Field(default=900.0, gt=0)
     max_recovery_attempts: int = Field(default=5, ge=1)
     # At least visibility_timeout_s (checked below): the record is what drops a late duplicate.

@@ -311,8 +311,9 @@ return {'ok', redis.call('HGETALL', KEYS[1])}
 # One sweep step for one due run. KEYS: rec, lease, active, due, waiting (only these: the sweep
 # packs up to 2,000 calls per round trip, and every argument costs client time).
 # ARGV: run_id, now, queued_timeout_s, backlogged (1 if the run's broker queue holds messages)
-#   -> {'requeued', previous_status, queue, request_json} | {'skip'} | {'deferred'}
-#    | {'removed', why} | {'bad', why}
+#   -> one string: 'requeued <previous status> <len(queue)> <queue><request json>' | 'skip'
+#    | 'deferred' | 'removed <why>' | 'bad <why>'. One bulk reply, not an array: redis-py's
+#   pure-Python parser costs per element, and a sweep may parse 100,000 of these.
 # It decides from the record and the lease only (the index is a hint), and never reads the
 # request unless it requeues the run: a skip costs a few O(1) commands whatever the request
 # size. Whatever it answers, the run leaves the due range, so the sweep makes progress.
@@ -322,14 +323,18 @@ local function unindex(why)
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZREM', KEYS[4], id)
   redis.call('ZREM', KEYS[5], id)
-  return {'removed', why}
+  return 'removed ' .. why
 end
 -- A record this sweep cannot act on: report it now and again one queued timeout later, not on
 -- every pass (a newer worker, or a person, may fix it meanwhile).
 local function later(why)
   redis.call('ZREM', KEYS[5], id)
   redis.call('ZADD', KEYS[4], now + wait, id)
-  return {'bad', why}
+  return 'bad ' .. why
+end
+local function requeued(previous, queue)
+  return 'requeued ' .. previous .. ' ' .. #queue .. ' ' .. queue ..
+    redis.call('HGET', KEYS[1], 'request')
 end
 local kind = redis.call('TYPE', KEYS[1])
 kind = type(kind) == 'table' and kind.ok or kind
@@ -352,7 +357,7 @@ if status == 'running' then
     -- lease without expiry is no lease we wrote; look again in one queued timeout.
     redis.call('ZREM', KEYS[5], id)
     redis.call('ZADD', KEYS[4], pttl > 0 and now + pttl / 1000 or now + wait, id)
-    return {'skip'}
+    return 'skip'
   end
   reason = 'lease expired while running (worker lost)'
   mark_taken()
@@ -364,15 +369,15 @@ elseif status == 'queued' then
   local base = tonumber(redis.call('ZSCORE', KEYS[5], id)) or enqueued
   if base > now - wait then
     redis.call('ZADD', KEYS[5], base, id)
-    return {'skip'}
+    return 'skip'
   end
   local checks = (tonumber(r[4]) or 0) + 1
   local backoff = 2 ^ math.min(checks, @DOUBLINGS@) - 1
   redis.call('ZADD', KEYS[5], now + wait * backoff, id)
   redis.call('HSET', KEYS[1], 'sweep_checks', checks)
-  if ARGV[4] == '1' and now - enqueued < @DEFER@ * wait then return {'deferred'} end
+  if ARGV[4] == '1' and now - enqueued < @DEFER@ * wait then return 'deferred' end
   redis.call('HSET', KEYS[1], 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
-  return {'requeued', status, queue, redis.call('HGET', KEYS[1], 'request')}
+  return requeued(status, queue)
 elseif status ~= 'interrupted' then
   return later('unknown status ' .. status)
 end
@@ -381,7 +386,7 @@ redis.call('HDEL', KEYS[1], 'owner', 'sweep_checks')
 if reason then redis.call('HSET', KEYS[1], 'last_reason', reason) end
 redis.call('ZREM', KEYS[4], id)
 redis.call('ZADD', KEYS[5], ARGV[2], id)
-return {'requeued', status, queue, redis.call('HGET', KEYS[1], 'request')}
+return requeued(status, queue)
 """.replace("@DOUBLINGS@", str(QUEUED_BACKOFF_DOUBLINGS)).replace(
     "@DEFER@", str(BACKLOG_DEFER_LIMIT)
 )

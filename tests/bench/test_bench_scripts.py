@@ -1,0 +1,63 @@
+"""Every benchmark script still runs: each once with tiny sizes, writing nothing.
+
+The numbers are not checked (no timed assertions here); the point is that a refactor which
+breaks a benchmark fails CI instead of being found the next time someone wants numbers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from executus_worker.embedded import EmbeddedRedis
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+# Tiny sizes per script. A new script must be added here, or the test below fails.
+TINY: dict[str, list[str]] = {
+    "checkpoint_bench.py": ["--reps", "1", "--runs", "1", "--steps", "2", "--sweep-runs", "20"],
+    "dispatch_bench.py": ["--runs", "10", "--repeats", "1", "--pool", "solo", "-c", "1"],
+    "recovery_bench.py": ["--smoke"],
+}
+# Scripts that start real `celery worker` processes.
+STARTS_WORKERS = {"dispatch_bench.py"}
+
+
+def test_every_bench_script_has_a_smoke_run() -> None:
+    scripts = sorted(p.name for p in BENCH.glob("*.py"))
+    assert scripts == sorted(TINY), "add tiny arguments for new bench scripts to TINY"
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(name, marks=[pytest.mark.e2e] if name in STARTS_WORKERS else [])
+        for name in sorted(TINY)
+    ],
+)
+def test_bench_script_runs_with_tiny_sizes(
+    script: str, tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    # The scripts start their own redis-server; the fixture only applies the session's rule
+    # for a machine without one (skip locally, fail under CI).
+    results = BENCH / "RESULTS.md"
+    before = results.read_bytes() if results.exists() else None
+    args = TINY[script]
+    if "--smoke" not in args:
+        args = [*args, "--no-write"]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.strip(), "the script printed no results"
+    after = results.read_bytes() if results.exists() else None
+    assert after == before, f"{script} rewrote RESULTS.md in a smoke run"

@@ -26,6 +26,7 @@ Writes its tables under ``## Recovery`` in bench/RESULTS.md (other sections are 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -134,25 +135,33 @@ def big_request(kb: int) -> RunRequest:
 SMALL = RunRequest(agent="demo.counter", input={"steps": 5, "step_s": 0.1})
 
 
-def add_running(store: RedisStore, n: int, request: RunRequest, start: int = 0) -> list[str]:
+def in_threads(ids: Sequence[str], one: Callable[[str], None], threads: int = 4) -> None:
+    """Build a dataset through the store API (one round trip per call), a few calls at once."""
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(one, ids, chunksize=256):
+            pass
+
+
+def add_running(store: RedisStore, n: int, request: RunRequest, start: int = 0) -> None:
     now = time.time()
-    ids = []
-    for i in range(start, start + n):
-        run_id = f"live-{i:06d}"
+
+    def one(run_id: str) -> None:
         store.register(request, run_id=run_id, queue=QUEUE, now=now)
         store.claim(run_id, owner="bench:1", lease_ttl_s=LONG_LEASE_S, max_attempts=5, now=now)
-        ids.append(run_id)
-    return ids
+
+    in_threads([f"live-{i:06d}" for i in range(start, start + n)], one)
 
 
 def add_interrupted(store: RedisStore, n: int) -> None:
     now = time.time()
-    for i in range(n):
-        run_id = f"int-{i:06d}"
+
+    def one(run_id: str) -> None:
         store.register(SMALL, run_id=run_id, queue=QUEUE, now=now)
         claim = store.claim(run_id, owner="bench:1", lease_ttl_s=60, max_attempts=5, now=now)
         assert claim.fence is not None
         store.interrupt(run_id, fence=claim.fence, now=now)
+
+    in_threads([f"int-{i:06d}" for i in range(n)], one)
 
 
 def recovery(client: redis.Redis, store: RedisStore) -> Recovery:
@@ -296,7 +305,7 @@ def fmt(stat: dict[str, float] | None, unit: str = "s", scale: float = 1.0, nd: 
     if stat is None:
         return "n/a"
     m, lo, hi = (stat[k] * scale for k in ("median", "min", "max"))
-    return f"{m:.{nd}f} {unit} ({lo:.{nd}f}-{hi:.{nd}f})"
+    return f"{m:,.{nd}f}{' ' if unit else ''}{unit} ({lo:,.{nd}f}-{hi:,.{nd}f})"
 
 
 def render(res: dict[str, Any], base: dict[str, Any] | None, commit: str) -> str:

@@ -40,6 +40,9 @@ import redis
 TASK_RUN = "executus.run"
 TASK_RECOVER = "executus.recover"
 DEFAULT_BATCH_SIZE = 1000
+# One LPUSH carries at most this many bytes of envelopes (or one envelope): Redis executes a
+# command whole, and pushing a thousand 64 KB requests at once would hold it for tens of ms.
+MAX_PUSH_BYTES = 1 << 20
 
 # Celery's protocol-2 "embed" element: no callbacks, no chain, no chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -197,11 +200,27 @@ class BatchPublisher:
                     origin=self._origin,
                 )
             )
-        # One multi-value LPUSH per queue, all in one non-transactional pipeline: a single
-        # round trip. LPUSH inserts left to right and kombu pops from the right, so the batch
-        # is consumed in the order given.
+        # Multi-value LPUSHes of at most MAX_PUSH_BYTES each, all in one non-transactional
+        # pipeline: a single round trip. LPUSH inserts left to right and kombu pops from the
+        # right, so the batch is consumed in the order given.
         pipe = self._client.pipeline(transaction=False)
         for queue, envelopes in by_queue.items():
-            pipe.lpush(self._keyprefix + queue, *envelopes)
+            for chunk in _chunks(envelopes, MAX_PUSH_BYTES):
+                pipe.lpush(self._keyprefix + queue, *chunk)
         pipe.execute()
         return len(batch)
+
+
+def _chunks(items: Sequence[str], max_bytes: int) -> list[Sequence[str]]:
+    """Consecutive runs of ``items`` of at most ``max_bytes`` (characters, as envelopes are
+    ASCII: base64 and JSON), each holding at least one item."""
+    out: list[Sequence[str]] = []
+    start = size = 0
+    for i, item in enumerate(items):
+        if i > start and size + len(item) > max_bytes:
+            out.append(items[start:i])
+            start, size = i, 0
+        size += len(item)
+    if start < len(items):
+        out.append(items[start:])
+    return out

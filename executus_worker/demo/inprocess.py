@@ -99,7 +99,7 @@ def run_demo(redis_url: str | None, out: TextIO) -> int:
 
 def _cleanup(client: redis.Redis, keys: KeySchema, run_ids: Sequence[str]) -> int:
     """Delete the demo's keys by name (never by SCAN: the Redis may be a big shared one)."""
-    names = [keys.active, keys.done]
+    names = list(keys.indexes)
     for run_id in run_ids:
         names.extend(_run_keys(keys, run_id))
     try:

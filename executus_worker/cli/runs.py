@@ -259,6 +259,11 @@ def recover(as_json: bool) -> None:
         click.echo(
             f"scanned {report.scanned}, requeued {report.requeued}, published "
             f"{report.published} in {report.elapsed_s:.3f}s"
+            + (
+                f"; {report.deferred} queued run(s) deferred: their queue has a backlog"
+                if report.deferred
+                else ""
+            )
             + (f"; {len(report.errors)} bad record(s) skipped" if report.errors else "")
         )
     if report.publish_failed or report.errors:

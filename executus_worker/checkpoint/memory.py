@@ -244,6 +244,7 @@ class MemoryStore:
             if run.rec.get("status") != "running":
                 return False
             run.lease = None
+            self._due[run_id] = 0.0  # due at once, as RELEASE does
             return True
 
     def refund(self, run_id: str, *, fence: Fence) -> bool:

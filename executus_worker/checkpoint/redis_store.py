@@ -207,8 +207,8 @@ class RedisStore:
         return found, (0 if len(ids) < batch else cursor + len(ids))
 
     def release_lease(self, run_id: str, *, fence_token: str) -> bool:
-        keys = [self.keys.rec(run_id), self.keys.lease(run_id)]
-        return int(self._run("release", run_id, keys, [fence_token])) == 1
+        keys = [self.keys.rec(run_id), self.keys.lease(run_id), self.keys.due]
+        return int(self._run("release", run_id, keys, [fence_token, run_id])) == 1
 
     def refund(self, run_id: str, *, fence: Fence) -> bool:
         reply = self._run("refund", run_id, [self.keys.rec(run_id)], [fence.token])

@@ -212,13 +212,15 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel' e
 return 'ok'
 """
 
-# KEYS: rec, lease. ARGV: fence -> 1 if the lease of that claim was dropped (its owner is
-# provably dead: see worker/identity.py), so the run is recoverable now rather than at expiry.
+# KEYS: rec, lease, due. ARGV: fence, run_id -> 1 if the lease of that claim was dropped (its
+# owner is provably dead: see worker/identity.py), so the run is recoverable now rather than at
+# expiry: it is also made due at once (score 0) in the recovery index.
 RELEASE = r"""
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local r = redis.call('HMGET', KEYS[1], 'status', 'fence')
 if r[1] ~= 'running' or r[2] ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
+redis.call('ZADD', KEYS[3], 0, ARGV[2])
 return 1
 """
 

@@ -244,3 +244,11 @@ def test_the_audit_of_a_whole_index_checks_one_slice_per_call(store: RunStore) -
     checked = [store.audit_index(now=NOW + 30, limit=10) for _ in range(4)]
     assert [(a.checked, a.added) for a in checked[:3]] == [(10, 0), (10, 0), (5, 0)]
     assert checked[3].checked == 10  # wrapped around
+
+
+def test_a_released_lease_is_due_at_once(store: RunStore) -> None:
+    """A lease dropped because its owner is provably dead is swept now, not at its expiry."""
+    fence = claimed(store, registered(store))
+    assert store.sweep(now=NOW + 2, queued_timeout_s=T).scanned == 0  # lease deadline ahead
+    assert store.release_lease("r1", fence_token=fence.token)
+    assert _sweep(store, NOW + 2) == {"r1": RunStatus.RUNNING}

@@ -348,7 +348,7 @@ class MemoryStore:
             more = len(due) == batch or len(waiting) == batch
             return SweepBatch(requeued, errors, scanned=len(ids), deferred=deferred, more=more)
 
-    def _requeue(  # noqa: PLR0911 -- one return per branch of the Lua REQUEUE
+    def _requeue(  # noqa: PLR0911, PLR0912 -- a branch per branch of the Lua REQUEUE
         self, run_id: str, run: _Run | None, now: float, wait_s: float, backlogged: bool
     ) -> Requeued | str | None:
         """The Lua REQUEUE script, in Python: a Requeued, "deferred", None (skipped), or what
@@ -371,14 +371,17 @@ class MemoryStore:
             return later("record has no status")
         if status in _TERMINAL:
             return unindex(f"terminal ({status}) but still indexed for recovery")
-        if queue is None or "request" not in run.rec:
-            return later("record has no queue or request")
+        if queue is None:
+            return later("record has no queue")
+        request = run.rec.get("request")
         if status == "running":
             if self._lease_live(run):
                 assert run.lease is not None
                 self._waiting.pop(run_id, None)
                 self._due[run_id] = now + (run.lease[1] - self._clock())
                 return None
+            if request is None:
+                return later("record has no request")
             run.rec["last_reason"] = "lease expired while running (worker lost)"
             self._mark_taken(run, now)
         elif status == "queued":
@@ -388,6 +391,8 @@ class MemoryStore:
             if base > now - wait_s:
                 self._waiting[run_id] = base
                 return None
+            if request is None:
+                return later("record has no request")
             checks = int(run.rec.get("sweep_checks", "0")) + 1
             backoff = 2 ** min(checks, QUEUED_BACKOFF_DOUBLINGS) - 1
             self._waiting[run_id] = now + wait_s * backoff
@@ -395,15 +400,17 @@ class MemoryStore:
             if backlogged and now - enqueued < BACKLOG_DEFER_LIMIT * wait_s:
                 return "deferred"
             run.rec.update(enqueued_at=repr(now), updated_at=repr(now))
-            return Requeued(run_id, queue, run.rec["request"], RunStatus.QUEUED)
+            return Requeued(run_id, queue, request, RunStatus.QUEUED)
         elif status != "interrupted":
             return later(f"unknown status {status}")
+        elif request is None:
+            return later("record has no request")
         run.rec.update(status="queued", enqueued_at=repr(now), updated_at=repr(now))
         run.rec.pop("owner", None)
         run.rec.pop("sweep_checks", None)
         self._due.pop(run_id, None)
         self._waiting[run_id] = now
-        return Requeued(run_id, queue, run.rec["request"], RunStatus(status))
+        return Requeued(run_id, queue, request, RunStatus(status))
 
     def audit_index(self, *, now: float, limit: int = 500) -> IndexAudit:
         if limit < 1:

@@ -334,22 +334,31 @@ local function later(why)
   redis.call('ZADD', KEYS[4], now + wait, id)
   return 'bad ' .. why
 end
-local function requeued(previous, queue)
-  return 'requeued ' .. previous .. ' ' .. #queue .. ' ' .. queue ..
-    redis.call('HGET', KEYS[1], 'request')
+-- pcall: a record key of another type must be reported, not abort the script. The common path
+-- is this one HMGET; TYPE and EXISTS are asked only when something is off.
+local r = redis.pcall('HMGET', KEYS[1], 'status', 'queue', 'enqueued_at', 'sweep_checks')
+if r.err then
+  local kind = redis.call('TYPE', KEYS[1])
+  return later('record key holds a ' .. (type(kind) == 'table' and kind.ok or tostring(kind)))
 end
-local kind = redis.call('TYPE', KEYS[1])
-kind = type(kind) == 'table' and kind.ok or kind
-if kind == 'none' then return unindex('indexed for recovery but has no record') end
-if kind ~= 'hash' then return later('record key holds a ' .. kind) end
-local r = redis.call('HMGET', KEYS[1], 'status', 'queue', 'enqueued_at', 'sweep_checks')
 local status, queue = r[1], r[2]
-if not status then return later('record has no status') end
+if not status then
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return unindex('indexed for recovery but has no record')
+  end
+  return later('record has no status')
+end
 if TERMINAL[status] then
   return unindex('terminal (' .. status .. ') but still indexed for recovery')
 end
-if not queue or redis.call('HEXISTS', KEYS[1], 'request') == 0 then
-  return later('record has no queue or request')
+if not queue then return later('record has no queue') end
+-- The request is read only for a run that is requeued (and before any write, so a record
+-- without one is reported untouched), never for a skip.
+local function request()
+  return redis.call('HGET', KEYS[1], 'request')
+end
+local function requeued(previous, body)
+  return 'requeued ' .. previous .. ' ' .. #queue .. ' ' .. queue .. body
 end
 local reason = nil
 if status == 'running' then
@@ -362,7 +371,6 @@ if status == 'running' then
     return 'skip'
   end
   reason = 'lease expired while running (worker lost)'
-  mark_taken()
 elseif status == 'queued' then
   -- The waiting score is the compare-and-set between concurrent sweeps: whoever acts on a
   -- check moves it ahead. Not indexed (an older version wrote it): start from enqueued_at.
@@ -373,22 +381,31 @@ elseif status == 'queued' then
     redis.call('ZADD', KEYS[5], base, id)
     return 'skip'
   end
+  local body = request()
+  if not body then return later('record has no request') end
   local checks = (tonumber(r[4]) or 0) + 1
   local backoff = 2 ^ math.min(checks, @DOUBLINGS@) - 1
   redis.call('ZADD', KEYS[5], now + wait * backoff, id)
   redis.call('HSET', KEYS[1], 'sweep_checks', checks)
   if ARGV[4] == '1' and now - enqueued < @DEFER@ * wait then return 'deferred' end
   redis.call('HSET', KEYS[1], 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
-  return requeued(status, queue)
+  return requeued(status, body)
 elseif status ~= 'interrupted' then
   return later('unknown status ' .. status)
 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
+local body = request()
+if not body then return later('record has no request') end
+if reason then
+  mark_taken()
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'enqueued_at', ARGV[2], 'updated_at', ARGV[2],
+    'last_reason', reason)
+else
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
+end
 redis.call('HDEL', KEYS[1], 'owner', 'sweep_checks')
-if reason then redis.call('HSET', KEYS[1], 'last_reason', reason) end
 redis.call('ZREM', KEYS[4], id)
 redis.call('ZADD', KEYS[5], ARGV[2], id)
-return requeued(status, queue)
+return requeued(status, body)
 """.replace("@DOUBLINGS@", str(QUEUED_BACKOFF_DOUBLINGS)).replace(
     "@DEFER@", str(BACKLOG_DEFER_LIMIT)
 )

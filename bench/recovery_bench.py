@@ -368,6 +368,14 @@ def render(res: dict[str, Any], base: dict[str, Any] | None, commit: str) -> str
     ]
     if base:
         lines.append(f"\n*before* = commit {base.get('commit', '?')}, *after* = {commit}.\n")
+
+    def load(r: dict[str, Any] | None) -> str:
+        if not r or "load_before" not in r:
+            return "?"
+        return f"{r['load_before'][0]:.1f} at the start, {r['load_after'][0]:.1f} at the end"
+
+    lines.append(f"1-minute load average of the box: {load(res)}")
+    lines.append(f" (before: {load(base)}).\n" if base else ".\n")
     lines.append(
         f"\n### Sweep over {h['runs']:,} healthy running runs ({h['request_kb']} KB requests, "
         f"Redis {h['redis_mb']} MB), nothing to do\n\n"
@@ -452,16 +460,35 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path)
     parser.add_argument("--notes", type=Path, help="a Markdown file appended to the section")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--from-json", type=Path, help="render a --json-out file, measure nothing")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, no write")
     args = parser.parse_args()
     if args.smoke:
         args.repeats, args.healthy, args.healthy_kb = 1, 20, 4
         args.interrupted, args.empty, args.renew, args.no_write = "30", "0,10", 10, True
 
+    if args.from_json:
+        res: dict[str, Any] = json.loads(args.from_json.read_text())
+    else:
+        res = measure(args)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(res, indent=1))
+    if args.notes:
+        res["notes"] = args.notes.read_text()
+    base = json.loads(args.baseline.read_text()) if args.baseline else None
+    section = render(res, base, res["commit"])
+    print(section)
+    if not args.no_write:
+        write_results(section)
+        print(f"wrote the Recovery section of {RESULTS}")
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "commit": git_commit(),
+        "load_before": os.getloadavg(),
     }
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
@@ -486,16 +513,8 @@ def main() -> None:
         finally:
             pinger.close()
             client.close()
-    if args.json_out:
-        args.json_out.write_text(json.dumps(res, indent=1))
-    if args.notes:
-        res["notes"] = args.notes.read_text()
-    base = json.loads(args.baseline.read_text()) if args.baseline else None
-    section = render(res, base, res["commit"])
-    print(section)
-    if not args.no_write:
-        write_results(section)
-        print(f"wrote the Recovery section of {RESULTS}")
+    res["load_after"] = os.getloadavg()
+    return res
 
 
 if __name__ == "__main__":

@@ -399,10 +399,10 @@ if reason then
   mark_taken()
   redis.call('HSET', KEYS[1], 'status', 'queued', 'enqueued_at', ARGV[2], 'updated_at', ARGV[2],
     'last_reason', reason)
+  redis.call('HDEL', KEYS[1], 'owner')  -- (INTERRUPT already dropped it; CLAIM, sweep_checks)
 else
   redis.call('HSET', KEYS[1], 'status', 'queued', 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
 end
-redis.call('HDEL', KEYS[1], 'owner', 'sweep_checks')
 redis.call('ZREM', KEYS[4], id)
 redis.call('ZADD', KEYS[5], ARGV[2], id)
 return requeued(status, body)

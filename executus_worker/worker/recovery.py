@@ -34,8 +34,9 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -102,8 +103,8 @@ class SweepReport:
     reindexed: int = 0  # of those, runs that had none (now indexed as due)
     errors: list[tuple[str, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
-    store_s: float = 0.0  # of elapsed_s: the store's sweep (index walk + per-run CAS)
-    publish_s: float = 0.0  # of elapsed_s: building and pushing the messages
+    store_s: float = 0.0  # of elapsed_s: the store's sweep (index reads + per-run CAS)
+    publish_s: float = 0.0  # building and pushing the messages (overlaps store_s when batched)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -179,28 +180,42 @@ class Recovery:
             )
         report.store_s += time.perf_counter() - started
         backlogged = _BacklogProbe(self._publisher)
-        while True:
-            started = time.perf_counter()
-            batch = self._store.sweep(
-                now=now,
-                queued_timeout_s=self._queued_timeout_s,
-                batch=self._batch,
-                backlogged=backlogged,
-            )
-            report.store_s += time.perf_counter() - started
-            report.scanned += batch.scanned
-            report.deferred += batch.deferred
-            for run_id, what in batch.errors:
-                # One bad record must not stop the others: report it and go on.
-                log.error("recovery: skipped run %s: %s", run_id, what)
-            report.errors.extend(batch.errors)
-            report.requeued += len(batch.requeued)
-            self._count(batch.requeued)
-            started = time.perf_counter()
-            self._publish(batch.requeued, report)
-            report.publish_s += time.perf_counter() - started
-            if not batch.more:
-                return
+        pool: ThreadPoolExecutor | None = None
+        pending: deque[Future[None]] = deque()
+        try:
+            while True:
+                started = time.perf_counter()
+                batch = self._store.sweep(
+                    now=now,
+                    queued_timeout_s=self._queued_timeout_s,
+                    batch=self._batch,
+                    backlogged=backlogged,
+                )
+                report.store_s += time.perf_counter() - started
+                report.scanned += batch.scanned
+                report.deferred += batch.deferred
+                for run_id, what in batch.errors:
+                    # One bad record must not stop the others: report it and go on.
+                    log.error("recovery: skipped run %s: %s", run_id, what)
+                report.errors.extend(batch.errors)
+                report.requeued += len(batch.requeued)
+                self._count(batch.requeued)
+                if pool is None and not batch.more:
+                    self._publish(batch.requeued, report)  # the only batch: no thread
+                    return
+                if pool is None:
+                    # More batches: each is published by one helper thread while Redis runs the
+                    # next batch's scripts (the sweep thread waits on the socket meanwhile), so
+                    # client and server work overlap. At most two batches wait for it.
+                    pool = ThreadPoolExecutor(1, thread_name_prefix="executus-publish")
+                pending.append(pool.submit(self._publish, batch.requeued, report))
+                while len(pending) > 2:
+                    pending.popleft().result()
+                if not batch.more:
+                    return
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def _count(self, requeued: Sequence[Requeued]) -> None:
         reasons = Counter(
@@ -210,8 +225,11 @@ class Recovery:
             self._metrics.recovered(reason, count)
 
     def _publish(self, requeued: Sequence[Requeued], report: SweepReport) -> None:
+        """Publish one batch; a failure is counted and logged, never raised. Only one thread
+        at a time runs this for a report (the sweep thread, or the one helper thread)."""
         if not requeued:
             return
+        started = time.perf_counter()
         messages = [RunMessage(r.run_id, r.request_json, r.queue) for r in requeued]
         try:
             report.published += self._publisher.publish_many(messages)
@@ -224,6 +242,8 @@ class Recovery:
                 "after the queued timeout",
                 len(messages),
             )
+        finally:
+            report.publish_s += time.perf_counter() - started
 
 
 class _BacklogProbe:

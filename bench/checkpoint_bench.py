@@ -328,7 +328,7 @@ def report(
         "### Recovery sweep",
         "",
         f"{sweep_runs:,} interrupted runs, pages of 1,000 (one pipelined round trip of per-run "
-        f"CAS scripts per page), requeued and their requests parsed: "
+        f"CAS scripts per page), requeued with their stored requests: "
         f"**{med(sweeps, 'sweep_s') * 1e3:.0f} ms** "
         f"({med(sweeps, 'pages'):.0f} pages). A second sweep that finds them all freshly "
         f"queued (nothing to do): {med(sweeps, 'rescan_s') * 1e3:.0f} ms.",

@@ -19,6 +19,14 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 # Tiny sizes per script, and whatever keeps it from writing RESULTS.md. A new script must be
 # added here, or the test below fails.
 TINY: dict[str, list[str]] = {
+    "api_bench.py": [
+        "--requests", "20", "--threads", "2", "--streams", "2", "--stream-seconds", "0.5",
+        "--no-write",
+    ],
+    "audit_bench.py": [
+        "--reps", "1", "--runs", "1", "--steps", "2", "--noop-runs", "10", "--no-write",
+    ],
+    "broker_publish_bench.py": ["--runs", "20", "--repeats", "1", "--no-write"],
     "checkpoint_bench.py": [
         "--reps", "1", "--runs", "1", "--steps", "2", "--sweep-runs", "20", "--no-write",
     ],
@@ -29,8 +37,9 @@ TINY: dict[str, list[str]] = {
     "renew_bench.py": ["--sizes", "1,10", "--reps", "3"],
     "step_bench.py": ["--sizes", "10", "--repeats", "1"],
 }  # fmt: skip
-# Scripts that start real `celery worker` processes.
+# Scripts that start real `celery worker` processes; scripts that need the machine's RabbitMQ.
 STARTS_WORKERS = {"dispatch_bench.py"}
+NEEDS_RABBITMQ = {"broker_publish_bench.py"}
 
 
 def test_every_bench_script_has_a_smoke_run() -> None:
@@ -47,14 +56,17 @@ def test_every_bench_script_has_a_smoke_run() -> None:
     ],
 )
 def test_bench_script_runs_with_tiny_sizes(
-    script: str, tmp_path: Path, redis_server: EmbeddedRedis
+    script: str, tmp_path: Path, redis_server: EmbeddedRedis, request: pytest.FixtureRequest
 ) -> None:
     # The scripts start their own redis-server; the fixture only applies the session's rule
-    # for a machine without one (skip locally, fail under CI).
+    # for a machine without one (skip locally, fail under CI). Likewise for RabbitMQ.
+    extra = []
+    if script in NEEDS_RABBITMQ:
+        extra = ["--amqp-url", request.getfixturevalue("rabbitmq_url")]
     results = BENCH / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None
     proc = subprocess.run(
-        [sys.executable, str(BENCH / script), *TINY[script]],
+        [sys.executable, str(BENCH / script), *TINY[script], *extra],
         cwd=tmp_path,
         capture_output=True,
         text=True,

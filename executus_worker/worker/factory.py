@@ -25,6 +25,7 @@ from executus_worker.observability.process import Observability
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings, redact_url
 from executus_worker.worker.advertise import start_advertising
+from executus_worker.worker.bootsteps import drain_step
 from executus_worker.worker.messages import run_id_of
 from executus_worker.worker.recovery import RecoveryLoop
 from executus_worker.worker.runtime import Runtime
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> Celery:
     hooks = WorkerHooks(app, settings)
     register_tasks(app, hooks.runtime)
     hooks.connect()
+    app.steps["worker"].add(drain_step(hooks.on_worker_stopping))
     return app
 
 
@@ -281,6 +283,12 @@ class WorkerHooks:
         """Inside the MainProcess signal handler: flag and forward only, never block."""
         if self.active:
             self.shutdown.on_shutting_down(how)
+            self.observability.draining()
+
+    def on_worker_stopping(self) -> None:
+        """Celery is stopping the worker for any reason (remote shutdown included)."""
+        if self.active:
+            self.shutdown.on_worker_stopping()
             self.observability.draining()
 
     def on_worker_shutdown(self, sender: Any = None, **kwargs: Any) -> None:

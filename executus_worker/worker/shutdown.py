@@ -2,7 +2,9 @@
 
 Celery's warm shutdown waits for running tasks forever and tells them nothing: the
 ``worker_shutting_down`` signal fires in the MainProcess only, inside its SIGTERM handler, and
-prefork children receive no signal at all (shared/research/celery-shutdown.md §1). So:
+prefork children receive no signal at all (shared/research/celery-shutdown.md §1). A remote
+``celery control shutdown`` (or Flower's button) sends no signal at all: it reaches us through
+``bootsteps.drain_step``, as every warm stop does. Either way:
 
 - the MainProcess receiver requests SHUTDOWN on the process-wide drain token (threads and solo
   pools run tasks in this process) and sends SIGUSR2 to every prefork child, whose handler --
@@ -107,6 +109,15 @@ class ShutdownCoordinator:
         self.drain.request(StopReason.SHUTDOWN, f"{how.lower()} shutdown")
         for pid in self.child_pids():
             self._signal(pid, DRAIN_SIGNAL)
+
+    def on_worker_stopping(self) -> None:
+        """Celery is stopping the worker (``bootsteps.drain_step``), whatever asked it to:
+        ``celery control shutdown``, Flower's button, an unrecoverable error -- or a signal,
+        whose handler has drained already. Runs in the MainProcess before the pool is joined."""
+        if self.drain.requested():
+            return
+        log.warning("worker stopping: every run stops at its next step boundary")
+        self.on_shutting_down("Warm")
 
     def child_pids(self) -> list[int]:
         """Live prefork children (empty for threads and solo pools)."""

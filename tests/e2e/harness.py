@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,6 +79,10 @@ class Worker:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def hostname(self) -> str:
+        """The node name remote-control commands address (``-n name@%h``)."""
+        return f"{self.name}@{socket.gethostname()}"
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import time
 
 import pytest
 
 from executus_worker.core.models import RunStatus
+from executus_worker.settings import Settings
+from executus_worker.worker import create_app
 
-from .harness import Cluster, counter_transcript, step_numbers, wait_for
+from .harness import CELERY, Cluster, Worker, counter_transcript, step_numbers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -95,3 +99,57 @@ def test_a_booting_worker_never_takes_a_run_whose_owner_is_still_draining(
     assert {e["pid"] for e in first}.isdisjoint({e["pid"] for e in second})
     assert cluster.record(run_id).epoch == 2
     assert cluster.transcript(run_id) == counter_transcript(4)
+
+
+def _remote_shutdown(cluster: Cluster, worker: Worker, via: str) -> None:
+    if via == "cli":
+        # The worker exits without replying, so the CLI says "No nodes replied" (exit 69):
+        # Celery's own behaviour for `shutdown`. What counts is what the worker does.
+        subprocess.run(
+            [CELERY, "-A", "executus_worker.worker", "control", "shutdown", "-d",
+             worker.hostname()],
+            env=cluster.env(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+        return
+    # What Flower's shutdown button does: a `shutdown` broadcast to one worker.
+    app = create_app(Settings(redis_url=cluster.redis_url, key_prefix=cluster.prefix))
+    try:
+        app.control.shutdown(destination=[worker.hostname()])
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize(("pool", "via"), [("prefork", "cli"), ("threads", "app")])
+def test_celery_control_shutdown_drains_like_sigterm(
+    cluster: Cluster, pool: str, via: str, timing
+) -> None:
+    """`celery control shutdown` (and Flower's button) stops every run at its next step
+    boundary and marks it interrupted, and the worker exits in time; a new worker finishes the
+    run exactly."""
+    a = cluster.start(pool)
+    run_id = cluster.submit("e2e.counter", steps=40, step_s=STEP_S)
+    cluster.wait_steps_ended(run_id, 2)
+    _remote_shutdown(cluster, a, via)
+    wait_for("the remote shutdown to arrive", lambda: "Got shutdown from remote" in a.text(), 60)
+    a.signalled_at = time.monotonic()
+    exit_s = a.wait_exit(timeout_s=20)
+    timing(f"{pool} exit after a remote shutdown ({via})", exit_s)
+    assert a.proc.returncode == 0
+    assert exit_s < EXIT_BUDGET_S
+
+    assert cluster.record(run_id).status is RunStatus.INTERRUPTED
+    assert not cluster.lease_exists(run_id)
+    done_before = cluster.ended(run_id, epoch=1)
+    assert len(done_before) < 40
+    checkpoint = cluster.store.load_checkpoint(run_id)
+    assert checkpoint is not None
+    assert [m.content for m in checkpoint.messages] == done_before
+
+    cluster.start(pool)
+    final = cluster.wait_status(run_id, RunStatus.COMPLETED, timeout_s=90)
+    assert final.output == "done 40"
+    assert cluster.ended(run_id) == counter_transcript(40)
+    assert cluster.transcript(run_id) == counter_transcript(40)

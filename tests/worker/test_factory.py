@@ -139,7 +139,15 @@ def test_hooks_ignore_a_worker_of_another_app(settings: Settings) -> None:
     hooks.on_worker_init(sender=SimpleNamespace(app=Celery(set_as_current=False)))
     assert not hooks.active
     hooks.on_shutting_down(how="Warm")
+    hooks.on_worker_stopping()
     assert not hooks.shutdown.drain.requested()
+
+
+def test_every_worker_stop_reaches_the_drain_through_a_bootstep(settings: Settings) -> None:
+    """Celery closes each worker step before it joins the pool, on any warm stop."""
+    app = create_app(settings)
+    names = {step.name for step in app.steps["worker"]}
+    assert any(name.endswith("DrainOnStop") for name in names)
 
 
 def _python(code: str) -> str:

@@ -87,6 +87,25 @@ def test_shutting_down_sets_the_drain_and_forwards_sigusr2_to_every_child(
     assert sent == [(101, DRAIN_SIGNAL), (102, DRAIN_SIGNAL)]
 
 
+def test_a_stop_without_a_signal_drains_and_forwards(restore_sigusr2) -> None:
+    """`celery control shutdown` reaches us only as the worker stopping (no signal)."""
+    sent: list[tuple[int, int]] = []
+    coordinator = ShutdownCoordinator(grace_s=1, kill=lambda pid, sig: sent.append((pid, sig)))
+    coordinator.on_worker_init(fake_worker(101, 102))
+    coordinator.on_worker_stopping()
+    assert coordinator.drain.reason() is StopReason.SHUTDOWN
+    assert sent == [(101, DRAIN_SIGNAL), (102, DRAIN_SIGNAL)]
+
+
+def test_a_stop_after_a_signal_forwards_nothing_twice(restore_sigusr2) -> None:
+    sent: list[tuple[int, int]] = []
+    coordinator = ShutdownCoordinator(grace_s=1, kill=lambda pid, sig: sent.append((pid, sig)))
+    coordinator.on_worker_init(fake_worker(101))
+    coordinator.on_shutting_down("Warm")
+    coordinator.on_worker_stopping()
+    assert sent == [(101, DRAIN_SIGNAL)]
+
+
 def test_threads_and_solo_pools_have_no_children_to_signal(restore_sigusr2) -> None:
     sent: list[tuple[int, int]] = []
     coordinator = ShutdownCoordinator(grace_s=1, kill=lambda pid, sig: sent.append((pid, sig)))

@@ -60,10 +60,12 @@ class KombuPublisher:
         quorum: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
         confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
+        ignore_result: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._url = broker_url
+        self._ignore_result = ignore_result  # False when workers store results (see publish.py)
         self._quorum = quorum
         self._batch_size = batch_size
         self._confirm_timeout_s = confirm_timeout_s
@@ -162,7 +164,14 @@ class KombuPublisher:
         # carries its headers as message headers and the [args, kwargs, embed] body unencoded.
         args = [message.run_id, message.request_json]
         envelope = json.loads(
-            build_envelope(TASK_RUN, args, queue=message.queue, origin=self._origin)
+            build_envelope(
+                TASK_RUN,
+                args,
+                queue=message.queue,
+                task_id=message.run_id,  # every message of a run: see publish.py
+                origin=self._origin,
+                ignore_result=self._ignore_result,
+            )
         )
         headers: dict[str, Any] = envelope["headers"]
         body = json.dumps([args, {}, _EMBED], separators=(",", ":")).encode()
@@ -240,13 +249,19 @@ class CeleryPublisher:
             s = self._settings
             if s.broker_is_amqp:
                 self._publisher = KombuPublisher(
-                    s.effective_broker_url, quorum=s.broker_quorum_queues
+                    s.effective_broker_url,
+                    quorum=s.broker_quorum_queues,
+                    ignore_result=s.result_backend is None,
                 )
             else:
                 self._client = connect(
                     s.effective_broker_url, sentinel_master=s.effective_broker_sentinel_master
                 )
-                self._publisher = BatchPublisher(self._client, global_keyprefix=self._keyprefix)
+                self._publisher = BatchPublisher(
+                    self._client,
+                    global_keyprefix=self._keyprefix,
+                    ignore_result=s.result_backend is None,
+                )
         return self._publisher
 
     def publish(self, run_id: str, request_json: str, *, queue: str) -> None:

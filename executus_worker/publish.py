@@ -12,9 +12,13 @@ exchange, priority 0) -- what ``celery worker`` consumes and what other language
 
     envelope = {"body": base64(JSON([args, {}, embed])), "content-encoding": "utf-8",
                 "content-type": "application/json", "headers": {... "task": "executus.run",
-                "id": <uuid> ...}, "properties": {"body_encoding": "base64",
+                "id": <run_id> ...}, "properties": {"body_encoding": "base64",
                 "delivery_info": {"exchange": "", "routing_key": <queue>}, ...}}
-    args     = [run_id, request_json]   # request_json: the validated RunRequest as a JSON string
+    args     = [run_id, request]   # request: the validated RunRequest as a JSON string
+
+The task id is the run id, on every message of a run (first publish and every recovery): Celery's
+tools then name runs by their id (``celery control revoke <run_id>``), and a sender's
+``AsyncResult(run_id)`` follows the run through its interruptions to its ending.
 
 The message carries the run id and the request only, never a transcript: state lives in the run
 record, and the worker re-validates the request (it never trusts the wire).
@@ -91,12 +95,13 @@ def _render(template: str, body: str, first: list[Any], task_id: str, tag: str) 
     }
 
 
-def _run_envelope(template: str, run_id: str, request_json: str, task_id: str) -> bytes:
-    """``build_envelope(TASK_RUN, [run_id, request_json], ...)`` on the hot path: the body is
-    two JSON strings, and the delivery tag is the task id (kombu needs it unique per message,
-    which the task id is), so a message costs one random id, not two."""
+def _run_envelope(template: str, run_id: str, request_json: str, tag: str) -> bytes:
+    """``build_envelope(TASK_RUN, [run_id, request_json], task_id=run_id, ...)`` on the hot
+    path: the body is two JSON strings. The task id is the run id; the delivery tag must be
+    unique per message (kombu keys its unacked messages by it, and a run can have two messages
+    in flight), so it is the one random id a message costs."""
     body = "[[" + _quote(run_id) + "," + _quote(request_json) + "],{}," + _EMBED_JSON + "]"
-    return _render(template, body, [run_id], task_id, task_id).encode()
+    return _render(template, body, [run_id], run_id, tag).encode()
 
 
 def _unique_id() -> str:
@@ -180,10 +185,14 @@ class BatchPublisher:
         *,
         global_keyprefix: str = "",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        ignore_result: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._client = client
+        # False when the workers store results (EXECUTUS_RESULT_BACKEND): the message header
+        # overrides the task's own setting.
+        self._ignore_result = ignore_result
         self._keyprefix = global_keyprefix
         self._batch_size = batch_size
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
@@ -212,9 +221,9 @@ class BatchPublisher:
 
     def _flush(self, batch: list[RunMessage]) -> int:
         by_queue: dict[str, list[bytes]] = defaultdict(list)
-        for message, task_id in zip(batch, _unique_ids(len(batch)), strict=True):
-            template = _template(TASK_RUN, message.queue, self._origin, True)
-            envelope = _run_envelope(template, message.run_id, message.request_json, task_id)
+        for message, tag in zip(batch, _unique_ids(len(batch)), strict=True):
+            template = _template(TASK_RUN, message.queue, self._origin, self._ignore_result)
+            envelope = _run_envelope(template, message.run_id, message.request_json, tag)
             by_queue[message.queue].append(envelope)
         # Multi-value LPUSHes of at most MAX_PUSH_BYTES each, all sent at once: a single round
         # trip. LPUSH inserts left to right and kombu pops from the right, so the batch is

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     # message naming the setting, rather than retrying for ever with growing sleeps.
     startup_timeout_s: float = Field(default=30.0, ge=0)
 
+    # A Celery result backend URL (e.g. redis://host:6379/1) for senders that wait on
+    # AsyncResult: each run's ending is stored there too (SUCCESS with the output, FAILURE with
+    # the reason, REVOKED, RETRY while interrupted). Off by default: the run record is the
+    # truth, and storing every result again costs a round trip per run.
+    result_backend: str | None = None
+
     default_queue: str = "executus"
     tier_queues: dict[str, str] = Field(default_factory=dict)  # model_tier -> queue
     # Far above the longest run: crash recovery comes from our lease, not from redelivery.

@@ -277,4 +277,4 @@ def recover(as_json: bool) -> None:
 @click.command()
 def schema() -> None:
     """Print the RunRequest JSON Schema (the contract for producers in other languages)."""
-    click.echo(run_request_schema_json())
+    click.echo(run_request_schema_json(load_settings()))

@@ -15,11 +15,12 @@ different request raises ``RunConflictError`` naming the differing fields (an id
 is bound to its payload).
 
 Raw enqueue from another language (no Python, no registration): publish Celery task
-``executus.run`` (protocol 2, JSON serializer) with ``args=[run_id, request_json]``, where
-``request_json`` is a JSON *string* that validates against the schema printed by
+``executus.run`` (protocol 2, JSON serializer) with ``args=[run_id, request]``, where
+``request`` is a JSON *string* that validates against the schema printed by
 ``executus-worker schema``, on the queue ``settings.queue_for(model_tier)`` (default
-``executus``). The worker registers such a run on first sight; until then it is not visible to
-``status``/``runs`` and a lost message is not recovered. Prefer this client where you can.
+``executus``), with the run id as task id (the schema's ``x-executus`` block). The worker
+registers such a run on first sight; until then it is not visible to ``status``/``runs`` and a
+lost message is not recovered. Prefer this client where you can.
 
 Schedules: ``add_schedule(job)``, ``remove_schedule(name)``, ``schedules()``,
 ``pause_schedule(name)``, ``resume_schedule(name)`` act on the same Redis jobs as

@@ -25,9 +25,10 @@ from executus_worker.observability.process import Observability
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings, redact_url
 from executus_worker.worker.advertise import start_advertising
-from executus_worker.worker.bootsteps import drain_step
+from executus_worker.worker.bootsteps import ControlCommand, drain_step, remote_control_step
 from executus_worker.worker.messages import run_id_of
 from executus_worker.worker.recovery import RecoveryLoop
+from executus_worker.worker.revoke import RevokeHook
 from executus_worker.worker.runtime import Runtime
 from executus_worker.worker.shutdown import ShutdownCoordinator
 from executus_worker.worker.startup import wait_for_services
@@ -54,6 +55,7 @@ def create_app(settings: Settings) -> Celery:
     register_tasks(app, hooks.runtime)
     hooks.connect()
     app.steps["worker"].add(drain_step(hooks.on_worker_stopping))
+    app.steps["consumer"].add(remote_control_step(hooks.control_commands))
     return app
 
 
@@ -123,37 +125,53 @@ def _config(settings: Settings) -> dict[str, Any]:
     queues = dict.fromkeys([settings.default_queue, *settings.tier_queues.values()])
     broker_url = settings.effective_broker_url
     quorum = settings.broker_quorum_queues
-    return _transport_config(broker_url) | {
-        "broker_url": broker_url,
-        # A worker that starts before Redis keeps retrying instead of exiting (Celery 6 will
-        # stop retrying at startup unless told to).
-        "broker_connection_retry_on_startup": True,
-        # JSON only: pickle lets anyone who can write to the broker run code. Messages carry
-        # a run id and a request, never a transcript.
-        "accept_content": ["json"],
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "result_accept_content": ["json"],
-        # Ack after the task, requeue when the child dies: a killed child's run comes back
-        # at once (its claim sorts out whether anyone still owns it).
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        # With acks_late, prefetched messages wait unacked behind a long run with their
-        # visibility clock running; hold no more than there are slots.
-        "worker_prefetch_multiplier": 1,
-        # Never kill a running run because the broker connection dropped: Celery would SIGTERM
-        # every prefork child mid-step and a healthy run would be booked as a crash (issue:
-        # two Redis restarts made a run `dead`). The redelivered duplicate this allows is
-        # harmless: its claim finds the live lease and drops it (research K1/K2).
-        "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "broker_transport_options": _broker_options(settings),
-        # Our run record is the truth; no result backend round trips per run.
-        "task_ignore_result": True,
-        # A plain `celery worker` serves every queue; a dedicated pool narrows it with -Q.
-        "task_default_queue": settings.default_queue,
-        # With quorum queues Celery turns global QoS off by itself (worker_detect_quorum_queues).
-        "task_queues": [run_queue(name, quorum=quorum) for name in queues],
-        "task_routes": (_Router(settings),),
+    return (
+        _transport_config(broker_url)
+        | {
+            "broker_url": broker_url,
+            # A worker that starts before Redis keeps retrying instead of exiting (Celery 6 will
+            # stop retrying at startup unless told to).
+            "broker_connection_retry_on_startup": True,
+            # JSON only: pickle lets anyone who can write to the broker run code. Messages carry
+            # a run id and a request, never a transcript.
+            "accept_content": ["json"],
+            "task_serializer": "json",
+            "result_serializer": "json",
+            "result_accept_content": ["json"],
+            # Ack after the task, requeue when the child dies: a killed child's run comes back
+            # at once (its claim sorts out whether anyone still owns it).
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            # With acks_late, prefetched messages wait unacked behind a long run with their
+            # visibility clock running; hold no more than there are slots.
+            "worker_prefetch_multiplier": 1,
+            # Never kill a running run because the broker connection dropped: Celery would SIGTERM
+            # every prefork child mid-step and a healthy run would be booked as a crash (issue:
+            # two Redis restarts made a run `dead`). The redelivered duplicate this allows is
+            # harmless: its claim finds the live lease and drops it (research K1/K2).
+            "worker_cancel_long_running_tasks_on_connection_loss": False,
+            "broker_transport_options": _broker_options(settings),
+            # Our run record is the truth; no result backend round trips per run unless asked for.
+            "task_ignore_result": True,
+            # A plain `celery worker` serves every queue; a dedicated pool narrows it with -Q.
+            "task_default_queue": settings.default_queue,
+            # With quorum queues Celery turns global QoS off by itself (worker_detect_quorum_queues).
+            "task_queues": [run_queue(name, quorum=quorum) for name in queues],
+            "task_routes": (_Router(settings),),
+        }
+        | _result_config(settings)
+    )
+
+
+def _result_config(settings: Settings) -> dict[str, Any]:
+    """A result backend only when configured: then runs store their ending (reporting.py) for
+    as long as the run record keeps its result."""
+    if settings.result_backend is None:
+        return {}
+    return {
+        "result_backend": settings.result_backend,
+        "task_ignore_result": False,
+        "result_expires": settings.result_ttl_s,
     }
 
 
@@ -215,6 +233,7 @@ class WorkerHooks:
             interval_s=settings.sweep_interval_s,
             drain=self.shutdown.drain,
         )
+        self.revoke = RevokeHook(self.runtime.store, is_ours=self._is_our_task)
         self.active = False  # set in the MainProcess; prefork children inherit it
         self._log_tokens: dict[str, Any] = {}  # task id -> its run's log context
 
@@ -230,6 +249,7 @@ class WorkerHooks:
         signals.after_setup_task_logger.connect(self.on_setup_logger, weak=False)
         signals.task_prerun.connect(self.on_task_prerun, weak=False)
         signals.task_postrun.connect(self.on_task_postrun, weak=False)
+        signals.task_revoked.connect(self.on_task_revoked, weak=False)
 
     def on_worker_init(self, sender: Any = None, **kwargs: Any) -> None:
         if getattr(sender, "app", None) is not self.app:
@@ -314,6 +334,18 @@ class WorkerHooks:
         token = self._log_tokens.pop(task_id, None) if task_id else None
         if token is not None:
             logs.unbind(token)
+
+    def control_commands(self, celery: dict[str, ControlCommand]) -> dict[str, ControlCommand]:
+        """Our remote-control commands, wrapping Celery's (consumer start, MainProcess)."""
+        return {"revoke": self.revoke.command(celery["revoke"])}
+
+    def on_task_revoked(self, sender: Any = None, **kwargs: Any) -> None:
+        """MainProcess: Celery dropped, expired or killed a delivery of one of our tasks."""
+        if self.active:
+            self.revoke.on_task_revoked(sender=sender, **kwargs)
+
+    def _is_our_task(self, task: Any) -> bool:
+        return getattr(task, "app", None) is self.app
 
 
 def _consumed_queues(worker: Any, settings: Settings) -> list[str]:

@@ -53,6 +53,7 @@ class Handled:
     run_id: str | None = None
     outcome: OutcomeKind | None = None
     detail: str = ""
+    output: JsonValue = None  # a completed run's output (what Celery's SUCCESS carries)
 
     def as_dict(self) -> dict[str, str | None]:
         return {
@@ -195,7 +196,7 @@ class RunHandler:
             return Handled("crashed", run_id, detail=f"{type(exc).__name__}: {exc}")
         if outcome.kind is OutcomeKind.LOST:
             self._refund(run_id, fence)
-        return Handled("executed", run_id, outcome.kind, outcome.error or "")
+        return Handled("executed", run_id, outcome.kind, outcome.error or "", outcome.output)
 
     def _refund(self, run_id: str, fence: Fence) -> None:
         """This process outlived its lease (a partition, a stall, an outage): if another

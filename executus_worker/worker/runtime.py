@@ -200,14 +200,18 @@ class Runtime:
         if s.broker_is_amqp:
             # Its own connection and channel: a recovery object stays in one thread (the
             # sweep loop, or one executus.recover call), and AMQP channels are not shareable.
-            publisher = KombuPublisher(s.effective_broker_url, quorum=s.broker_quorum_queues)
+            publisher = KombuPublisher(
+                s.effective_broker_url,
+                quorum=s.broker_quorum_queues,
+                ignore_result=s.result_backend is None,
+            )
         else:
             with self._lock:
                 if self._broker is None:
                     self._broker = redis_client(
                         s.effective_broker_url, sentinel_master=s.effective_broker_sentinel_master
                     )
-                publisher = BatchPublisher(self._broker)
+                publisher = BatchPublisher(self._broker, ignore_result=s.result_backend is None)
         return Recovery(
             self.store(),
             publisher,

@@ -2,7 +2,8 @@
 
 ``executus.run`` accepts any arguments (``typing=False``) and validates them itself: a message
 Celery would reject for its signature must still fail its run with a readable reason, and must
-never crash the worker or come back.
+never crash the worker or come back. How it ends tells Celery the run's ending
+(``reporting``): SUCCESS, FAILURE, REVOKED or RETRY, never an error of the worker itself.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task
 
-from executus_worker.errors import StoreError
+from executus_worker.core.models import RunRecord
+from executus_worker.errors import ExecutusError, StoreError
 from executus_worker.publish import TASK_RECOVER, TASK_RUN
+from executus_worker.worker.delivery import RunDelivery
+from executus_worker.worker.reporting import RunFailed, report
+from executus_worker.worker.runs import Handled
 from executus_worker.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -28,31 +33,47 @@ _STORE_RETRIES = 12
 def register_tasks(app: Celery, runtime: Runtime) -> None:
     # shared=False: each app's tasks close over that app's runtime; Celery's default would
     # hand the first app's callables to every later app built in the same process.
+    with_output = runtime.settings.result_backend is not None
+
     @app.task(
         name=TASK_RUN,
         shared=False,
         bind=True,
         typing=False,
-        # Our run record holds status and output; a result backend would only duplicate it.
-        ignore_result=True,
+        # The run record holds status and output; a result backend (opt-in) gets the ending too.
+        ignore_result=not with_output,
         # Ack after the task returns and requeue if the child dies: a run whose process was
         # killed is redelivered (the claim turns a live-lease redelivery into a no-op).
         acks_late=True,
         reject_on_worker_lost=True,
+        # How Celery reports each ending: see reporting.py. A failed run is an expected
+        # ending, logged without a traceback of the task shell.
+        Request=RunDelivery,
+        throws=(RunFailed,),
     )
-    def run(self: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, str | None]:
+    def run(self: Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        task_id = self.request.id
         try:
-            return runtime.handle(args, kwargs, task_id=self.request.id).as_dict()
+            handled = runtime.handle(args, kwargs, task_id=task_id)
         except SoftTimeLimitExceeded:
             # The shutdown escalation landed outside the run loop (claim, bookkeeping): the
-            # lease expires and recovery resumes the run. Return normally, so it is acked.
-            log.warning("task %s: shutdown escalation outside a run step", self.request.id)
-            return {"action": "interrupted", "run_id": None, "outcome": None, "detail": ""}
+            # lease expires and recovery resumes the run. Ack it; Celery shows RETRY.
+            log.warning("task %s: shutdown escalation outside a run step", task_id)
+            handled = Handled("crashed", detail="shutdown escalation outside a run step")
         except StoreError as exc:
-            log.warning("task %s: run store unavailable (%s), retrying", self.request.id, exc)
+            log.warning("task %s: run store unavailable (%s), retrying", task_id, exc)
             raise self.retry(
                 exc=exc, countdown=_STORE_RETRY_COUNTDOWN_S, max_retries=_STORE_RETRIES
             ) from exc
+        return report(handled, with_output=with_output, lookup=stored)
+
+    def stored(run_id: str) -> RunRecord | None:
+        """A run's record, for a late duplicate to report its ending (None if unreadable)."""
+        try:
+            return runtime.store().get(run_id)
+        except ExecutusError as exc:
+            log.warning("run %s: cannot read its record to report it: %s", run_id, exc)
+            return None
 
     @app.task(name=TASK_RECOVER, shared=False, ignore_result=True)
     def recover() -> dict[str, object]:

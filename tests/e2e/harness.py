@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,7 +193,15 @@ class Cluster:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
         return env
 
-    def start(self, pool: str, *, concurrency: int = 2, ready: bool = True, **env: str) -> Worker:
+    def start(
+        self,
+        pool: str,
+        *,
+        concurrency: int = 2,
+        ready: bool = True,
+        args: Sequence[str] = (),
+        **env: str,
+    ) -> Worker:
         name = f"{pool}{len(self.workers)}-{self.prefix}"
         argv = [
             CELERY, "-A", "executus_worker.worker", "worker", "-P", pool, "-l", "info",
@@ -201,6 +209,7 @@ class Cluster:
         ]  # fmt: skip
         if pool != "solo":
             argv += ["-c", str(concurrency)]
+        argv += args
         log = self.tmp_path / f"{name}.log"
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(

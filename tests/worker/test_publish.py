@@ -131,3 +131,24 @@ def test_big_batches_are_split_into_bounded_pushes_in_one_round_trip(
     assert 5 <= pushes <= 10  # ~3 KB envelopes, at most 5,000 bytes per LPUSH
     order = [decode(client.rpop("q"))[1][0][0] for _ in range(10)]  # type: ignore[arg-type]
     assert order == [f"r{i}" for i in range(10)]
+
+
+def test_every_message_of_a_run_has_the_run_id_as_its_task_id() -> None:
+    """Celery's tools then name runs by id (revoke, AsyncResult), across recoveries."""
+    client = fakeredis.FakeRedis()
+    publisher = BatchPublisher(client)
+    publisher.publish_many(messages(2))
+    publisher.publish_many(messages(1))  # a recovery re-publishing r0
+    envelopes = [json.loads(raw) for raw in client.lrange("executus", 0, -1)]
+    ids = sorted(e["headers"]["id"] for e in envelopes)
+    assert ids == ["r0", "r0", "r1"]
+    assert all(e["properties"]["correlation_id"] == e["headers"]["id"] for e in envelopes)
+    # kombu keys unacked messages by delivery tag: two messages of one run must not share one.
+    assert len({e["properties"]["delivery_tag"] for e in envelopes}) == 3
+    assert all(e["headers"]["ignore_result"] is True for e in envelopes)
+
+
+def test_with_a_result_backend_messages_ask_for_their_result_to_be_stored() -> None:
+    client = fakeredis.FakeRedis()
+    BatchPublisher(client, ignore_result=False).publish_many(messages(1))
+    assert json.loads(client.lpop("executus"))["headers"]["ignore_result"] is False

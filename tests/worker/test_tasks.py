@@ -28,10 +28,22 @@ def test_the_run_task_executes_a_registered_run(redis_url: str, prefix: str) -> 
     request = RunRequest(run_id="t1", agent="demo.counter", input={"steps": 2})
     store.register(request, run_id="t1", queue="executus", now=time.time())
     result = app.tasks[TASK_RUN]("t1", request.to_json())
-    assert result == {"action": "executed", "run_id": "t1", "outcome": "completed", "detail": ""}
+    # No result backend: a summary, never the output (it would reach logs and events).
+    assert result == {"run_id": "t1", "status": "completed"}
     record = store.get("t1")
     assert record is not None and record.status is RunStatus.COMPLETED
-    assert app.tasks[TASK_RUN]("t1", request.to_json())["action"] == "duplicate"
+    # A late duplicate reports the stored ending and runs nothing.
+    assert app.tasks[TASK_RUN]("t1", request.to_json()) == result
+    again = store.get("t1")
+    assert again is not None and again.epoch == record.epoch == 1
+
+
+def test_with_a_result_backend_the_run_task_returns_the_output(redis_url: str, prefix: str) -> None:
+    settings = Settings(redis_url=redis_url, key_prefix=prefix, result_backend=redis_url)
+    app = create_app(settings)
+    assert app.tasks[TASK_RUN].ignore_result is False
+    request = RunRequest(run_id="t2", agent="demo.counter", input={"steps": 2})
+    assert app.tasks[TASK_RUN]("t2", request.to_json()) == "done 2"
 
 
 def test_the_recover_task_sweeps_and_republishes(redis_url: str, prefix: str) -> None:

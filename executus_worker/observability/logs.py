@@ -98,7 +98,20 @@ class RunContextFilter(logging.Filter):
                 # A field passed explicitly (``extra=``) wins over the context.
                 if getattr(record, name, None) is None:
                     setattr(record, name, getattr(fields, name))
+        elif getattr(record, "run_id", None) is None:
+            record.run_id = _celery_task_line_run(record)
         return True
+
+
+def _celery_task_line_run(record: logging.LogRecord) -> str | None:
+    """The run a line of Celery's own about a delivery names, outside any run context
+    ("Task executus.run[...] received", in the MainProcess): Celery passes the line's context
+    as ``extra={"data": {..., "args": request.argsrepr}}``, and a run's delivery shows its
+    arguments as a string that also carries the run id (``worker.delivery.ShownArgs``)."""
+    data = getattr(record, "data", None)
+    shown = data.get("args") if isinstance(data, dict) else None
+    run_id = getattr(shown, "run_id", None)
+    return run_id if isinstance(run_id, str) else None
 
 
 def run_suffix(record: logging.LogRecord) -> str:

@@ -6,7 +6,9 @@ Two things Celery cannot do from the task body, done where Celery itself does th
   query_task`` print a request's real arguments, and ``task-received`` events (Flower) carry
   the sender's ``argsrepr`` -- which ``send_task`` from another service fills with the whole
   request, input included. Both show ``[run_id, {"agent": ...}]`` here instead: the run id and
-  the agent, never the input. Computed only when asked (an inspect, an event), never per message.
+  the agent, never the input -- also in Celery's "received" log line, whose structured context
+  carries the same arguments. Computed when first asked (that line, at INFO, asks per message:
+  one parse of a small JSON request).
 - **REVOKED for a cancelled run.** Celery writes REVOKED and sends ``task-revoked`` only from
   this process, when it revokes a request itself. A run cancelled through our store (the client,
   ``executus-worker cancel``, a revoke seen by another worker) ends its task with
@@ -64,6 +66,18 @@ def _as_mapping(raw: object) -> dict[str, Any]:
     return {}
 
 
+class ShownArgs(str):
+    """What a delivery shows of its arguments, knowing which run it names: Celery's own log
+    line on receipt passes it along, and our log filter (observability.logs) names the run."""
+
+    run_id: str | None
+
+    def __new__(cls, text: str, *, run_id: str) -> ShownArgs:
+        shown = super().__new__(cls, text)
+        shown.run_id = None if run_id == UNKNOWN else run_id
+        return shown
+
+
 class RunDelivery(Request):
     @cached_property
     def _shown_args(self) -> list[Any]:
@@ -72,7 +86,7 @@ class RunDelivery(Request):
 
     @property
     def argsrepr(self) -> str:
-        return str(saferepr(self._shown_args))
+        return ShownArgs(saferepr(self._shown_args), run_id=self._shown_args[0])
 
     @property
     def kwargsrepr(self) -> str:

@@ -4,12 +4,14 @@ names -- never the run's input."""
 from __future__ import annotations
 
 import json
+import logging
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from celery import Celery
 
+from executus_worker.observability.logs import RunContextFilter
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings
 from executus_worker.worker.delivery import RunDelivery, run_and_agent
@@ -69,3 +71,16 @@ def test_the_run_a_message_names_is_read_without_ever_raising(
     args: list[Any], kwargs: dict[str, Any], expected: tuple[str, str]
 ) -> None:
     assert run_and_agent(args, kwargs, "task-1") == expected
+
+
+def test_celerys_received_line_names_the_run_in_its_structured_fields(app: Celery) -> None:
+    """The MainProcess logs "Task executus.run[...] received" outside any run context, with the
+    delivery's shown arguments as structured data: the log filter reads the run from them."""
+    request = delivery(app, ["r1", REQUEST])
+    context = {"id": request.id, "name": request.name, "args": request.argsrepr}
+    record = logging.LogRecord("celery.worker.strategy", logging.INFO, __file__, 1,
+                               "Task %(name)s[%(id)s] received", (context,), None)  # fmt: skip
+    record.data = context
+    RunContextFilter().filter(record)
+    assert record.run_id == "r1"
+    assert json.loads(json.dumps(context))["args"] == "['r1', {'agent': 'support.triage'}]"

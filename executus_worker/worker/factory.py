@@ -337,7 +337,7 @@ class WorkerHooks:
 
     def control_commands(self, celery: dict[str, ControlCommand]) -> dict[str, ControlCommand]:
         """Our remote-control commands, wrapping Celery's (consumer start, MainProcess)."""
-        return {"revoke": self.revoke.command(celery["revoke"])}
+        return self.revoke.commands(celery)
 
     def on_task_revoked(self, sender: Any = None, **kwargs: Any) -> None:
         """MainProcess: Celery dropped, expired or killed a delivery of one of our tasks."""

@@ -1,4 +1,4 @@
-"""Reading an ``executus.run`` message: ``args=[run_id, request_json]``, tolerantly.
+"""Reading an ``executus.run`` message: ``args=[run_id, request]``, tolerantly.
 
 The wire contract (see ``executus_worker.publish``) is two positional arguments. Keyword
 arguments of the same names, a request given as a dict, and a lone request that carries its
@@ -24,7 +24,7 @@ UNREADABLE_AGENT = "invalid"
 
 
 def split_args(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[object, object, str | None]:
-    """(run_id, request, shape error) from ``args=[run_id, request_json]`` (or kwargs of the
+    """(run_id, request, shape error) from ``args=[run_id, request]`` (or kwargs of the
     same names, or a lone request whose ``run_id`` field names the run)."""
     unknown = sorted(set(kwargs) - {"run_id", "request"})
     if unknown or len(args) > 2:

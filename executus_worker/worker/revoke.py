@@ -11,9 +11,9 @@ it), and every later delivery of it is a no-op that reports REVOKED.
 
 Two hooks, both in the worker's MainProcess:
 
-- ``RevokeHook.command`` replaces this worker's ``revoke`` remote-control command (Flower,
-  ``celery control revoke``, ``AsyncResult.revoke``; see ``bootsteps.remote_control_step``):
-  it cancels the runs first, then runs Celery's command unchanged.
+- ``RevokeHook.commands`` replaces this worker's ``revoke`` and ``terminate`` remote-control
+  commands (Flower, ``celery control revoke|terminate``, ``AsyncResult.revoke``; see
+  ``bootsteps.remote_control_step``): they cancel the runs first, then run Celery's command.
 - ``RevokeHook.on_task_revoked`` (the ``task_revoked`` signal) covers a message that arrives
   already revoked, or expired: Celery drops it, and the run it names is cancelled.
 
@@ -95,22 +95,32 @@ class RevokeHook:
             done.append(run_id)
         return done, failed
 
-    def command(self, celery_revoke: ControlCommand) -> ControlCommand:
-        """The ``revoke`` control command: cancel the runs, then Celery's revoke as usual."""
+    def commands(self, celery: dict[str, ControlCommand]) -> dict[str, ControlCommand]:
+        """``revoke`` and ``terminate`` (which calls Celery's revoke directly, not through the
+        handler table): each cancels the runs first, then runs Celery's command unchanged."""
+        celery_revoke, celery_terminate = celery["revoke"], celery["terminate"]
 
-        def revoke(state: Any, task_id: Any, terminate: bool = False, **kwargs: Any) -> Any:
-            task_ids = {str(t) for t in maybe_list(task_id) or []}
-            held = held_runs(task_ids)
-            done, failed = self.cancel([*held.values(), *(t for t in task_ids if t not in held)])
-            reply = celery_revoke(state, task_id, terminate=terminate, **kwargs)
-            if (done or failed) and isinstance(reply, dict) and "ok" in reply:
-                note = f"; runs cancelled: {', '.join(done) or 'none'}"
-                if failed:
-                    note += f"; store unreachable for: {', '.join(failed)}"
-                reply = {**reply, "ok": str(reply["ok"]) + note}
-            return reply
+        def revoke(state: Any, task_id: Any, **kwargs: Any) -> Any:
+            notes = self._cancel_named(task_id)
+            return _noted(celery_revoke(state, task_id, **kwargs), notes)
 
-        return revoke
+        def terminate(state: Any, signal: Any, task_id: Any, **kwargs: Any) -> Any:
+            notes = self._cancel_named(task_id)
+            return _noted(celery_terminate(state, signal, task_id, **kwargs), notes)
+
+        return {"revoke": revoke, "terminate": terminate}
+
+    def _cancel_named(self, task_id: Any) -> str:
+        """Cancel the runs the task ids name; what to add to the command's reply."""
+        task_ids = {str(t) for t in maybe_list(task_id) or []}
+        held = held_runs(task_ids)
+        done, failed = self.cancel([*held.values(), *(t for t in task_ids if t not in held)])
+        if not done and not failed:
+            return ""
+        note = f"; runs cancelled: {', '.join(done) or 'none'}"
+        if failed:
+            note += f"; store unreachable for: {', '.join(failed)}"
+        return note
 
     def on_task_revoked(self, sender: Any = None, request: Any = None, **kwargs: Any) -> None:
         """``task_revoked``: a delivery Celery dropped as revoked or expired, or killed."""
@@ -121,3 +131,9 @@ class RevokeHook:
         run_id, _ = run_and_agent(request.args, request.kwargs, request.id)
         if run_id != UNKNOWN:
             self.cancel([run_id])
+
+
+def _noted(reply: Any, note: str) -> Any:
+    if note and isinstance(reply, dict) and "ok" in reply:
+        return {**reply, "ok": str(reply["ok"]) + note}
+    return reply

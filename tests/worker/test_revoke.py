@@ -34,11 +34,20 @@ def register(store: MemoryStore, run_id: str) -> None:
 
 
 def celery_revoke(calls: list[Any]) -> Any:
+    """Our `revoke` command around a stand-in for Celery's."""
+
     def revoke(state: Any, task_id: Any, terminate: bool = False, **kwargs: Any) -> Any:
         calls.append((task_id, terminate))
         return {"ok": f"tasks {task_id} flagged as revoked"}
 
-    return revoke
+    def terminate(state: Any, signal: Any, task_id: Any, **kwargs: Any) -> Any:
+        return revoke(state, task_id, terminate=True, signal=signal)
+
+    return {"revoke": revoke, "terminate": terminate}
+
+
+def commands(store: RunStore, calls: list[Any]) -> dict[str, Any]:
+    return hook(store).commands(celery_revoke(calls))
 
 
 def status(store: MemoryStore, run_id: str) -> RunStatus:
@@ -52,7 +61,7 @@ def test_revoking_a_queued_run_cancels_it_and_still_runs_celerys_revoke(
 ) -> None:
     register(store, "r1")
     calls: list[Any] = []
-    reply = hook(store).command(celery_revoke(calls))(None, "r1", terminate=True)
+    reply = commands(store, calls)["revoke"](None, "r1", terminate=True)
     assert status(store, "r1") is RunStatus.CANCELLED
     assert calls == [("r1", True)]
     assert reply["ok"].endswith("runs cancelled: r1")
@@ -61,15 +70,25 @@ def test_revoking_a_queued_run_cancels_it_and_still_runs_celerys_revoke(
 def test_revoking_a_running_run_flags_it_for_its_owner(store: MemoryStore) -> None:
     register(store, "r1")
     store.claim("r1", owner="w:1", lease_ttl_s=30, max_attempts=5, now=time.time())
-    hook(store).command(celery_revoke([]))(None, ["r1"])
+    commands(store, [])["revoke"](None, ["r1"])
     record = store.get("r1")
     assert record is not None and record.cancel_requested
     assert record.status is RunStatus.RUNNING  # the owner stops at its next step boundary
 
 
+def test_celery_control_terminate_cancels_the_run_too(store: MemoryStore) -> None:
+    """Celery's `terminate` command calls its revoke function directly, not our handler."""
+    register(store, "r1")
+    calls: list[Any] = []
+    reply = commands(store, calls)["terminate"](None, "KILL", ["r1"])
+    assert status(store, "r1") is RunStatus.CANCELLED
+    assert calls == [(["r1"], True)]
+    assert reply["ok"].endswith("runs cancelled: r1")
+
+
 def test_a_task_id_that_names_no_run_is_left_to_celery(store: MemoryStore) -> None:
     calls: list[Any] = []
-    reply = hook(store).command(celery_revoke(calls))(None, ["not-a-run"])
+    reply = commands(store, calls)["revoke"](None, ["not-a-run"])
     assert calls == [(["not-a-run"], False)]
     assert reply == {"ok": "tasks ['not-a-run'] flagged as revoked"}
 
@@ -80,7 +99,7 @@ def test_an_unreachable_store_is_said_in_the_reply_and_celerys_revoke_still_runs
             raise StoreError("connection refused")
 
     calls: list[Any] = []
-    reply = hook(Down()).command(celery_revoke(calls))(None, "r1")
+    reply = commands(Down(), calls)["revoke"](None, "r1")
     assert calls and "store unreachable for: r1" in reply["ok"]
 
 

@@ -125,42 +125,39 @@ def _config(settings: Settings) -> dict[str, Any]:
     queues = dict.fromkeys([settings.default_queue, *settings.tier_queues.values()])
     broker_url = settings.effective_broker_url
     quorum = settings.broker_quorum_queues
-    return (
-        _transport_config(broker_url)
-        | {
-            "broker_url": broker_url,
-            # A worker that starts before Redis keeps retrying instead of exiting (Celery 6 will
-            # stop retrying at startup unless told to).
-            "broker_connection_retry_on_startup": True,
-            # JSON only: pickle lets anyone who can write to the broker run code. Messages carry
-            # a run id and a request, never a transcript.
-            "accept_content": ["json"],
-            "task_serializer": "json",
-            "result_serializer": "json",
-            "result_accept_content": ["json"],
-            # Ack after the task, requeue when the child dies: a killed child's run comes back
-            # at once (its claim sorts out whether anyone still owns it).
-            "task_acks_late": True,
-            "task_reject_on_worker_lost": True,
-            # With acks_late, prefetched messages wait unacked behind a long run with their
-            # visibility clock running; hold no more than there are slots.
-            "worker_prefetch_multiplier": 1,
-            # Never kill a running run because the broker connection dropped: Celery would SIGTERM
-            # every prefork child mid-step and a healthy run would be booked as a crash (issue:
-            # two Redis restarts made a run `dead`). The redelivered duplicate this allows is
-            # harmless: its claim finds the live lease and drops it (research K1/K2).
-            "worker_cancel_long_running_tasks_on_connection_loss": False,
-            "broker_transport_options": _broker_options(settings),
-            # Our run record is the truth; no result backend round trips per run unless asked for.
-            "task_ignore_result": True,
-            # A plain `celery worker` serves every queue; a dedicated pool narrows it with -Q.
-            "task_default_queue": settings.default_queue,
-            # With quorum queues Celery turns global QoS off by itself (worker_detect_quorum_queues).
-            "task_queues": [run_queue(name, quorum=quorum) for name in queues],
-            "task_routes": (_Router(settings),),
-        }
-        | _result_config(settings)
-    )
+    config = _transport_config(broker_url) | {
+        "broker_url": broker_url,
+        # A worker that starts before Redis keeps retrying instead of exiting (Celery 6 will
+        # stop retrying at startup unless told to).
+        "broker_connection_retry_on_startup": True,
+        # JSON only: pickle lets anyone who can write to the broker run code. Messages carry
+        # a run id and a request, never a transcript.
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "result_accept_content": ["json"],
+        # Ack after the task, requeue when the child dies: a killed child's run comes back
+        # at once (its claim sorts out whether anyone still owns it).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # With acks_late, prefetched messages wait unacked behind a long run with their
+        # visibility clock running; hold no more than there are slots.
+        "worker_prefetch_multiplier": 1,
+        # Never kill a running run because the broker connection dropped: Celery would SIGTERM
+        # every prefork child mid-step and a healthy run would be booked as a crash (issue:
+        # two Redis restarts made a run `dead`). The redelivered duplicate this allows is
+        # harmless: its claim finds the live lease and drops it (research K1/K2).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_transport_options": _broker_options(settings),
+        # Our run record is the truth; no result backend round trips per run unless asked for.
+        "task_ignore_result": True,
+        # A plain `celery worker` serves every queue; a dedicated pool narrows it with -Q.
+        "task_default_queue": settings.default_queue,
+        # With quorum queues Celery turns global QoS off by itself (worker_detect_quorum_queues).
+        "task_queues": [run_queue(name, quorum=quorum) for name in queues],
+        "task_routes": (_Router(settings),),
+    }
+    return config | _result_config(settings)
 
 
 def _result_config(settings: Settings) -> dict[str, Any]:

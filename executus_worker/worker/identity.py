@@ -40,13 +40,18 @@ def _pid_namespace() -> str | None:
 
 
 def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat (start time in ticks); None if there is no such process."""
+    """Field 22 of /proc/<pid>/stat (start time in ticks); None if there is no such process
+    or it is dead: a zombie (state Z) whose parent never reaps it -- e.g. a prefork child
+    orphaned by a SIGKILLed main process in a container whose init does not reap -- still
+    has a /proc entry, but runs nothing."""
     try:
         stat = (_PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and ')': fields follow the last ')'.
     fields = stat.rsplit(")", 1)[1].split()
+    if not fields or fields[0] in {"Z", "X", "x"}:
+        return None
     return fields[19] if len(fields) > 19 else None
 
 

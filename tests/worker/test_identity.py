@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,20 @@ def test_boot_takeover_frees_only_the_runs_of_dead_owners() -> None:
     assert store.claim("dead", owner="me", lease_ttl_s=60, max_attempts=5, now=2.0).fence
     busy = store.claim("alive", owner="me", lease_ttl_s=60, max_attempts=5, now=2.0)
     assert busy.status.value == "busy"
+
+
+def test_a_zombie_is_dead() -> None:
+    """An exited child nobody reaped keeps its /proc entry (state Z) but runs nothing."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner = identity.process_owner(proc.pid)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            break
+        time.sleep(0.01)
+    try:
+        assert state == "Z"
+        assert identity.provably_dead(owner)
+    finally:
+        proc.wait()

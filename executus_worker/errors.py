@@ -72,7 +72,12 @@ class TranscriptBehind(CorruptCheckpointError):
 
 
 class UnsupportedFormatError(CheckpointError):
-    """The checkpoint was written with a format version this code cannot read."""
+    """The checkpoint was written with a format version this code cannot read (a newer worker
+    wrote it). ``version`` is that format: a worker reading it can resume the run."""
+
+    def __init__(self, run_id: str, detail: str, *, version: int = 0) -> None:
+        super().__init__(run_id, detail)
+        self.version = version
 
 
 class RunNotFoundError(ExecutusError):

@@ -77,9 +77,11 @@ def build_envelope(
     task_id: str | None = None,
     origin: str = "",
     ignore_result: bool = True,
+    kwargs: dict[str, Any] | None = None,
 ) -> str:
     """The kombu/Celery message JSON for one task, exactly as ``send_task`` would LPUSH it."""
-    body = "[" + _COMPACT(list(args)) + ",{}," + _EMBED_JSON + "]"
+    extra = _COMPACT(kwargs) if kwargs else "{}"
+    body = "[" + _COMPACT(list(args)) + "," + extra + "," + _EMBED_JSON + "]"
     template = _template(task, queue, origin, ignore_result)
     return _render(template, body, list(args[:1]), task_id or _unique_id(), _unique_id())
 

@@ -26,6 +26,7 @@ from executus_worker.core.models import (
     CHECKPOINT_FORMAT_VERSION,
     Checkpoint,
     Message,
+    RunLimits,
     RunRecord,
     RunRequest,
     RunStatus,
@@ -36,6 +37,8 @@ Raw = bytes | str
 
 _MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
 SEPARATOR = "\n,"
+# The agent name a record shows when its request does not even say which agent it meant.
+UNREADABLE_AGENT = "invalid"
 
 
 class _Meta(BaseModel):
@@ -132,10 +135,13 @@ def decode_messages(run_id: str, key: str, array_json: Raw) -> list[Message]:
 # --------------------------------------------------------------------------- records
 
 
-def record_fields(request: RunRequest, *, run_id: str, queue: str, now: float) -> dict[str, str]:
-    """The hash fields of a freshly registered run."""
+def record_fields(
+    request: RunRequest, *, run_id: str, queue: str, now: float, rejected: str | None = None
+) -> dict[str, str]:
+    """The hash fields of a freshly registered run (``rejected``: see RunStore.register)."""
     stamp = repr(now)
-    return {
+    rejection = {} if rejected is None else {"rejected": rejected}
+    return rejection | {
         "run_id": run_id,
         "status": RunStatus.QUEUED.value,
         "agent": request.agent,
@@ -152,11 +158,18 @@ def record_fields(request: RunRequest, *, run_id: str, queue: str, now: float) -
 
 
 def decode_record(run_id: str, key: str, raw: Mapping[Any, Any]) -> RunRecord:
-    """A record hash -> RunRecord. Unknown hash fields (internal counters) are ignored."""
+    """A record hash -> RunRecord. Unknown hash fields (internal counters) are ignored.
+
+    A stored request that is JSON but does not validate here (a newer client added a field)
+    still gives a readable record: ``request`` is then a placeholder and ``request_error`` says
+    why, so ``status`` shows the run and the worker that claims it fails it with that reason.
+    """
     fields = text_map(raw)
     try:
         data: dict[str, Any] = dict(fields)
-        data["request"] = RunRequest.model_validate_json(fields["request"])
+        data["request"], data["request_error"] = _stored_request(run_id, key, fields["request"])
+        if "rejected" in fields:
+            data["request_error"] = fields["rejected"]
         if "output" in fields:
             data["output"] = json.loads(fields["output"])
         return RunRecord.model_validate(data)
@@ -167,10 +180,46 @@ def decode_record(run_id: str, key: str, raw: Mapping[Any, Any]) -> RunRecord:
 
 
 def decode_request(run_id: str, key: str, raw: Raw) -> RunRequest:
+    """The stored request, or the placeholder of ``decode_record`` when it does not validate
+    on this version (republishing it is harmless: the claim reads the record and fails the run
+    with the reason). Raises CorruptCheckpointError only for bytes that are not a JSON object.
+    """
+    return _stored_request(run_id, key, raw)[0]
+
+
+def _stored_request(run_id: str, key: str, raw: Raw) -> tuple[RunRequest, str | None]:
     try:
-        return RunRequest.model_validate_json(raw)
+        return RunRequest.model_validate_json(raw), None
     except ValidationError as exc:
-        raise CorruptCheckpointError(run_id, f"unreadable request at {key}: {_why(exc)}") from exc
+        problem = _why(exc)
+    try:
+        # pydantic's parser, not json.loads: it has its own nesting limit (no RecursionError).
+        data = pydantic_core.from_json(raw)
+    except ValueError as exc:
+        raise CorruptCheckpointError(run_id, f"unreadable request at {key}: {problem}") from exc
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError(run_id, f"request at {key} is not a JSON object")
+    why = (
+        f"the stored request does not validate on this worker ({problem}): written by a "
+        "newer client? Upgrade the workers"
+    )
+    return _placeholder(data), why
+
+
+def _placeholder(data: dict[str, Any]) -> RunRequest:
+    """What can be read of a request this version does not accept: the fields it knows (for
+    ``status``), or only its agent and run id. Never executed (see decode_record)."""
+    known = {k: v for k, v in data.items() if k in RunRequest.model_fields}
+    known.pop("schema_version", None)
+    if isinstance(known.get("limits"), dict):
+        known["limits"] = {k: v for k, v in known["limits"].items() if k in RunLimits.model_fields}
+    minimal = {"agent": data.get("agent"), "run_id": data.get("run_id")}
+    for candidate in (known, minimal):
+        try:
+            return RunRequest.model_validate(candidate)
+        except ValidationError:
+            continue
+    return RunRequest(agent=UNREADABLE_AGENT)
 
 
 # --------------------------------------------------------------------------- checkpoint meta
@@ -255,6 +304,7 @@ def decode_checkpoint(
             run_id,
             f"checkpoint at {meta_key} has format version {version}; this code reads up to "
             f"{CHECKPOINT_FORMAT_VERSION} (upgrade the worker)",
+            version=version,
         )
     try:
         parsed = _Meta.model_validate(fields)

@@ -79,6 +79,10 @@ class RunHandle:
         self._expect_seq = ""
         self._writes = 0
         self._meta = codec.MetaDelta()
+        # Set while load() has not returned: what is stored is unknown here (unreadable, or a
+        # stop cut the load short), so nothing this attempt holds may replace or delete it
+        # (see RunCheckpointer).
+        self._unread = False
 
     @property
     def epoch(self) -> int:
@@ -94,11 +98,13 @@ class RunHandle:
             # the round trip (measured ~0.2 ms of a ~1 ms per-run overhead in bench/dispatch).
             self._stored = []
             return None
+        self._unread = True
         checkpoint = self._retry("load", lambda: self.store.load_checkpoint(self.run_id))
         # A resumed attempt starts from what is stored: the transcript if a checkpoint exists,
         # nothing otherwise (a run that never saved has no messages to keep).
         self._stored = list(checkpoint.messages) if checkpoint is not None else []
         self._expect_seq = checkpoint.write_seq if checkpoint is not None else ""
+        self._unread = False
         return checkpoint
 
     def save(self, checkpoint: Checkpoint, *, force: bool = False) -> bool:
@@ -144,10 +150,23 @@ class RunHandle:
 
     def interrupt(self, checkpoint: Checkpoint) -> None:
         # Flush first, then release: the run must never be `interrupted` with a stale state.
-        self.save(checkpoint, force=True)
+        if not self._unread:
+            self.save(checkpoint, force=True)
         self._retry(
             "interrupt",
             lambda: self.store.interrupt(self.run_id, fence=self.fence, now=self._clock.now()),
+        )
+
+    def park(self, reason: str, needs_format: int) -> None:
+        self._retry(
+            "park",
+            lambda: self.store.park(
+                self.run_id,
+                fence=self.fence,
+                now=self._clock.now(),
+                reason=reason,
+                needs_format=needs_format,
+            ),
         )
 
     # ------------------------------------------------------------------------ internals
@@ -230,6 +249,24 @@ class RunHandle:
     def _finish(
         self, checkpoint: Checkpoint, status: RunStatus, *, output: JsonValue, error: str | None
     ) -> None:
+        if self._unread:
+            self._retry(
+                status.value,
+                lambda: self.store.finish(
+                    self.run_id,
+                    fence=self.fence,
+                    status=status,
+                    output=output,
+                    error=error,
+                    base_len=0,
+                    new_messages=[],
+                    now=self._clock.now(),
+                    result_ttl_s=self.result_ttl_s,
+                    keep_checkpoint=True,
+                ),
+            )
+            return
+
         def write(base_len: int, new: list[Message]) -> None:
             self.store.finish(
                 self.run_id,

@@ -31,7 +31,14 @@ from executus_worker.checkpoint.store import (
     SaveAck,
     SweepBatch,
 )
-from executus_worker.core.models import Checkpoint, Message, RunRecord, RunRequest, RunStatus
+from executus_worker.core.models import (
+    CHECKPOINT_FORMAT_VERSION,
+    Checkpoint,
+    Message,
+    RunRecord,
+    RunRequest,
+    RunStatus,
+)
 from executus_worker.core.stop import OwnershipLost
 from executus_worker.errors import (
     CorruptCheckpointError,
@@ -115,11 +122,14 @@ class MemoryStore:
         del run.msgs[base_len:]
         run.msgs.extend(codec.encode_messages(new))
 
-    def _finalize(self, run_id: str, run: _Run, status: str, now: float, ttl_s: int) -> None:
+    def _finalize(
+        self, run_id: str, run: _Run, status: str, now: float, ttl_s: int, *, keep: bool = False
+    ) -> None:
         run.rec.update(status=status, finished_at=repr(now), updated_at=repr(now))
         run.rec.pop("owner", None)
         run.lease = None
-        run.ckpt = None
+        if not keep:  # kept: it expires with the record (run.expires_at), as in Redis
+            run.ckpt = None
         run.expires_at = self._clock() + ttl_s
         self._active.pop(run_id, None)
         self._due.pop(run_id, None)
@@ -132,13 +142,22 @@ class MemoryStore:
     # ------------------------------------------------------------------------ records
 
     def register(
-        self, request: RunRequest, *, run_id: str, queue: str, now: float
+        self,
+        request: RunRequest,
+        *,
+        run_id: str,
+        queue: str,
+        now: float,
+        rejected: str | None = None,
     ) -> tuple[RunRecord, bool]:
+        fields = codec.record_fields(
+            request, run_id=run_id, queue=queue, now=now, rejected=rejected
+        )
         with self._lock:
             existing = self._get(run_id)
             if existing is not None:
                 return self._decode(run_id, existing), False
-            run = _Run(rec=codec.record_fields(request, run_id=run_id, queue=queue, now=now))
+            run = _Run(rec=fields)
             self._runs[run_id] = run
             self._active[run_id] = now
             self._done.pop(run_id, None)
@@ -160,9 +179,11 @@ class MemoryStore:
             if run is None or status not in {"queued", "interrupted", "running"}:
                 return ClaimResult(ClaimStatus.GONE)
             reason = run.rec.get("last_reason", "unknown")
+            if status == "running" and self._lease_live(run):
+                return ClaimResult(ClaimStatus.BUSY)
+            if int(run.rec.get("needs_format", "0")) > CHECKPOINT_FORMAT_VERSION:
+                return self._claim_result(ClaimStatus.DEFERRED, run_id, run)
             if status == "running":
-                if self._lease_live(run):
-                    return ClaimResult(ClaimStatus.BUSY)
                 reason = "lease expired while running (worker lost)"
                 self._mark_taken(run, now)
             if run.rec.get("cancel_requested") == "1":
@@ -203,7 +224,13 @@ class MemoryStore:
     def _claim_result(
         self, status: ClaimStatus, run_id: str, run: _Run, fence: Fence | None = None
     ) -> ClaimResult:
-        record = self._decode(run_id, run)
+        try:
+            record = self._decode(run_id, run)
+        except CorruptCheckpointError as exc:
+            if fence is None:
+                raise
+            # Claimed already: hand the claim out, or nobody could end the run.
+            return ClaimResult(status, epoch=fence.epoch, fence=fence, problem=str(exc))
         return ClaimResult(
             status, epoch=record.epoch, attempts=record.attempts, record=record, fence=fence
         )
@@ -493,20 +520,22 @@ class MemoryStore:
         now: float,
         result_ttl_s: int,
         expect_seq: str = "",
+        keep_checkpoint: bool = False,
     ) -> None:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value!r}")
         encoded_output = codec.dumps(output)
         with self._lock:
             run = self._fence(run_id, fence)
-            self._check_seq(run_id, run, expect_seq)
-            self._splice(run_id, run, base_len, new_messages)
+            if not keep_checkpoint:
+                self._check_seq(run_id, run, expect_seq)
+                self._splice(run_id, run, base_len, new_messages)
             run.rec["output"] = encoded_output
             if error is None:
                 run.rec.pop("error", None)
             else:
                 run.rec["error"] = error
-            self._finalize(run_id, run, status.value, now, result_ttl_s)
+            self._finalize(run_id, run, status.value, now, result_ttl_s, keep=keep_checkpoint)
 
     def interrupt(
         self, run_id: str, *, fence: Fence, now: float, reason: str | None = None
@@ -523,6 +552,16 @@ class MemoryStore:
             run.lease = None
             self._waiting.pop(run_id, None)
             self._due[run_id] = now  # a recovery candidate at once
+
+    def park(
+        self, run_id: str, *, fence: Fence, now: float, reason: str, needs_format: int
+    ) -> None:
+        with self._lock:
+            self.interrupt(run_id, fence=fence, now=now, reason=reason)
+            run = self._runs[run_id]
+            had = int(run.rec.get("needs_format", "0"))
+            run.rec["needs_format"] = str(max(had, needs_format))
+            run.rec["parks"] = str(int(run.rec.get("parks", "0")) + 1)
 
     def transcript(self, run_id: str) -> list[Message]:
         with self._lock:

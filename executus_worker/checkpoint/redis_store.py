@@ -31,9 +31,21 @@ from executus_worker.checkpoint.store import (
     SaveAck,
     SweepBatch,
 )
-from executus_worker.core.models import Checkpoint, Message, RunRecord, RunRequest, RunStatus
+from executus_worker.core.models import (
+    CHECKPOINT_FORMAT_VERSION,
+    Checkpoint,
+    Message,
+    RunRecord,
+    RunRequest,
+    RunStatus,
+)
 from executus_worker.core.stop import OwnershipLost
-from executus_worker.errors import RunNotFoundError, StoreError, TranscriptBehind
+from executus_worker.errors import (
+    CorruptCheckpointError,
+    RunNotFoundError,
+    StoreError,
+    TranscriptBehind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +109,17 @@ class RedisStore:
     # ------------------------------------------------------------------------ records
 
     def register(
-        self, request: RunRequest, *, run_id: str, queue: str, now: float
+        self,
+        request: RunRequest,
+        *,
+        run_id: str,
+        queue: str,
+        now: float,
+        rejected: str | None = None,
     ) -> tuple[RunRecord, bool]:
-        fields = codec.record_fields(request, run_id=run_id, queue=queue, now=now)
+        fields = codec.record_fields(
+            request, run_id=run_id, queue=queue, now=now, rejected=rejected
+        )
         flat = [x for pair in fields.items() for x in pair]
         reply = self._run("register", run_id, self.keys.run(run_id).all(), [run_id, now, *flat])
         if int(reply[0]) == 1:
@@ -129,12 +149,23 @@ class RedisStore:
             self._result_ttl_s,
             token,
             grace,
+            CHECKPOINT_FORMAT_VERSION,  # a run parked for a newer format is deferred
         ]
         reply = self._run("claim", run_id, self.keys.run(run_id).all(), args)
         status = ClaimStatus(codec.text(reply[0]))
         if len(reply) < 2:
             return ClaimResult(status)
-        record = self._record(run_id, codec.json_array(reply[1]))
+        flat = codec.json_array(reply[1])
+        try:
+            record = self._record(run_id, flat)
+        except CorruptCheckpointError as exc:
+            if status is not ClaimStatus.CLAIMED:
+                raise
+            # The script has claimed the run: hand the claim out, or nobody could end it.
+            it = iter(flat)
+            epoch = codec.text(dict(zip(it, it, strict=True)).get("epoch", "0"))
+            held = Fence(token, int(epoch) if epoch.isdigit() else 0)
+            return ClaimResult(status, epoch=held.epoch, fence=held, problem=str(exc))
         fence = Fence(token, record.epoch) if status is ClaimStatus.CLAIMED else None
         return ClaimResult(
             status, epoch=record.epoch, attempts=record.attempts, record=record, fence=fence
@@ -292,6 +323,7 @@ class RedisStore:
         now: float,
         result_ttl_s: int,
         expect_seq: str = "",
+        keep_checkpoint: bool = False,
     ) -> None:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value!r}")
@@ -308,6 +340,7 @@ class RedisStore:
             error or "",
             int(result_ttl_s),
             expect_seq,
+            "1" if keep_checkpoint else "0",
         ]
         self._run("finish", run_id, self.keys.run(run_id).all(), args)
 
@@ -315,6 +348,13 @@ class RedisStore:
         self, run_id: str, *, fence: Fence, now: float, reason: str | None = None
     ) -> None:
         args = [run_id, now, fence.token, *([reason] if reason else [])]
+        self._run("interrupt", run_id, self.keys.run(run_id).all(), args)
+
+    def park(
+        self, run_id: str, *, fence: Fence, now: float, reason: str, needs_format: int
+    ) -> None:
+        # The interrupt script with a format: one transition, written once (scripts.INTERRUPT).
+        args = [run_id, now, fence.token, reason, int(needs_format)]
         self._run("interrupt", run_id, self.keys.run(run_id).all(), args)
 
     def transcript(self, run_id: str) -> list[Message]:

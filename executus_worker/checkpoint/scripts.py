@@ -111,11 +111,17 @@ end
 
 -- Terminal transition: drop lease and checkpoint, put a TTL on every per-run key that stays,
 -- move the id from the active and recovery indexes to the done index (trimmed to the retention
--- window).
-local function finalize(status, now, ttl)
+-- window). keep: the checkpoint could not be read by the finishing attempt, so it is not ours
+-- to delete: it stays as stored, expiring with the record.
+local function finalize(status, now, ttl, keep)
   redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now, 'updated_at', now)
   redis.call('HDEL', KEYS[1], 'owner')
-  redis.call('DEL', KEYS[2], KEYS[3])
+  if keep then
+    redis.call('DEL', KEYS[2])
+    redis.call('EXPIRE', KEYS[3], ttl)
+  else
+    redis.call('DEL', KEYS[2], KEYS[3])
+  end
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[4], ttl)
   redis.call('ZREM', KEYS[5], ARGV[1])
@@ -142,21 +148,28 @@ redis.call('ZADD', KEYS[8], ARGV[2], ARGV[1])
 return {1}
 """
 
-# ARGV: run_id, now, owner, lease_ttl_ms, max_attempts, result_ttl_s, fence, refund_grace_s
-#   -> {outcome, record} with outcome claimed | busy | gone | cancelled | dead; the record is the
-#   HGETALL array as one JSON string (one bulk reply: redis-py's pure-Python parser spends
-#   ~50 us per claim walking 30 bulk strings, json.loads on one string a few)
+# ARGV: run_id, now, owner, lease_ttl_ms, max_attempts, result_ttl_s, fence, refund_grace_s,
+#       reads_format
+#   -> {outcome, record} with outcome claimed | busy | gone | cancelled | dead | deferred; the
+#   record is the HGETALL array as one JSON string (one bulk reply: redis-py's pure-Python parser
+#   spends ~50 us per claim walking 30 bulk strings, json.loads on one string a few).
+#   deferred: a worker found a checkpoint of a newer format than this claimer reads
+#   (``needs_format``, written by PARK); nothing is written, the run stays as it is for a
+#   worker that reads it.
 CLAIM = r"""
 local now, owner = ARGV[2], ARGV[3]
 local r = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'interrupts', 'epoch',
-  'cancel_requested', 'last_reason', 'survived')
+  'cancel_requested', 'last_reason', 'survived', 'needs_format')
 local status = r[1]
 if not status or not (status == 'queued' or status == 'interrupted' or status == 'running') then
   return {'gone'}
 end
 local reason = r[6] or 'unknown'
+if status == 'running' and redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
+if ARGV[9] and (tonumber(r[8]) or 0) > tonumber(ARGV[9]) then
+  return {'deferred', cjson.encode(redis.call('HGETALL', KEYS[1]))}
+end
 if status == 'running' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
   reason = 'lease expired while running (worker lost)'
   mark_taken()
 end
@@ -256,21 +269,25 @@ return {total, r[4] == '1' and 1 or 0}
 """
 
 # ARGV: run_id, now, fence, base_len, new_count, payload, status, output_json, has_error,
-#       error, result_ttl_s, expect_wseq
+#       error, result_ttl_s, expect_wseq, keep ('1': leave checkpoint and transcript exactly
+#       as stored: the finishing attempt could not read them)
 FINISH = r"""
 local base_len = tonumber(ARGV[4])
 local err = fence(ARGV[3])
 if err then return err end
-local count, short = stored_state(KEYS[3], base_len, ARGV[12] or '')
-if short then return short end
-err = splice(KEYS[4], base_len, count, ARGV[6])
-if err then return err end
--- SETRANGE grows strings greedily (up to 2x); rewrite the retained transcript at its exact size
--- once, so a day of retention does not hold the slack. With base_len 0 splice wrote it with one
--- SET (or deleted it): there is no slack, and the common one-shot run skips a GET and a SET.
-if base_len > 0 then
-  local final = redis.call('GET', KEYS[4])
-  if final then redis.call('SET', KEYS[4], final) end
+local keep = ARGV[13] == '1'
+if not keep then
+  local count, short = stored_state(KEYS[3], base_len, ARGV[12] or '')
+  if short then return short end
+  err = splice(KEYS[4], base_len, count, ARGV[6])
+  if err then return err end
+  -- SETRANGE grows strings greedily (up to 2x); rewrite the retained transcript at its exact
+  -- size once, so a day of retention does not hold the slack. With base_len 0 splice wrote it
+  -- with one SET (or deleted it): no slack, and the common one-shot run skips a GET and a SET.
+  if base_len > 0 then
+    local final = redis.call('GET', KEYS[4])
+    if final then redis.call('SET', KEYS[4], final) end
+  end
 end
 redis.call('HSET', KEYS[1], 'output', ARGV[8])
 if ARGV[9] == '1' then
@@ -278,16 +295,24 @@ if ARGV[9] == '1' then
 else
   redis.call('HDEL', KEYS[1], 'error')
 end
-finalize(ARGV[7], ARGV[2], tonumber(ARGV[11]))
+finalize(ARGV[7], ARGV[2], tonumber(ARGV[11]), keep)
 return 1
 """
 
-# ARGV: run_id, now, fence
+# ARGV: run_id, now, fence[, reason[, needs_format]]
+#   needs_format (PARK): the attempt found a checkpoint of a newer format; from now on only a
+#   claimer that reads at least that format may claim the run (see CLAIM). Like a shutdown, a
+#   park is no failure of the attempt: it never counts toward ``dead``.
 INTERRUPT = r"""
 local err = fence(ARGV[3])
 if err then return err end
 redis.call('HSET', KEYS[1], 'status', 'interrupted', 'updated_at', ARGV[2],
   'last_reason', ARGV[4] or 'interrupted (worker shutdown)')
+if ARGV[5] then
+  local had = tonumber(redis.call('HGET', KEYS[1], 'needs_format') or '0') or 0
+  redis.call('HSET', KEYS[1], 'needs_format', math.max(had, tonumber(ARGV[5])))
+  redis.call('HINCRBY', KEYS[1], 'parks', 1)
+end
 redis.call('HINCRBY', KEYS[1], 'interrupts', 1)
 redis.call('HDEL', KEYS[1], 'owner')
 redis.call('DEL', KEYS[2])

@@ -9,7 +9,9 @@ Run lifecycle (every arrow is one atomic compare-and-set):
 
     register ──► queued ──claim──► running ──interrupt──► interrupted ──requeue──► queued
                    │                  │  └─ lease expires (crash) ──requeue──► queued
-                   │                  └──finish──► completed | failed | cancelled
+                   │                  ├──finish──► completed | failed | cancelled
+                   │                  └──park──► interrupted (needs_format: only a worker
+                   │                             that reads it claims the run again)
                    └─cancel─► cancelled           claim past max attempts ──► dead
 
 The recovery index. Every non-terminal run is a *candidate* for the sweep at a known time, kept
@@ -18,7 +20,7 @@ the healthy ones:
 
     status        candidate when                              set by
     running       its lease deadline has passed               claim, every renewal
-    interrupted   at once                                     interrupt
+    interrupted   at once                                     interrupt, park
     queued        now - base >= queued_timeout_s              register, requeue
 
 A due candidate gets the per-run compare-and-set (``sweep``), which decides from the record and
@@ -38,6 +40,11 @@ T, 3T, 7T, 15T, ... after it was enqueued, then every 32 T). At a check:
 A backlog thus postpones a re-publish, never by more than ``BACKLOG_DEFER_LIMIT`` queued
 timeouts, so a message lost while the queue never drains is still replaced; and however long a
 backlog lasts, each run gets a logarithmic number of duplicates, not one per timeout.
+
+A checkpoint an attempt could not read is never deleted by that attempt: a newer worker's
+checkpoint is parked for a worker that reads it (a claim by an older worker is DEFERRED and
+writes nothing, so the run stays queued under the backoff above), anything else unreadable
+fails the run with the checkpoint kept as stored (``finish(keep_checkpoint=True)``).
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ class ClaimStatus(enum.StrEnum):
     GONE = "gone"  # terminal or unknown: nothing to do (late duplicate)
     CANCELLED = "cancelled"  # cancel was requested before start: now terminal
     DEAD = "dead"  # attempts exceeded max_recovery_attempts: now terminal
+    # The run's checkpoint needs a newer worker (record.needs_format): nothing was written.
+    DEFERRED = "deferred"
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,9 @@ class ClaimResult:
     attempts: int = 0
     record: RunRecord | None = None
     fence: Fence | None = None  # set when status is CLAIMED
+    # Set when the claimed record does not decode (so ``record`` is None): the claim holds the
+    # run, which cannot be executed; the claimer must end it with this reason.
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,11 +157,19 @@ class IndexAudit:
 class RunStore(Protocol):
     # -- records -----------------------------------------------------------------------
     def register(
-        self, request: RunRequest, *, run_id: str, queue: str, now: float
+        self,
+        request: RunRequest,
+        *,
+        run_id: str,
+        queue: str,
+        now: float,
+        rejected: str | None = None,
     ) -> tuple[RunRecord, bool]:
         """Create the record (status queued) and index it; idempotent on run_id.
 
         Returns (record, created). An existing run is returned unchanged with created=False.
+        ``rejected``: the run is registered only to record why its first message could not be
+        accepted; its ``request_error`` says so and no claim ever executes it.
         """
         ...
 
@@ -159,7 +179,10 @@ class RunStore(Protocol):
         self, run_id: str, *, owner: str, lease_ttl_s: float, max_attempts: int, now: float
     ) -> ClaimResult:
         """queued/interrupted/running-with-expired-lease -> running, epoch+1, attempts+1, and a
-        new random fence (``ClaimResult.fence``) that every write of this attempt carries."""
+        new random fence (``ClaimResult.fence``) that every write of this attempt carries.
+
+        DEFERRED, writing nothing, when the run was parked for a checkpoint format newer than
+        this code reads (``CHECKPOINT_FORMAT_VERSION``)."""
         ...
 
     def renew(
@@ -268,15 +291,29 @@ class RunStore(Protocol):
         now: float,
         result_ttl_s: int,
         expect_seq: str = "",
+        keep_checkpoint: bool = False,
     ) -> None:
         """Terminal transition: record the result and final transcript with a TTL, delete the
-        checkpoint and lease, drop the run from the active index. Fenced like a save."""
+        checkpoint and lease, drop the run from the active index. Fenced like a save.
+
+        ``keep_checkpoint``: the attempt never read the stored checkpoint (it is unreadable, or
+        the attempt ended before loading it), so it writes no transcript and deletes nothing:
+        the checkpoint and transcript stay exactly as stored, expiring with the record."""
         ...
 
     def interrupt(
         self, run_id: str, *, fence: Fence, now: float, reason: str | None = None
     ) -> None:
         """running -> interrupted, lease released, checkpoint kept. Fenced like a save."""
+        ...
+
+    def park(
+        self, run_id: str, *, fence: Fence, now: float, reason: str, needs_format: int
+    ) -> None:
+        """The attempt found a checkpoint of format ``needs_format``, newer than it reads:
+        running -> interrupted with ``reason``, lease released, checkpoint untouched; from now on
+        only a claimer that reads that format claims the run (older ones get DEFERRED). Not a
+        failure: it never counts toward ``dead``. Fenced like a save."""
         ...
 
     def transcript(self, run_id: str) -> list[Message]:

@@ -40,7 +40,7 @@ def _read_input(value: str) -> dict[str, Any]:
         text = value
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise click.UsageError(f"--input is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise click.UsageError(f"--input must be a JSON object, got {type(data).__name__}")

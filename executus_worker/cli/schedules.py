@@ -147,7 +147,7 @@ def add(ctx: click.Context, /, name: str, **options: Any) -> None:
 def _spec_from_options(name: str, options: dict[str, Any]) -> JobSpec:
     try:
         job_input = json.loads(options["input_json"])
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise click.UsageError(f"--input is not valid JSON: {exc}") from None
     metadata = {}
     for item in options["metadata"]:

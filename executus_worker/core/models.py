@@ -8,11 +8,11 @@ by an explicit ``schema_version``.
 from __future__ import annotations
 
 import enum
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
+from executus_worker.core.jsoncap import check_text, dumps_capped
 from executus_worker.core.limits import check_metadata
 from executus_worker.errors import PayloadError
 
@@ -75,23 +75,15 @@ class RunRequest(_Strict):
 
     @classmethod
     def parse(cls, raw: str | bytes | dict[str, Any], *, max_bytes: int) -> RunRequest:
-        """Validate a payload from the wire, enforcing the size cap before parsing."""
-        if isinstance(raw, dict):
-            try:
-                encoded = json.dumps(raw, separators=(",", ":"), allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise PayloadError(f"run request is not JSON-serialisable: {exc}") from exc
-            size = len(encoded.encode())
-            source: str | bytes | dict[str, Any] = raw
-        else:
-            size = len(raw.encode() if isinstance(raw, str) else raw)
-            source = raw
-        if size > max_bytes:
-            raise PayloadError(f"run request is {size} bytes, over the {max_bytes}-byte limit")
+        """Validate a payload from the wire. The size and nesting caps apply before any JSON is
+        parsed or encoded (see ``core.jsoncap``); every failure is a PayloadError."""
+        what = "run request"
         try:
-            if isinstance(source, dict):
-                return cls.model_validate(source)
-            return cls.model_validate_json(source)
+            if isinstance(raw, dict):
+                dumps_capped(raw, what=what, max_bytes=max_bytes)
+                return cls.model_validate(raw)
+            check_text(raw, what=what, max_bytes=max_bytes)
+            return cls.model_validate_json(raw)
         except ValidationError as exc:
             raise PayloadError(f"invalid run request: {_summarise(exc)}") from exc
 
@@ -103,7 +95,8 @@ def _summarise(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        parts.append(f"{loc}: {err['msg']}")
+        loc = loc if len(loc) <= 120 else f"{loc[:117]}..."
+        parts.append(f"{loc}: {err['msg'][:300]}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
@@ -195,6 +188,9 @@ class OutcomeKind(enum.StrEnum):
     INTERRUPTED = "interrupted"  # shutdown: checkpoint kept for recovery
     CANCELLED = "cancelled"
     LOST = "lost"  # ownership lost: this attempt wrote nothing more; the new owner decides
+    # The stored checkpoint was written by a newer format than this worker reads: the lease is
+    # released, the checkpoint left untouched, and the run waits for a worker that reads it.
+    PARKED = "parked"
 
 
 class RunOutcome(_Strict):
@@ -227,5 +223,13 @@ class RunRecord(BaseModel):
     cancel_requested: bool = False
     output: JsonValue = None
     error: str | None = None
-    # Why the run was last taken back (lease expired, shutdown interrupt), set by the store.
+    # Why the run was last taken back (lease expired, shutdown interrupt, parked), set by the
+    # store.
     last_reason: str | None = None
+    # Set when a worker found a checkpoint of a newer format: only a worker that reads at least
+    # this format claims the run (older ones leave it queued, see checkpoint/scripts.py CLAIM).
+    needs_format: int | None = None
+    # Why this run must never be executed: its stored request does not decode on this version
+    # (a newer client wrote it; ``request`` is then a best-effort placeholder), or it was
+    # registered only to record that its first message was rejected. A claim fails it.
+    request_error: str | None = None

@@ -7,9 +7,17 @@ The decision table (``classify``), in order:
     ShutdownRequested                       -> INTERRUPTED  interrupt(last completed step)
     CancelRequested                         -> CANCELLED    cancel(...)
     CriticKilled, BudgetExceeded            -> FAILED       fail(..., "<reason>: <detail>")
+    UnsupportedFormatError (no stop pending
+      but maybe a SHUTDOWN)                 -> PARKED       park(reason, its format)
     Exception while a stop is pending       -> as that stop (a SHUTDOWN makes it INTERRUPTED)
     any other Exception                     -> FAILED       fail(..., "ExcType: message")
     the finalize write itself raises        -> LOST         the lease expires; recovery decides
+
+PARKED: a newer worker wrote the checkpoint (mixed versions during a deploy). Failing the run
+would destroy work a newer worker can resume, so the run is left, checkpoint untouched, for a
+worker that reads that format (the store's claim defers it for older ones). Any other
+unreadable checkpoint fails the run; the checkpoint handle then keeps the stored checkpoint as it
+is, because an attempt that never loaded it never writes over it (``RunCheckpointer``).
 
 The "exception while a stop is pending" row exists because the way to cut a long step short is
 to raise *into* it (Celery's SoftTimeLimitExceeded is an ``Exception``): a run cut short by a
@@ -33,6 +41,7 @@ from pydantic import JsonValue
 from executus_worker.core.models import Checkpoint, OutcomeKind, RunInfo, RunOutcome
 from executus_worker.core.ports import Audit, RunCheckpointer
 from executus_worker.core.stop import RunStopped, StopReason, StopToken
+from executus_worker.errors import UnsupportedFormatError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,7 @@ class Verdict:
     kind: OutcomeKind
     error: str | None = None
     traceback: str | None = None
+    needs_format: int = 0  # PARKED: the checkpoint format a worker must read to resume the run
 
 
 def describe(exc: BaseException) -> str:
@@ -88,6 +98,10 @@ def classify(exc: BaseException | None, stop: StopToken) -> Verdict:
         cause = exc
     else:
         pending = _pending_stop(stop)
+        if isinstance(exc, UnsupportedFormatError) and (
+            pending is None or pending.reason is StopReason.SHUTDOWN
+        ):
+            return Verdict(OutcomeKind.PARKED, describe(exc), needs_format=exc.version)
         if pending is None:
             return Verdict(OutcomeKind.FAILED, describe(exc), bounded_traceback(exc))
         log.warning("run raised %s while stop %r was pending", describe(exc), pending.reason)
@@ -135,6 +149,8 @@ def finalize(
             checkpointer.cancel(checkpoint)
         elif verdict.kind is OutcomeKind.FAILED:
             checkpointer.fail(checkpoint, error_text(verdict.error or "failed", verdict.traceback))
+        elif verdict.kind is OutcomeKind.PARKED:
+            checkpointer.park(verdict.error or "checkpoint of a newer format", verdict.needs_format)
         # LOST: another attempt owns the run now; any write of ours would be fenced anyway.
     except (Exception, RunStopped) as write_error:
         log.warning(

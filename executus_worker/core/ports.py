@@ -103,7 +103,12 @@ class Agent(Protocol):
 
 
 class RunCheckpointer(Protocol):
-    """Per-run, per-attempt checkpoint handle, bound to the attempt's epoch."""
+    """Per-run, per-attempt checkpoint handle, bound to the attempt's epoch.
+
+    An attempt that never loaded the stored checkpoint (its ``load`` raised) holds nothing that
+    could replace it, so it never writes over it or deletes it: ``interrupt`` only releases the
+    lease, and ``fail``/``cancel`` record the ending with the stored checkpoint kept as it is.
+    """
 
     def load(self) -> Checkpoint | None: ...
 
@@ -125,6 +130,11 @@ class RunCheckpointer(Protocol):
 
     def interrupt(self, checkpoint: Checkpoint) -> None:
         """Force-flush, release the lease and mark the run interrupted; keep the checkpoint."""
+        ...
+
+    def park(self, reason: str, needs_format: int) -> None:
+        """The stored checkpoint is of a newer format (``needs_format``) than this code reads:
+        release the lease and leave the run, checkpoint untouched, for a worker that reads it."""
         ...
 
 
@@ -153,6 +163,9 @@ class NullCheckpointer:
         return None
 
     def interrupt(self, checkpoint: Checkpoint) -> None:
+        return None
+
+    def park(self, reason: str, needs_format: int) -> None:
         return None
 
 

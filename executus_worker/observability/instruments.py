@@ -188,3 +188,8 @@ class _TimedCheckpointer:
         started = time.perf_counter()
         self._inner.interrupt(checkpoint)
         self._timed("interrupt", started)
+
+    def park(self, reason: str, needs_format: int) -> None:
+        started = time.perf_counter()
+        self._inner.park(reason, needs_format)
+        self._timed("interrupt", started)  # the same transition, with a format

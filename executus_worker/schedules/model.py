@@ -12,8 +12,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from executus_worker.core.jsoncap import check_value
 from executus_worker.core.models import RunRequest
-from executus_worker.errors import ScheduleError
+from executus_worker.errors import PayloadError, ScheduleError
 from executus_worker.schedules.cron import Schedule, load_zone
 from executus_worker.schedules.timing import FireTiming, fire_run_id, format_fire
 
@@ -69,6 +70,16 @@ class JobSpec(BaseModel):
         try:
             load_zone(value)
         except ScheduleError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _run_within_the_nesting_cap(cls, value: object) -> object:
+        # Before pydantic walks the template: the same nesting cap as any request (jsoncap).
+        try:
+            check_value(value, what="run request")
+        except PayloadError as exc:
             raise ValueError(str(exc)) from None
         return value
 

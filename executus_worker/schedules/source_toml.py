@@ -84,6 +84,8 @@ def load_jobs_file(path: Path) -> FileJobs:
             document = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         return FileJobs(error=f"{path}: invalid TOML: {exc}")
+    except RecursionError:  # tomllib recurses once per level of nested arrays/tables
+        return FileJobs(error=f"{path}: invalid TOML: values nested too deeply")
     except OSError as exc:
         return FileJobs(error=f"{path}: cannot read: {exc.strerror or exc}")
     result = parse_jobs(document)

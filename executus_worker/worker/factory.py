@@ -26,7 +26,7 @@ from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings, redact_url
 from executus_worker.worker.advertise import start_advertising
 from executus_worker.worker.bootsteps import ControlCommand, drain_step, remote_control_step
-from executus_worker.worker.messages import run_id_of
+from executus_worker.worker.messages import MAX_PAYLOAD_OPTION, run_id_of
 from executus_worker.worker.recovery import RecoveryLoop
 from executus_worker.worker.revoke import RevokeHook
 from executus_worker.worker.runtime import Runtime
@@ -37,6 +37,7 @@ from executus_worker.worker.tasks import register_tasks
 log = logging.getLogger(__name__)
 
 EXIT_UNAVAILABLE = 69  # sysexits.h EX_UNAVAILABLE: a service the worker needs is not there
+EXIT_CONFIG = 78  # sysexits.h EX_CONFIG: the worker refuses its configuration
 
 # Celery lets these environment variables override app.conf silently (`celery -b URL` sets
 # CELERY_BROKER_URL). A broker override is refused: recovery, beat and the client publish to
@@ -109,7 +110,11 @@ def refuse_broker_overrides(settings: Settings, environ: Any) -> None:
 def _broker_options(settings: Settings) -> dict[str, Any]:
     # Far above the longest run: past it a Redis broker redelivers a still-running message.
     # Crash recovery comes from our lease and sweep, not from redelivery.
-    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s}
+    options: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        # Read by our Redis transport: a run message's body is capped before Celery decodes it.
+        MAX_PAYLOAD_OPTION: settings.max_payload_bytes,
+    }
     if settings.broker_is_amqp:
         # send_task returns only once RabbitMQ has taken the message (publisher confirms).
         options["confirm_publish"] = True
@@ -251,6 +256,7 @@ class WorkerHooks:
     def on_worker_init(self, sender: Any = None, **kwargs: Any) -> None:
         if getattr(sender, "app", None) is not self.app:
             return
+        self.refuse_broken_agents_file()  # first: a configuration error needs no Redis
         try:
             wait_for_services(self.settings)
         except ConfigError as exc:
@@ -265,6 +271,22 @@ class WorkerHooks:
             queues=_consumed_queues(sender, self.settings),
             active_index_key=KeySchema(self.settings.key_prefix).active,
         )
+
+    def refuse_broken_agents_file(self) -> None:
+        """Load the agents file before consuming anything; on a broken one, exit with a message
+        naming the setting. A worker that started anyway would say ready, consume every run and
+        fail each one with the same configuration error."""
+        try:
+            self.runtime.agents()
+        except ConfigError as exc:
+            # SystemExit, not an exception: Celery logs and ignores exceptions raised by signal
+            # receivers. Logging is not set up yet at worker_init, hence stderr.
+            message = (
+                f"executus worker: refusing to start: EXECUTUS_AGENTS_FILE="
+                f"{self.settings.agents_file}: {exc}"
+            )
+            print(message, file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_CONFIG) from exc
 
     def on_process_init(self, **kwargs: Any) -> None:
         if self.active:

@@ -36,7 +36,7 @@ from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats
 from executus_worker.worker.messages import run_id_of
 from executus_worker.worker.recovery import Recovery, ScanLock
-from executus_worker.worker.runs import Handled, RunHandler
+from executus_worker.worker.runs import Handled, RunHandler, RunRecorder
 from executus_worker.worker.wiring import Batteries, build_batteries
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,10 @@ class Runtime:
         self._store: RedisStore | None = None
         self._handler: RunHandler | None = None
         self._batteries: Batteries | None = None
+        # Loaded once, in the MainProcess when the worker starts (``agents()``), and inherited by
+        # forked children: a worker with a broken agents file refuses to start instead of
+        # failing every delivery, and a file changed later cannot break a running worker.
+        self._agents: AgentRegistry | None = None
 
     def _fresh(self) -> None:
         # Called with the lock held. After a fork the inherited objects belong to the parent.
@@ -119,6 +123,17 @@ class Runtime:
                 )
             return self._store
 
+    def agents(self) -> AgentRegistry:
+        """The agent registry (raises ConfigError for a broken agents file)."""
+        with self._lock:
+            if self._agents is None:
+                self._agents = agent_registry(self.settings)
+            return self._agents
+
+    def recorder(self) -> RunRecorder:
+        """What records a run's failure with the store alone (see tasks.py)."""
+        return RunRecorder(self.store(), self.settings)
+
     def handler(self) -> RunHandler:
         """Built once per process, on its first delivery; every later call is a lookup."""
         with self._lock:
@@ -144,7 +159,7 @@ class Runtime:
 
     def _build_handler(self, store: RedisStore) -> RunHandler:
         s = self.settings
-        registry = agent_registry(s)
+        registry = self.agents()
         batteries = self._batteries = build_batteries(s, self.client(), registry)
         metrics = self._metrics()
         deps = Deps(

@@ -18,8 +18,9 @@ from executus_worker.core.models import RunRecord
 from executus_worker.errors import ExecutusError, StoreError
 from executus_worker.publish import TASK_RECOVER, TASK_RUN
 from executus_worker.worker.delivery import RunDelivery
+from executus_worker.worker.messages import read_delivery
 from executus_worker.worker.reporting import RunFailed, report
-from executus_worker.worker.runs import Handled
+from executus_worker.worker.runs import Handled, record_unhandled
 from executus_worker.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,20 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
     def run(self: Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
         try:
-            handled = runtime.handle(args, kwargs, task_id=task_id)
+            try:
+                handled = runtime.handle(args, kwargs, task_id=task_id)
+            except (StoreError, SoftTimeLimitExceeded):
+                raise
+            except Exception as exc:
+                # The handler itself never raises (a StoreError aside), so this process could
+                # not build its handler. The message is consumed all the same: the run's record
+                # must say why rather than stay `queued` (needs the store only). The worker
+                # refuses to start on the usual cause, a bad agents file (factory.py).
+                log.exception("task %s: the run handler cannot be built", task_id)
+                delivery = read_delivery(
+                    args, kwargs, task_id=task_id, max_bytes=runtime.settings.max_payload_bytes
+                )
+                handled = record_unhandled(runtime.recorder(), delivery, exc)
         except SoftTimeLimitExceeded:
             # The shutdown escalation landed outside the run loop (claim, bookkeeping): the
             # lease expires and recovery resumes the run. Ack it; Celery shows RETRY.

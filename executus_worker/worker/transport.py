@@ -43,6 +43,13 @@ import redis
 from kombu.transport import redis as kombu_redis
 from redis.sentinel import Sentinel
 
+from executus_worker.core.models import DEFAULT_MAX_PAYLOAD_BYTES
+from executus_worker.worker.messages import (
+    MAX_PAYLOAD_OPTION,
+    run_body_problem,
+    transport_notice,
+)
+
 log = logging.getLogger(__name__)
 
 
@@ -163,8 +170,9 @@ class Channel(kombu_redis.Channel):
         try:
             # kombu-stubs omit this private method; it is the one place an item is decoded.
             result: bool = super()._brpop_read(**options)  # type: ignore[misc]
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            log.error("dropped a broker item that is not JSON (%s)", exc)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: an item nested deeper than json.loads can recurse.
+            log.error("dropped a broker item that is not JSON (%s)", type(exc).__name__)
             raise Empty() from exc
         return result
 
@@ -172,16 +180,29 @@ class Channel(kombu_redis.Channel):
 class Transport(kombu_redis.Transport):
     Channel = Channel
 
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        options = getattr(client, "transport_options", None) or {}
+        self.max_payload_bytes = int(options.get(MAX_PAYLOAD_OPTION, DEFAULT_MAX_PAYLOAD_BYTES))
+
     def _deliver(self, message: Any, queue: str | None) -> None:
-        problem = envelope_problem(message)
+        # The body check first: envelope_problem parses the body, which must not recurse.
+        problem = run_body_problem(message, max_bytes=self.max_payload_bytes)
+        problem = problem or envelope_problem(message)
         if problem is not None:
+            # A broken executus.run message that names a run is delivered as a notice for that
+            # run (see messages.transport_notice): its sender finds a record, not "not found".
+            notice = transport_notice(message, problem, queue) if queue else None
             log.error(
-                "dropped a malformed message on queue %s (%s): %s",
+                "%s a malformed message on queue %s (%s): %s",
+                "rejected" if notice else "dropped",
                 queue,
                 problem,
                 describe(message),
             )
-            return
+            if notice is None:
+                return
+            message = notice
         if queue:
             fill_delivery_info(message, queue)
         try:

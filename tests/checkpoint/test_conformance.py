@@ -3,3 +3,4 @@
 from .conformance import *  # noqa: F403
 from .conformance_recovery import *  # noqa: F403
 from .conformance_sweep import *  # noqa: F403
+from .conformance_unreadable import *  # noqa: F403

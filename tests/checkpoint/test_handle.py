@@ -16,7 +16,7 @@ from executus_worker.checkpoint.store import Fence, SaveAck
 from executus_worker.core.models import Checkpoint, Message, RunInfo, RunStatus
 from executus_worker.core.ports import CheckpointerFactory, RunCheckpointer
 from executus_worker.core.stop import OwnershipLost, StopReason, StopToken
-from executus_worker.errors import StoreError
+from executus_worker.errors import CorruptCheckpointError, StoreError
 
 from .conformance import msgs, request
 from .conftest import FakeClock
@@ -356,3 +356,49 @@ def test_first_claim_skips_the_load_round_trip_and_later_claims_load(
     loaded = resumed.load()
     assert loads == ["r1"]
     assert loaded is not None and len(loaded.messages) == 1
+
+
+# -- an attempt that could not read what is stored writes nothing over it ---------------------
+
+
+def stored_three(store: SpyStore, clock: FakeClock) -> None:
+    first = begin(store, clock)
+    cp = Checkpoint(run_id="r1")
+    for text in ("1", "2", "3"):
+        first.save(step(cp, text), force=True)
+    first.interrupt(cp)
+
+
+def test_a_failed_load_then_a_failure_keeps_the_stored_checkpoint(
+    store: SpyStore, clock: FakeClock
+) -> None:
+    stored_three(store, clock)
+    store._runs["r1"].ckpt["msg_count"] = "5"  # type: ignore[index]
+    handle = begin(store, clock)
+    with pytest.raises(CorruptCheckpointError):
+        handle.load()
+    handle.fail(Checkpoint(run_id="r1"), "unreadable")
+    record = store.get("r1")
+    assert record is not None and record.status is RunStatus.FAILED
+    assert [m.content for m in store.transcript("r1")] == ["1", "2", "3"]
+    assert store._runs["r1"].ckpt is not None  # kept (it expires with the record)
+
+
+def test_a_stop_during_the_load_releases_without_writing_an_empty_state(
+    store: SpyStore, clock: FakeClock
+) -> None:
+    stored_three(store, clock)
+    stop = StopToken()
+    handle = begin(store, clock, stop=stop)
+    stop.request(StopReason.SHUTDOWN, "deploy")
+    original = store.load_checkpoint
+    store.load_checkpoint = lambda run_id: (_ for _ in ()).throw(StoreError("down"))  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        handle.load()  # gives up after the write patience: a stop is pending
+    store.load_checkpoint = original  # type: ignore[method-assign]
+    sent = len(store.sent)
+    handle.interrupt(Checkpoint(run_id="r1"))
+    assert len(store.sent) == sent  # no save of the empty state
+    record = store.get("r1")
+    assert record is not None and record.status is RunStatus.INTERRUPTED
+    assert [m.content for m in store.transcript("r1")] == ["1", "2", "3"]

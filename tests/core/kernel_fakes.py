@@ -99,6 +99,11 @@ class FakeCheckpointer:
         self.store.calls.append(("interrupt", copy.iteration))
         self.store.checkpoints[self.run.run_id] = copy
 
+    def park(self, reason: str, needs_format: int) -> None:
+        if self.finalize_error is not None:
+            raise self.finalize_error
+        self.store.calls.append(("park", needs_format, reason))
+
 
 @dataclass
 class FakeCheckpoints:

@@ -31,7 +31,7 @@ from executus_worker.core.stop import (
     StopReason,
     StopToken,
 )
-from executus_worker.errors import CorruptCheckpointError, ExecutusError
+from executus_worker.errors import CorruptCheckpointError, ExecutusError, UnsupportedFormatError
 
 
 class SoftTimeLimitExceeded(Exception):
@@ -331,3 +331,40 @@ def test_a_corrupt_checkpoint_fails_the_run() -> None:
     )
     assert outcome.kind is OutcomeKind.FAILED
     assert outcome.error == "CorruptCheckpointError: run 'run-1': meta is not JSON"
+
+
+def _unreadable(error: Exception) -> FakeCheckpoints:
+    class Unreadable(FakeCheckpoints):
+        def begin(self, run: RunInfo, stop: StopToken | None = None):  # type: ignore[no-untyped-def]
+            handle = super().begin(run, stop)
+
+            def load() -> None:
+                raise error
+
+            handle.load = load  # type: ignore[method-assign]
+            return handle
+
+    return Unreadable()
+
+
+@pytest.mark.parametrize("pending", [None, StopReason.SHUTDOWN])
+def test_a_checkpoint_of_a_newer_format_parks_the_run(pending: StopReason | None) -> None:
+    checkpoints = _unreadable(UnsupportedFormatError("run-1", "format 7", version=7))
+    stop = StopToken()
+    if pending is not None:
+        stop.request(pending, "deploy")
+    outcome = execute(
+        ScriptedAgent("t", ScriptedModel(counting)), run_info(), deps(checkpoints), stop
+    )
+    assert outcome.kind is OutcomeKind.PARKED
+    assert checkpoints.store.calls == [("park", 7, "UnsupportedFormatError: run 'run-1': format 7")]
+
+
+def test_a_newer_checkpoint_under_a_pending_cancel_is_cancelled_not_parked() -> None:
+    checkpoints = _unreadable(UnsupportedFormatError("run-1", "format 7", version=7))
+    stop = StopToken()
+    stop.request(StopReason.CANCEL, "user")
+    outcome = execute(
+        ScriptedAgent("t", ScriptedModel(counting)), run_info(), deps(checkpoints), stop
+    )
+    assert outcome.kind is OutcomeKind.CANCELLED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 
 from executus_worker.core.models import RunRequest
 from executus_worker.schedules.model import JobSpec, OverlapPolicy
+from executus_worker.schedules.source_toml import load_jobs_file
 
 
 def spec(**fields: Any) -> JobSpec:
@@ -94,3 +96,19 @@ def test_schedule_key_changes_with_cron_or_timezone_only() -> None:
 def test_json_round_trip() -> None:
     job = spec(timezone="Europe/Berlin", jitter_s=10, overlap="allow")
     assert JobSpec.model_validate_json(job.model_dump_json()) == job
+
+
+def test_a_run_template_nested_too_deeply_is_refused_by_name() -> None:
+    nested: list[object] = []
+    for _ in range(100_000):
+        nested = [nested]
+    run = {"agent": "demo.counter", "input": {"x": nested}}
+    with pytest.raises(ValidationError, match="run request nests deeper than 100 levels"):
+        JobSpec.model_validate({"name": "deep", "cron": "* * * * *", "run": run})
+
+
+def test_a_schedule_file_nested_too_deeply_is_a_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    result = load_jobs_file(path)
+    assert result.error is not None and "nested too deeply" in result.error

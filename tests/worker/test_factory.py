@@ -35,7 +35,10 @@ def test_the_app_is_configured_for_durable_json_runs(settings: Settings) -> None
     assert conf.worker_prefetch_multiplier == 1
     # Runs are never killed on a broker blip: the claim fences the redelivered duplicate.
     assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
-    assert conf.broker_transport_options == {"visibility_timeout": 7200}
+    assert conf.broker_transport_options == {
+        "visibility_timeout": 7200,
+        "executus_max_payload_bytes": settings.max_payload_bytes,
+    }
     assert conf.broker_connection_retry_on_startup is True
     assert conf.task_ignore_result is True
     assert conf.task_default_queue == "executus"

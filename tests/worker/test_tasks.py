@@ -13,6 +13,7 @@ from executus_worker.core.models import RunRequest, RunStatus
 from executus_worker.publish import TASK_RECOVER, TASK_RUN
 from executus_worker.settings import Settings
 from executus_worker.worker.factory import create_app
+from executus_worker.worker.runtime import Runtime
 
 pytestmark = pytest.mark.redis
 
@@ -59,3 +60,23 @@ def test_the_recover_task_sweeps_and_republishes(redis_url: str, prefix: str) ->
     assert report["requeued"] == 1 and report["published"] == 1
     assert client.llen(queue) == 1
     client.delete(queue)
+
+
+def test_a_task_whose_handler_cannot_be_built_still_records_the_run(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Runtime, store: RedisStore) -> None:
+        raise RuntimeError("cannot start the critic thread")
+
+    monkeypatch.setattr(Runtime, "_build_handler", broken)
+    app = create_app(Settings(redis_url=redis_url, key_prefix=prefix))
+    store = RedisStore(redis.Redis.from_url(redis_url), key_prefix=prefix)
+    request = RunRequest(run_id="t2", agent="demo.counter")
+    store.register(request, run_id="t2", queue="executus", now=time.time())
+    result = app.tasks[TASK_RUN]("t2", request.to_json())
+    assert result["action"] == "failed"
+    record = store.get("t2")
+    assert record is not None and record.status is RunStatus.FAILED and record.attempts == 1
+    assert record.error == (
+        "the worker could not handle this run: RuntimeError: cannot start the critic thread"
+    )

@@ -54,6 +54,9 @@ def record_text(record: RunRecord, progress: RunProgress | None = None) -> str:
         rows.append(("output", _compact(record.output)))
     if record.error:
         rows.append(("error", record.error))
+    if record.needs_format and not record.status.terminal:
+        waiting = f"for a worker that reads checkpoint format {record.needs_format}"
+        rows.append(("waiting", f"{waiting} ({record.last_reason})"))
     width = max(len(name) for name, _ in rows)
     # A failed run's error carries its traceback on the following lines: keep them aligned.
     indent = "\n" + " " * (width + 2)

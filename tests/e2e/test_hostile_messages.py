@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from executus_worker.cli.output import record_text
 from executus_worker.core.models import (
     CHECKPOINT_FORMAT_VERSION,
     Checkpoint,
@@ -158,6 +159,7 @@ def test_hostile_messages_and_bad_records_never_touch_the_healthy_runs(cluster: 
     assert parked.status in {RunStatus.INTERRUPTED, RunStatus.QUEUED}
     assert parked.needs_format == CHECKPOINT_FORMAT_VERSION + 1
     assert parked.last_reason is not None and "upgrade the worker" in parked.last_reason
+    assert "waiting   for a worker that reads checkpoint format" in record_text(parked)
     time.sleep(3)  # six sweeps: the parked run is not claimed over and over
     after = cluster.record("newer-checkpoint")
     assert after.attempts == 2 and after.epoch == 2  # the staged claim, then the one that parked

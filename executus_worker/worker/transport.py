@@ -172,7 +172,7 @@ class Channel(kombu_redis.Channel):
             result: bool = super()._brpop_read(**options)  # type: ignore[misc]
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             # RecursionError: an item nested deeper than json.loads can recurse.
-            log.error("dropped a broker item that is not JSON (%s)", type(exc).__name__)
+            log.error("dropped a broker item that is not JSON (%s)", exc)
             raise Empty() from exc
         return result
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import time
 from typing import Any
 
 import pytest
+from e2e.harness import Cluster, counter_transcript, wait_for
 
 from executus_worker.cli.output import record_text
 from executus_worker.core.models import (
@@ -26,9 +26,9 @@ from executus_worker.core.models import (
 )
 from executus_worker.publish import TASK_RUN, build_envelope
 
-from .harness import Cluster, counter_transcript, wait_for
+from .workers import assert_completed_exactly, check_workers
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.faults
 
 STEPS = 8
 STEP_S = 0.25
@@ -80,7 +80,10 @@ def stored_bytes(cluster: Cluster, run_id: str) -> tuple[Any, Any]:
     return cluster.client.hgetall(keys.ckpt(run_id)), cluster.client.get(keys.msgs(run_id))
 
 
-def test_hostile_messages_and_bad_records_never_touch_the_healthy_runs(cluster: Cluster) -> None:
+def test_hostile_messages_and_bad_records_never_touch_the_healthy_runs(
+    fault_cluster: Cluster,
+) -> None:
+    cluster = fault_cluster
     # -- staged before any worker runs, so these are the first deliveries ----------------------
     # Item 7: an interrupted run with progress, and a duplicate carrying one extra field.
     with_checkpoint(cluster, "resumable", 3)
@@ -128,15 +131,13 @@ def test_hostile_messages_and_bad_records_never_touch_the_healthy_runs(cluster: 
         '{"body": "", "headers": {"x": ' + nested(100_000) + '}, "properties": {}}',
     )  # fmt: skip
 
+    assert_completed_exactly(cluster, dict.fromkeys(healthy, STEPS), [a, b], timeout_s=60)
     for run_id in healthy:
-        record = cluster.wait_status(run_id, RunStatus.COMPLETED, timeout_s=60)
-        assert cluster.transcript(run_id) == counter_transcript(STEPS)
-        assert (record.attempts, record.error) == (1, None)  # never restarted, never failed
-        assert cluster.ended(run_id) == counter_transcript(STEPS)
+        record = cluster.record(run_id)
+        assert (record.attempts, record.epoch) == (1, 1)  # never restarted, never failed
+        assert cluster.ended(run_id) == counter_transcript(STEPS)  # no step ran twice
 
-    resumed = cluster.wait_status("resumable", RunStatus.COMPLETED, timeout_s=30)
-    assert resumed.error is None
-    assert cluster.transcript("resumable") == counter_transcript(STEPS)
+    assert_completed_exactly(cluster, {"resumable": STEPS}, [a, b], timeout_s=30)
     assert cluster.ended("resumable")[0] == "step 4"  # resumed, not restarted
 
     expected_failures = {
@@ -168,16 +169,6 @@ def test_hostile_messages_and_bad_records_never_touch_the_healthy_runs(cluster: 
     assert logs.count("its checkpoint needs a newer worker") <= 2
     assert "dropped a broker item that is not JSON (maximum recursion depth" in logs
     wait_for("the queue to drain", lambda: cluster.client.llen(cluster.queue) == 0, 10)
-    assert a.alive() and b.alive() and a.children()
-
-
-def test_a_worker_refuses_to_start_on_a_missing_agents_file(cluster: Cluster) -> None:
-    worker = cluster.start("prefork", ready=False, EXECUTUS_AGENTS_FILE="/nonexistent/agents.toml")
-    try:
-        code = worker.proc.wait(60)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the worker did not refuse to start:\n{worker.text()[-2000:]}")
-    assert code == 78
-    text = worker.text()
-    assert "refusing to start: EXECUTUS_AGENTS_FILE=/nonexistent/agents.toml" in text
-    assert " ready." not in text
+    check_workers([a, b])
+    fresh = {cluster.submit("e2e.counter", steps=2, step_s=0.05): 2 for _ in range(4)}
+    assert_completed_exactly(cluster, fresh, [a, b], timeout_s=30)  # both still consuming

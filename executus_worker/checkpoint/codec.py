@@ -171,7 +171,11 @@ def decode_record(run_id: str, key: str, raw: Mapping[Any, Any]) -> RunRecord:
         if "rejected" in fields:
             data["request_error"] = fields["rejected"]
         if "output" in fields:
-            data["output"] = json.loads(fields["output"])
+            # pydantic's parser: an output nested past json.loads' recursion is a ValueError.
+            try:
+                data["output"] = pydantic_core.from_json(fields["output"])
+            except ValueError as exc:
+                raise ValueError(f"output: {exc}") from exc
         return RunRecord.model_validate(data)
     except (KeyError, ValueError) as exc:  # ValidationError and JSONDecodeError are ValueErrors
         raise CorruptCheckpointError(

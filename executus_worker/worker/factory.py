@@ -7,7 +7,6 @@ to anything. Nothing is connected to Redis here.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import ssl
@@ -19,7 +18,8 @@ from celery import Celery, signals
 
 from executus_worker.broker import run_queue
 from executus_worker.checkpoint.keys import KeySchema
-from executus_worker.errors import ConfigError
+from executus_worker.core.jsoncap import loads_capped
+from executus_worker.errors import ConfigError, PayloadError
 from executus_worker.observability import logs
 from executus_worker.observability.process import Observability
 from executus_worker.publish import TASK_RUN
@@ -201,8 +201,15 @@ class _Router:
             return None
         raw = args[1] if isinstance(args, list | tuple) and len(args) > 1 else None
         try:
-            request = json.loads(raw) if isinstance(raw, str | bytes) else raw
-        except ValueError:
+            # Capped: a request too big or too deep is the worker's to reject, not a
+            # RecursionError in the sender's send_task.
+            max_bytes = self._settings.max_payload_bytes
+            request = (
+                loads_capped(raw, what="run request", max_bytes=max_bytes)
+                if isinstance(raw, str | bytes)
+                else raw
+            )
+        except PayloadError:
             request = None
         tier = request.get("model_tier") if isinstance(request, dict) else None
         return {"queue": self._settings.queue_for(tier if isinstance(tier, str) else None)}

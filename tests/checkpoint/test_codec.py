@@ -67,3 +67,10 @@ def test_newer_format_raises_unsupported() -> None:
         codec.decode_checkpoint(
             "r", meta_key="m", msgs_key="l", meta=_meta(format_version="99"), messages_json=b"[]"
         )
+
+
+def test_a_record_whose_output_nests_too_deeply_is_corrupt_not_a_recursion() -> None:
+    fields = codec.record_fields(request(), run_id="r", queue="q", now=NOW)
+    fields["output"] = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(CorruptCheckpointError, match="output"):
+        codec.decode_record("r", "k", fields)

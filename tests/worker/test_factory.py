@@ -64,6 +64,14 @@ def test_a_run_is_routed_by_its_model_tier(
     assert route["queue"].name == queue
 
 
+def test_a_request_nested_too_deeply_is_routed_to_the_default_queue(settings: Settings) -> None:
+    """The sender's router never recurses: the worker records the run's rejection."""
+    app = create_app(settings)
+    request = '{"model_tier": "fast", "input": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    route = app.amqp.router.route({}, TASK_RUN, args=("r1", request), kwargs={})
+    assert route["queue"].name == "executus"
+
+
 def test_an_explicit_queue_wins_over_the_tier_route(settings: Settings) -> None:
     app = create_app(settings)
     request = json.dumps({"agent": "demo.counter", "model_tier": "fast"})

@@ -132,3 +132,12 @@ def test_a_bad_limit_in_a_request_is_refused_at_enqueue(world) -> None:  # type:
     client, _, _ = world
     with pytest.raises(PayloadError, match=r"metadata\['executus.max_tokens'\] must be a number"):
         client.enqueue(agent="demo.counter", metadata={"executus.max_tokens": "lots"})
+
+
+def test_a_run_first_seen_in_a_bad_message_says_why_in_its_stream(world) -> None:  # type: ignore[no-untyped-def]
+    client, runtime, _ = world
+    handled = runtime.handler().handle(["bad-first", '{"agent": "demo.counter", "x": 1}'], {})
+    assert handled.action == "failed"
+    events = list(client.events("bad-first"))
+    assert [e.event for e in events] == ["enqueued", "failed"]
+    assert "x: Extra inputs are not permitted" in str(events[1].data["error"])

@@ -122,7 +122,7 @@ def valid_run_id(value: object) -> str | None:
 
 def run_id_of(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
     """The valid run id a message names in its arguments, if any (for logs: never trusted)."""
-    return valid_run_id(split_args(args, kwargs)[0])
+    return read_run_id(split_args(args, kwargs)[0])[0]
 
 
 def parse_request(raw: object, max_bytes: int) -> RunRequest:

@@ -13,6 +13,7 @@ from executus_worker.core.models import RunRequest, RunStatus
 from executus_worker.publish import TASK_RECOVER, TASK_RUN
 from executus_worker.settings import Settings
 from executus_worker.worker.factory import create_app
+from executus_worker.worker.reporting import RunFailed
 from executus_worker.worker.runtime import Runtime
 
 pytestmark = pytest.mark.redis
@@ -73,8 +74,9 @@ def test_a_task_whose_handler_cannot_be_built_still_records_the_run(
     store = RedisStore(redis.Redis.from_url(redis_url), key_prefix=prefix)
     request = RunRequest(run_id="t2", agent="demo.counter")
     store.register(request, run_id="t2", queue="executus", now=time.time())
-    result = app.tasks[TASK_RUN]("t2", request.to_json())
-    assert result["action"] == "failed"
+    # Celery sees a FAILURE with the reason; the record says the same.
+    with pytest.raises(RunFailed, match="could not handle this run"):
+        app.tasks[TASK_RUN]("t2", request.to_json())
     record = store.get("t2")
     assert record is not None and record.status is RunStatus.FAILED and record.attempts == 1
     assert record.error == (

@@ -87,14 +87,22 @@ def measure(client: redis.Redis, sizes: Sequence[int], repeats: int) -> list[dic
     rows = []
     for size in sizes:
         per_step, pings, loop_pings = [], [], []
+        # Short runs are repeated so each sample covers at least ~1,000 steps: a 10-step run
+        # alone is ~2 ms, where one scheduler hiccup is the whole difference.
+        runs = max(1, 1_000 // size)
         for rep in range(repeats):
             pings.append(ping_median(client, 500))
-            t_null, n = run_once(None, size, f"null-{size}-{rep}")
-            t_ping, _ = run_once(None, size, f"ping-{size}-{rep}", ping=client)
-            t_store, m = run_once(store, size, f"store-{size}-{rep}")
-            assert n == m == size
-            per_step.append((t_store - t_null) / size)
-            loop_pings.append((t_ping - t_null) / size)
+            t_null = t_ping = t_store = 0.0
+            for i in range(runs):
+                t, n = run_once(None, size, f"null-{size}-{rep}-{i}")
+                t_null += t
+                t, _ = run_once(None, size, f"ping-{size}-{rep}-{i}", ping=client)
+                t_ping += t
+                t, m = run_once(store, size, f"store-{size}-{rep}-{i}")
+                t_store += t
+                assert n == m == size
+            per_step.append((t_store - t_null) / (size * runs))
+            loop_pings.append((t_ping - t_null) / (size * runs))
             client.delete(*client.keys("stepbench:*"))
         overhead = statistics.median(per_step)
         loop_ping = statistics.median(loop_pings)

@@ -19,7 +19,7 @@ import redis
 from pydantic import JsonValue
 from redis.client import Pipeline
 
-from executus_worker.checkpoint import codec, redis_index, scripts
+from executus_worker.checkpoint import codec, hotpath, redis_index, scripts
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.checkpoint.store import (
     ClaimResult,
@@ -74,6 +74,9 @@ class RedisStore:
         result_ttl_s: int = DEFAULT_RESULT_TTL_S,
     ) -> None:
         self._r = client
+        # Scripts go out hand-packed on a connection each thread keeps (hotpath.py) where the
+        # client has one pool; anything else (Redis Cluster) takes redis-py's normal path.
+        self._packed = hotpath.supported(client)
         self.keys = KeySchema(key_prefix)
         # Used where the protocol gives no TTL: a claim or cancel that ends a run.
         self._result_ttl_s = result_ttl_s
@@ -83,15 +86,20 @@ class RedisStore:
     def _run(self, name: str, run_id: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             try:
-                return self._r.evalsha(_SHA[name], len(keys), *keys, *args)
+                return self._evalsha(name, keys, args)
             except redis.exceptions.NoScriptError:
                 # What redis-py's Script does: load the source, then run it once more.
                 _SHA[name] = self._r.script_load(scripts.WITH_LIB[name])
-                return self._r.evalsha(_SHA[name], len(keys), *keys, *args)
+                return self._evalsha(name, keys, args)
         except redis.ResponseError as exc:
             self._raise_script_error(run_id, exc)
         except redis.RedisError as exc:
             raise StoreError(f"redis {name} for run {run_id!r} failed: {exc}") from exc
+
+    def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self._packed:
+            return hotpath.call(self._r, hotpath.evalsha(_SHA[name], keys, args))
+        return self._r.evalsha(_SHA[name], len(keys), *keys, *args)
 
     def _raise_script_error(self, run_id: str, exc: redis.ResponseError) -> NoReturn:
         message = str(exc)
@@ -307,8 +315,8 @@ class RedisStore:
         args = [run_id, now, fence.token, base_len, len(new_messages), payload, expect_seq, seq]
         args.extend(x for pair in meta.items() for x in pair)
         keys = (k.rec(run_id), k.ckpt(run_id), k.msgs(run_id))
-        reply = self._run("save", run_id, keys, args)
-        return SaveAck(stored=int(reply[0]), cancel_requested=int(reply[1]) == 1)
+        reply = int(self._run("save", run_id, keys, args))  # stored count * 2 + cancel flag
+        return SaveAck(stored=reply >> 1, cancel_requested=reply & 1 == 1)
 
     def finish(
         self,

@@ -249,8 +249,8 @@ return 0
 # KEYS: rec, ckpt, msgs (only these: every argument costs client time on the hot path).
 # ARGV: run_id, now, fence, base_len, new_count, payload, expect_wseq, wseq,
 #       changed meta field/value pairs...
-#   -> {new transcript length (messages), cancel requested 0|1}: the cancel flag rides on the
-#   reply the run already waits for every step, so a cancel lands at the next step boundary.
+#   -> new transcript length (messages) * 2 + cancel requested (0|1): the cancel flag rides on
+#   the reply the run already waits for every step, so a cancel lands at the next step boundary.
 SAVE = r"""
 local base_len = tonumber(ARGV[4])
 local r = redis.call('HMGET', KEYS[1], 'status', 'fence', 'epoch', 'cancel_requested')
@@ -265,7 +265,8 @@ if bad then return bad end
 local total = base_len + tonumber(ARGV[5])
 redis.call('HSET', KEYS[2], 'msg_count', total, 'wseq', ARGV[8], unpack(ARGV, 9))
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-return {total, r[4] == '1' and 1 or 0}
+-- One integer, not a table: the reply is parsed on every step.
+return total * 2 + (r[4] == '1' and 1 or 0)
 """
 
 # ARGV: run_id, now, fence, base_len, new_count, payload, status, output_json, has_error,

@@ -104,7 +104,17 @@ class SentinelGroup:
         only when they next poll it (up to 10 s later). Until then, clients that kept their
         connections to it write there -- and those writes are dropped when it converts."""
         old = self.master_port()
-        self.sentinel().execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        # NOGOODSLAVE: the sentinel has not yet re-read a healthy replica (after an earlier
+        # failover the demoted master needs a few INFO polls to count as one again).
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.sentinel().execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+                break
+            except redis.ResponseError as exc:
+                if "NOGOODSLAVE" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         _until(
             "every sentinel to name the new master",
             lambda: all(

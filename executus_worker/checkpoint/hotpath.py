@@ -1,0 +1,132 @@
+"""The per-step and per-run scripts as hand-packed EVALSHA on a connection each thread keeps.
+
+A step's save is one round trip; what redis-py adds around it on every command (packing each
+argument with type checks, taking a connection from the pool and releasing it, the pool's
+"has this connection unread data?" probe, which is one more ``recv`` system call, and its
+observability counters) cost as much as the round trip itself (bench/step_bench.py
+--profile: a redis-py ``EVALSHA`` of the save took 66 us where a held connection with the
+command packed by hand took 34 us and a ``PING`` 43 us, on the same server).
+
+So each thread checks one connection out of the client's pool once and keeps it. That is safe
+because a command here is always sent and its reply read completely before the call returns;
+any other outcome disconnects the connection (it reconnects on its next use), so no reply is
+ever left unread on it. Before each command the connection gets the probe the pool gives it
+on every checkout (a closed or dirty socket is replaced); errors and retries are redis-py's
+own: the connection's ``retry`` policy, exactly as ``Redis.execute_command`` applies it.
+After a fork the kept connection belongs to the parent and is dropped unused (redis-py's pool
+resets itself the same way). When the thread ends, its connection goes back to the pool.
+
+Only for a plain ``redis.Redis`` (Sentinel's master client included); clients without a single
+connection pool (Redis Cluster) take redis-py's normal path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from redis.connection import ConnectionPool
+
+
+def encode(value: object) -> bytes:
+    """One argument as redis-py's encoder writes it (str as UTF-8, numbers as repr)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bool):  # before int: redis-py refuses booleans too
+        raise TypeError("a bool is no Redis argument; pass '1' or '0'")
+    if isinstance(value, int | float):
+        return repr(value).encode()
+    raise TypeError(f"a {type(value).__name__} is no Redis argument")
+
+
+def evalsha(sha: str, keys: Iterable[str], args: Iterable[object]) -> bytes:
+    """``EVALSHA sha numkeys key... arg...`` as one RESP command."""
+    keys = list(keys)
+    parts = [b"EVALSHA", sha.encode(), b"%d" % len(keys)]
+    parts.extend(k.encode() for k in keys)
+    parts.extend(encode(a) for a in args)
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n" % len(part))
+        out.append(part)
+        out.append(b"\r\n")
+    return b"".join(out)
+
+
+class _Kept:
+    """A thread's connection; gives it back to the pool when the thread's locals go."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.conn: Any = pool.get_connection()
+        self.pid = os.getpid()
+        weakref.finalize(self, _give_back, weakref.ref(pool), self.conn, self.pid)
+
+
+def _give_back(pool_ref: weakref.ref[ConnectionPool], conn: Any, pid: int) -> None:
+    pool = pool_ref()
+    if pool is not None and pid == os.getpid():
+        pool.release(conn)
+
+
+_LOCALS: weakref.WeakKeyDictionary[ConnectionPool, threading.local] = weakref.WeakKeyDictionary()
+_LOCALS_LOCK = threading.Lock()
+
+
+def supported(client: object) -> bool:
+    """True for a client with one connection pool (plain Redis, Sentinel's master client)."""
+    return isinstance(client, redis.Redis) and isinstance(
+        getattr(client, "connection_pool", None), ConnectionPool
+    )
+
+
+def call(client: redis.Redis, payload: bytes) -> Any:
+    """Send one packed command on this thread's kept connection and return its parsed reply.
+
+    An error reply raises as redis-py raises it (``NoScriptError``, ``ResponseError``);
+    connection errors are retried by the connection's own policy, then raised.
+    """
+    pool: ConnectionPool = client.connection_pool
+    local = _LOCALS.get(pool)
+    if local is None:
+        with _LOCALS_LOCK:
+            local = _LOCALS.setdefault(pool, threading.local())
+    kept: _Kept | None = getattr(local, "kept", None)
+    if kept is None or kept.pid != os.getpid():
+        kept = local.kept = _Kept(pool)
+    conn = kept.conn
+    # The pool's own check before it hands out a connection: one non-blocking read. Readable
+    # means the server closed it (a Redis restart, an idle timeout) or it holds stray bytes;
+    # either way start over on a fresh socket rather than fail the first command after.
+    # What the pool checks when a connection comes back: whether it still owns it. Under
+    # Sentinel it does not once it has learnt of a new master: the kept connection still
+    # points at the old one, which may have become a replica.
+    if not pool.owns_connection(conn):
+        conn.disconnect()
+    try:
+        stale = conn.can_read()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        stale = True
+    if stale:
+        conn.disconnect()
+
+    def once() -> Any:
+        conn.send_packed_command([payload])
+        return conn.read_response()
+
+    try:
+        return conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
+    except redis.ResponseError:
+        raise  # a complete error reply: the connection is in step
+    except BaseException:
+        # Anything else may have cut a reply short (a timeout, KeyboardInterrupt, a signal's
+        # exception): never leave unread bytes on a connection that is used again.
+        conn.disconnect()
+        raise

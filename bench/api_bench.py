@@ -22,8 +22,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
-import re
 import signal
 import statistics
 import subprocess
@@ -34,10 +32,10 @@ import uuid
 from pathlib import Path
 
 import redis
+from results import Machine, pct, write_section
 
 from executus_worker.embedded import EmbeddedRedis, free_port
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 EXECUTUS = str(Path(sys.executable).with_name("executus-worker"))
 TOKEN = "bench-token-" + "x" * 20
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -86,11 +84,6 @@ def timed(conn: http.client.HTTPConnection, method: str, path: str, body: bytes 
     response.read()
     assert response.status in {200, 201}, response.status
     return time.perf_counter() - started
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def latency(port: int, n: int) -> dict[str, list[float]]:
@@ -159,12 +152,9 @@ def section(args: argparse.Namespace, lat: dict[str, list[float]], rps: float,
             busy: float, idle: float) -> str:  # fmt: skip
     per_stream = (busy - idle) / args.streams
     rows = [
-        "## HTTP API",
-        "",
-        f"`python bench/api_bench.py` on {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d')}. One "
-        "`executus-worker api` process (uvicorn, one event loop), private redis-server, no "
-        "worker, client and server on the same noisy box.",
+        f"`python bench/api_bench.py --requests {args.requests} --threads {args.threads} "
+        f"--streams {args.streams}`. One `executus-worker api` process (uvicorn, one event "
+        "loop), private redis-server, no worker, client and server on the same box.",
         "",
         "| measure | result |",
         "|---|---|",
@@ -172,7 +162,7 @@ def section(args: argparse.Namespace, lat: dict[str, list[float]], rps: float,
     for name, samples in lat.items():
         rows.append(
             f"| {name}, sequential on one connection ({len(samples)}) | p50 "
-            f"{pct(samples, 0.5):.2f} ms, p99 {pct(samples, 0.99):.2f} ms |"
+            f"{pct(samples, 0.5) * 1e3:.2f} ms, p99 {pct(samples, 0.99) * 1e3:.2f} ms |"
         )
     rows += [
         f"| enqueue throughput, {args.threads} client threads | {rps:,.0f} runs/s |",
@@ -188,16 +178,6 @@ def section(args: argparse.Namespace, lat: dict[str, list[float]], rps: float,
     return "\n".join(rows) + "\n"
 
 
-def write_section(text: str) -> None:
-    doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## HTTP API\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text + "\n", doc, count=1)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(doc.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
@@ -207,10 +187,12 @@ def main() -> None:
     parser.add_argument("--poll-s", type=float, default=0.5)
     parser.add_argument("--no-write", action="store_true", help="Print only; leave RESULTS.md.")
     args = parser.parse_args()
+    machine = Machine.capture()
     with EmbeddedRedis() as server:
         port = free_port()
         proc = start_api(server.url, port, args.poll_s)
         r = redis.Redis.from_url(server.url)
+        version = r.info("server")["redis_version"]
         try:
             timed_warmup = latency(port, 50)  # connections, scripts, imports
             del timed_warmup
@@ -221,11 +203,13 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
             r.close()
+    machine.finish(redis_version=version)
     text = section(args, lat, rps, busy, idle)
     print(text)
     print("median enqueue ms:", round(statistics.median(lat["enqueue"]) * 1000, 3))
     if not args.no_write:
-        write_section(text)
+        write_section("HTTP API", text, machine)
+        print("wrote the HTTP API section of bench/RESULTS.md")
 
 
 if __name__ == "__main__":

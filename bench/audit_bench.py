@@ -17,14 +17,12 @@ Writes the ``## Audit`` section of bench/RESULTS.md (other sections are left alo
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
+from results import Machine, med_range, pct, write_section
 
 from executus_worker.batteries.audit import StreamAudit
 from executus_worker.checkpoint.events import RedisEventLog
@@ -41,7 +39,6 @@ from executus_worker.settings import Settings
 from executus_worker.worker.runs import RunHandler
 from executus_worker.worker.wiring import build_batteries
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SIZES = (10, 1_000, 5_000)
 STEP_DATA: dict[str, Any] = {
     "iteration": 7, "phase": None, "messages": 1, "done": False,
@@ -51,11 +48,6 @@ STEP_DATA: dict[str, Any] = {
 
 def message(i: int) -> Message:
     return Message(role="assistant", content=f"step {i} " + "lorem ipsum dolor " * 26)
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def claimed_handle(store: RedisStore, run_id: str, size: int) -> tuple[RunHandle, Checkpoint]:
@@ -136,7 +128,7 @@ def per_run_ms(client: redis.Redis, url: str, n: int, audit_stream: bool) -> tup
     return wall / n * 1e3, cpu / n * 1e3
 
 
-def run(args: argparse.Namespace) -> str:
+def run(args: argparse.Namespace) -> tuple[str, str]:  # (body, Redis version)
     server = EmbeddedRedis()
     server.start()
     try:
@@ -154,7 +146,7 @@ def run(args: argparse.Namespace) -> str:
         client.close()
     finally:
         server.stop()
-    return section(args, steps, on, off, version)
+    return section(args, steps, on, off), version
 
 
 def section(
@@ -162,18 +154,14 @@ def section(
     steps: dict[int, list[dict[str, float]]],
     on: list[tuple[float, float]],
     off: list[tuple[float, float]],
-    redis_version: str,
 ) -> str:
     def med(size: int, key: str) -> float:
         return statistics.median(sample[key] for sample in steps[size])
 
     lines = [
-        "## Audit",
-        "",
-        f"`python bench/audit_bench.py` on {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Redis {redis_version}, Python {platform.python_version()}; "
-        f"{time.strftime('%Y-%m-%d')}. Each figure is the median of {args.reps} repetitions "
-        "on a shared, loaded box (compare figures within this section, not across sections).",
+        f"`python bench/audit_bench.py --reps {args.reps}`, private redis-server. Each figure "
+        f"is the median of {args.reps} repetitions (compare figures within this section, not "
+        "across sections).",
         "",
         "### Per step: a checkpoint save with and without its `step` event",
         "",
@@ -207,9 +195,11 @@ def section(
         "| measure | stream off | stream on | difference |",
         "|---|---:|---:|---:|",
         f"| worker per no-op run in process (`RunHandler.handle`, 1 step), wall ms "
-        f"| {wall_off:.3f} | {wall_on:.3f} | {wall_on - wall_off:+.3f} "
+        f"| {med_range([x[0] for x in off])} | {med_range([x[0] for x in on])} "
+        f"| {wall_on - wall_off:+.3f} "
         f"({100 * (wall_on / wall_off - 1):+.0f}%) |",
-        f"| the same, CPU ms | {cpu_off:.3f} | {cpu_on:.3f} | {cpu_on - cpu_off:+.3f} "
+        f"| the same, CPU ms | {med_range([x[1] for x in off])} "
+        f"| {med_range([x[1] for x in on])} | {cpu_on - cpu_off:+.3f} "
         f"({100 * (cpu_on / cpu_off - 1):+.0f}%) |",
         "",
         "A no-op run's events -- `claimed`, `started`, its one `step`, `completed` -- go out in "
@@ -228,21 +218,6 @@ def section(
     return "\n".join(lines)
 
 
-def write_section(section_text: str) -> None:
-    """Replace the ``## Audit`` section of RESULTS.md, keeping every other section."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## Audit"), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section_text
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = "\n".join([*lines[:start], *section_text.rstrip("\n").splitlines(), "", *lines[end:]])
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -251,11 +226,13 @@ def main() -> None:
     parser.add_argument("--noop-runs", type=int, default=1000)
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args()
-    text = run(args)
+    machine = Machine.capture()
+    text, version = run(args)
+    machine.finish(redis_version=version)
     print(text)
     if not args.no_write:
-        write_section(text)
-        print(f"wrote the Audit section of {RESULTS}")
+        write_section("Audit", text, machine)
+        print("wrote the Audit section of bench/RESULTS.md")
 
 
 if __name__ == "__main__":

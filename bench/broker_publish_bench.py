@@ -20,17 +20,14 @@ Writes its table under ``## Broker publish`` in bench/RESULTS.md (other sections
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import statistics
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import redis
 from kombu import Connection
+from results import Machine, med_range, write_section
 
 from executus_worker.broker import run_queue
 from executus_worker.broker_publish import KombuPublisher
@@ -38,7 +35,6 @@ from executus_worker.core.models import RunRequest
 from executus_worker.embedded import EmbeddedRedis
 from executus_worker.publish import BatchPublisher, RunMessage
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 TARGET_REDIS_S = 1.0
 
 
@@ -95,16 +91,6 @@ def rabbit_rounds(url: str, n: int, repeats: int, batch_size: int) -> list[float
     return rounds
 
 
-def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## Broker publish\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
@@ -113,6 +99,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     n = args.runs
+    machine = Machine.capture()
     single_n = min(n, 2_000)
 
     on_redis = redis_rounds(n, args.repeats)
@@ -126,30 +113,27 @@ def main() -> None:
     print(f"rabbitmq {n} messages, confirms per 1000: median {rabbit_s:.3f}s {sorted(on_rabbit)}")
     print(f"rabbitmq one confirm per message: {single_us:.0f} us/message")
 
-    def fmt(rounds: list[float]) -> str:
-        return ", ".join(f"{s:.3f}" for s in sorted(rounds))
-
-    section = (
-        "## Broker publish\n\n"
-        f"`bench/broker_publish_bench.py` -- re-publishing {n:,} recovered `executus.run`\n"
+    machine.finish()
+    body = (
+        f"`bench/broker_publish_bench.py --runs {n} --repeats {args.repeats}` -- re-publishing "
+        f"{n:,} recovered `executus.run`\n"
         "messages with the publisher the worker uses on each broker (the publish step of a\n"
         "recovery sweep; the whole sweep is under Recovery). Private redis-server on loopback;\n"
-        "the machine's RabbitMQ on loopback, a fresh durable queue, persistent messages;\n"
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{args.repeats} repeats; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
-        "CPUs at the end (a shared box: RabbitMQ throttles a publisher it cannot keep up with,\n"
-        "so its figure is the broker's CPU share here, not the client's cost).\n\n"
+        "the machine's RabbitMQ on loopback, a fresh durable queue, persistent messages. On a\n"
+        "shared box RabbitMQ throttles a publisher it cannot keep up with, so its figure is\n"
+        "the broker's CPU share here, not the client's cost. Cells: median (min-max).\n\n"
         "| broker, publisher | result |\n|---|---|\n"
-        f"| Redis, pipelined LPUSH (batches of 1,000), median | **{redis_s:.3f} s** "
-        f"({verdict}: target < {TARGET_REDIS_S:g} s); all: {fmt(on_redis)} s |\n"
-        f"| RabbitMQ, kombu + publisher confirms awaited per 1,000, median | **{rabbit_s:.3f} s**"
-        f" ({n / rabbit_s:,.0f} msg/s); all: {fmt(on_rabbit)} s |\n"
+        f"| Redis, pipelined LPUSH (batches of 1,000) | **{med_range(on_redis, unit='s')}** "
+        f"({verdict}: target < {TARGET_REDIS_S:g} s) |\n"
+        f"| RabbitMQ, kombu + publisher confirms awaited per 1,000 | "
+        f"**{med_range(on_rabbit, unit='s')}** ({n / rabbit_s:,.0f} msg/s) |\n"
         f"| RabbitMQ, one confirm round trip per message ({single_n:,}) | "
         f"{single_us:.0f} us/message ({single_us * n / 1e6:.1f} s per {n:,}) |\n"
     )
+    print(body)
     if not args.no_write:
-        write_results(section)
-        print(f"wrote {RESULTS}")
+        write_section("Broker publish", body, machine)
+        print("wrote the Broker publish section of bench/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -19,16 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import redis
 from pydantic import TypeAdapter
+from results import Machine, med_range, pct, write_section
 
 from executus_worker.checkpoint import codec
 from executus_worker.checkpoint.handle import RunHandle
@@ -39,17 +38,11 @@ from executus_worker.embedded import EmbeddedRedis
 
 SIZES = (10, 100, 1_000, 5_000)
 MESSAGES = TypeAdapter(list[Message])
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def message(i: int) -> Message:
     # ~500 bytes of JSON per message, like a short assistant turn.
     return Message(role="assistant", content=f"step {i} " + "lorem ipsum dolor " * 26)
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 INFO_BYTES = len(b"*2\r\n$4\r\ninfo\r\n$5\r\nstats\r\n")
@@ -239,7 +232,9 @@ def redis_at(url: str | None) -> Iterator[tuple[redis.Redis, str]]:
         client.close()
 
 
-def run(url: str | None, reps: int, runs: int, steps: int, sweep_runs: int) -> str:
+def run(
+    url: str | None, reps: int, runs: int, steps: int, sweep_runs: int
+) -> tuple[str, str]:  # (body, Redis version)
     prefix = f"bench-{os.getpid()}"
     with redis_at(url) as (client, where):
         version = client.info("server")["redis_version"]
@@ -258,7 +253,8 @@ def run(url: str | None, reps: int, runs: int, steps: int, sweep_runs: int) -> s
         finally:
             for rep in range(reps):
                 cleanup(client, f"{prefix}-{rep}")
-    return report(where, version, reps, runs, steps, sweep_runs, saves, loads, sweeps)
+    body = report(where, reps, runs, steps, sweep_runs, saves, loads, sweeps)
+    return body, version
 
 
 def med(rows: list[dict[str, float]], key: str) -> float:
@@ -267,7 +263,6 @@ def med(rows: list[dict[str, float]], key: str) -> float:
 
 def report(
     where: str,
-    version: str,
     reps: int,
     runs: int,
     steps: int,
@@ -277,11 +272,8 @@ def report(
     sweeps: list[dict[str, float]],
 ) -> str:
     lines = [
-        "## Checkpoint",
-        "",
-        f"`python bench/checkpoint_bench.py` on {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Redis {version} ({where}), Python {platform.python_version()}; "
-        f"{time.strftime('%Y-%m-%d')}. Each figure is the median of {reps} repetitions. "
+        f"`python bench/checkpoint_bench.py --reps {reps}` against {where}. Each figure is the "
+        f"median of {reps} repetitions (the p50 columns: median (min-max)). "
         f"Save figures: {runs} runs preloaded with N messages, then {steps} saves of one new "
         f"~500-byte message each ({runs * steps} samples; the transcript is N to N+{steps}).",
         "",
@@ -294,8 +286,9 @@ def report(
     for size in SIZES:
         rows = saves[size]
         lines.append(
-            f"| {size:,} | {med(rows, 'ours_p50'):.3f} | {med(rows, 'ours_p99'):.3f} "
-            f"| {med(rows, 'naive_p50'):.3f} | {med(rows, 'naive_p99'):.3f} "
+            f"| {size:,} | {med_range([r['ours_p50'] for r in rows])} "
+            f"| {med(rows, 'ours_p99'):.3f} "
+            f"| {med_range([r['naive_p50'] for r in rows])} | {med(rows, 'naive_p99'):.3f} "
             f"| {med(rows, 'ours_bytes'):,.0f} | {med(rows, 'naive_bytes'):,.0f} |"
         )
     ours, get_v, get_j = med(loads, "ours"), med(loads, "get_validate"), med(loads, "get_json")
@@ -337,21 +330,6 @@ def report(
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    """Replace the ``## Checkpoint`` section of RESULTS.md, keeping every other section."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## Checkpoint"), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = "\n".join([*lines[:start], *section.rstrip("\n").splitlines(), "", *lines[end:]])
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default=None, help="default: start a private redis-server")
@@ -361,11 +339,13 @@ def main() -> None:
     parser.add_argument("--sweep-runs", type=int, default=10_000)
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args()
-    section = run(args.redis_url, args.reps, args.runs, args.steps, args.sweep_runs)
-    print(section)
+    machine = Machine.capture()
+    body, version = run(args.redis_url, args.reps, args.runs, args.steps, args.sweep_runs)
+    machine.finish(redis_version=version)
+    print(body)
     if not args.no_write:
-        write_section(section)
-        print(f"wrote the Checkpoint section of {RESULTS}")
+        write_section("Checkpoint", body, machine)
+        print("wrote the Checkpoint section of bench/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -1,36 +1,44 @@
-"""Dispatch throughput: no-op runs through ``executus.run`` vs plain Celery no-op tasks.
+"""Dispatch: no-op runs through ``executus.run`` vs plain Celery no-op tasks, same run.
 
 Both sides run in the same invocation, on the same private redis-server, with a real
-``celery worker`` subprocess of the same pool, concurrency and prefetch (1), and alternate
-within each repeat so drift hits both. Each side's queue is pre-filled before its worker
-starts, and throughput is timed between the first and the last completion (worker start-up is
-not measured):
+``celery worker`` subprocess of the same pool, concurrency and prefetch (1). For each pool
+given (default: prefork with concurrency 4, and solo):
 
-- executus: ``demo.counter`` with ``steps=1, step_s=0`` enqueued through the public ``Client``
+- **throughput**: each side's queue is pre-filled before its worker starts, and timed between
+  the first and the last completion (worker start-up is not measured); the sides alternate
+  within each repeat so drift hits both.
+  executus: ``demo.counter`` with ``steps=1, step_s=0`` enqueued through the public ``Client``
   (registered + published); completion times are the records' ``finished_at``.
-- plain: a Celery task that does nothing except, for the first and last message only, push
-  ``time.time()`` to a Redis list (so the measured body costs nothing for the other N-2).
+  plain: a Celery task that does nothing except, for the first and last message only, push
+  ``time.time()`` to a Redis list.
+- **latency**: both workers idle and running; one message at a time, alternating sides, each
+  sent only after the previous one finished. executus: ``time.time()`` before
+  ``Client.enqueue`` (default agent check on, as a user calls it) -> ``time.time()`` at the
+  run's first model call, recorded by a bench agent the worker loads from an agents file
+  (``bench.first_step``: ``demo.counter`` with a model that pushes the time of its first call
+  to Redis; no production hook). plain: ``time.time()`` before ``app.send_task`` ->
+  ``time.time()`` on the first line of the task body.
 
-Run: ``python bench/dispatch_bench.py [--runs 2000] [--repeats 3] [--pool prefork] [-c 4]``.
-Writes the ``## Dispatch`` section of bench/RESULTS.md (other sections are left alone).
+Run: ``python bench/dispatch_bench.py [--runs 2000] [--repeats 3] [--pools prefork:4,solo:1]
+[--latency-messages 200]``. Writes the ``## Dispatch`` section of bench/RESULTS.md.
 
-This file is also the plain side's Celery app module (``celery -A dispatch_bench``); the app is
-built on first attribute access, from ``DISPATCH_BENCH_BROKER``.
+This file is also the plain side's Celery app module (``celery -A dispatch_bench``) and the
+bench agent's module; the app is built on first attribute access, from
+``DISPATCH_BENCH_BROKER``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import signal
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -38,15 +46,17 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu import Exchange, Queue
+from results import Machine, Target, med_range, median, pct, ratio, write_section
 
 from executus_worker.checkpoint.handle import StoreCheckpointerFactory
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.client import Client
 from executus_worker.core.agents import AgentRegistry
+from executus_worker.core.demo_agents import CounterAgent
 from executus_worker.core.executor import execute
-from executus_worker.core.models import RunStatus
-from executus_worker.core.ports import Deps
+from executus_worker.core.models import Message, RunInfo, RunStatus
+from executus_worker.core.ports import Agent, Deps, Model, ModelReply, ModelRequest, Tools
 from executus_worker.core.stop import StopToken
 from executus_worker.embedded import EmbeddedRedis
 from executus_worker.publish import build_envelope
@@ -54,32 +64,45 @@ from executus_worker.settings import Settings
 from executus_worker.worker.runs import RunHandler
 
 BENCH_DIR = Path(__file__).resolve().parent
-RESULTS = BENCH_DIR / "RESULTS.md"
 PLAIN_QUEUE = "bench.plain"
 PLAIN_TASK = "bench.noop"
-PLAIN_DONE = "bench:plain:done"
+PLAIN_FIRST = "bench.first"
+FIRST_STEP_AGENT = "bench.first_step"
+STARTED = "bench:started"  # "<id> <time.time()>" pushed by either side's first line of work
 BROKER_ENV = "DISPATCH_BENCH_BROKER"
-TARGET_RATIO = 0.70
+# Issue 11: throughput at least these fractions of plain Celery's; latency p50 at most 1.2x.
+TARGET_RATIO = {"prefork": 0.8, "solo": 0.6}
+TARGET_LATENCY = 1.2
 IN_PROCESS_PASSES = 3
 
 # --------------------------------------------------------------------- the plain Celery app
 
-_redis: redis.Redis | None = None
+_redis: dict[int, redis.Redis] = {}
+
+
+def _mark(what: str) -> None:
+    """Push ``"<what> <time.time()>"`` to STARTED; the time is taken before the round trip."""
+    now = time.time()
+    client = _redis.get(os.getpid())
+    if client is None:  # one connection per process: prefork children must not share one
+        client = _redis[os.getpid()] = redis.Redis.from_url(os.environ[BROKER_ENV])
+    client.rpush(STARTED, f"{what} {now!r}")
 
 
 def _noop(i: int, n: int) -> None:
-    global _redis  # noqa: PLW0603 -- one lazily built connection per worker process
     if i in (0, n - 1):
-        if _redis is None:
-            _redis = redis.Redis.from_url(os.environ[BROKER_ENV])
-        _redis.rpush(PLAIN_DONE, repr(time.time()))
+        _mark(str(i))
 
 
-def _build_plain_app() -> Celery:
+def _first(token: str) -> None:
+    _mark(token)  # the first thing the task body does
+
+
+def _build_plain_app(url: str | None = None) -> Celery:
     app = Celery("dispatch_bench", set_as_current=False)
     # The settings executus' worker uses that matter for dispatch cost (worker/factory.py).
     app.conf.update(
-        broker_url=os.environ[BROKER_ENV],
+        broker_url=url or os.environ[BROKER_ENV],
         broker_connection_retry_on_startup=True,
         accept_content=["json"],
         task_serializer="json",
@@ -92,6 +115,7 @@ def _build_plain_app() -> Celery:
         task_queues=[Queue(PLAIN_QUEUE, Exchange(PLAIN_QUEUE, "direct"), routing_key=PLAIN_QUEUE)],
     )
     app.task(name=PLAIN_TASK)(_noop)
+    app.task(name=PLAIN_FIRST)(_first)
     return app
 
 
@@ -101,6 +125,46 @@ def __getattr__(name: str) -> Any:
         globals()["app"] = built
         return built
     raise AttributeError(name)
+
+
+# --------------------------------------------------------------------- the bench agent
+
+
+class _FirstStepModel:
+    """``demo.counter``'s model; marks the time of the attempt's first call (its first step)."""
+
+    def __init__(self, inner: Model, run_id: str) -> None:
+        self._inner, self._run_id, self._first = inner, run_id, True
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        if self._first:
+            self._first = False
+            _mark(self._run_id)
+        return self._inner.complete(request)
+
+
+class _FirstStepAgent:
+    name = FIRST_STEP_AGENT
+
+    def __init__(self) -> None:
+        self._inner = CounterAgent()
+
+    def phases(self, run: RunInfo) -> Sequence[str] | None:
+        return self._inner.phases(run)
+
+    def model(self, run: RunInfo) -> Model:
+        return _FirstStepModel(self._inner.model(run), run.run_id)
+
+    def tools(self, run: RunInfo) -> Tools:
+        return self._inner.tools(run)
+
+    def seed(self, run: RunInfo, phase: str | None) -> Sequence[Message]:
+        return self._inner.seed(run, phase)
+
+
+def first_step_agent() -> Agent:
+    """The agents-file factory of ``bench.first_step``."""
+    return _FirstStepAgent()
 
 
 # --------------------------------------------------------------------- the benchmark
@@ -117,6 +181,37 @@ class Sample:
         return (self.runs - 1) / self.span_s
 
 
+@dataclass
+class Latency:
+    """Enqueue -> start, seconds, one message at a time; and how long the send call took."""
+
+    plain: list[float] = field(default_factory=list)
+    ours: list[float] = field(default_factory=list)
+    plain_send: list[float] = field(default_factory=list)
+    ours_send: list[float] = field(default_factory=list)
+    plain_pickup: list[float] = field(default_factory=list)  # send returned -> start
+    ours_pickup: list[float] = field(default_factory=list)
+
+
+@dataclass
+class PoolResult:
+    pool: str
+    concurrency: int
+    samples: list[Sample] = field(default_factory=list)
+    latency: Latency = field(default_factory=Latency)
+
+    def per_s(self, side: str) -> list[float]:
+        return [s.per_s for s in self.samples if s.side == side]
+
+    @property
+    def ratio(self) -> float:
+        return ratio(median(self.per_s("executus")), median(self.per_s("plain")))
+
+    @property
+    def latency_ratio(self) -> float:
+        return ratio(pct(self.latency.ours, 0.5), pct(self.latency.plain, 0.5))
+
+
 def _worker_argv(app: str, queue: str, pool: str, concurrency: int) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
@@ -124,22 +219,42 @@ def _worker_argv(app: str, queue: str, pool: str, concurrency: int) -> list[str]
     ]  # fmt: skip
 
 
+def _plain_worker(url: str, pool: str, concurrency: int) -> Worker:
+    env = {**os.environ, BROKER_ENV: url, "PYTHONPATH": str(BENCH_DIR)}
+    return Worker(_worker_argv("dispatch_bench", PLAIN_QUEUE, pool, concurrency), env)
+
+
+def _executus_worker(url: str, pool: str, concurrency: int, agents_file: Path) -> Worker:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EXECUTUS_")}
+    env |= {
+        "EXECUTUS_REDIS_URL": url,
+        "EXECUTUS_AGENTS_FILE": str(agents_file),
+        BROKER_ENV: url,  # where the bench agent marks its first step
+        "PYTHONPATH": str(BENCH_DIR),  # the agents file names dispatch_bench:first_step_agent
+    }
+    queue = Settings.model_construct().default_queue
+    return Worker(_worker_argv("executus_worker.worker", queue, pool, concurrency), env)
+
+
 class Worker:
-    """One ``celery worker`` subprocess, stopped by pid (warm shutdown, then kill)."""
+    """One ``celery worker`` subprocess, stopped by pid (warm shutdown, then kill). Its stderr
+    goes to a file: a pipe nobody reads would block a worker that logs enough."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in stop()
         self.proc = subprocess.Popen(
             argv,
             env=env,
             cwd=BENCH_DIR,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self._err,
             start_new_session=True,
         )
 
     def alive(self) -> None:
         if self.proc.poll() is not None:
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            self._err.seek(0)
+            err = self._err.read().decode(errors="replace")
             raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{err[-3000:]}")
 
     def stop(self) -> None:
@@ -150,8 +265,7 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        self._err.close()
 
 
 def _wait_for(predicate: Any, worker: Worker, timeout_s: float, what: str) -> None:
@@ -163,29 +277,37 @@ def _wait_for(predicate: Any, worker: Worker, timeout_s: float, what: str) -> No
         time.sleep(0.05)
 
 
+def _marks(r: redis.Redis) -> dict[str, float]:
+    return {
+        what: float(when)
+        for what, when in (raw.decode().split() for raw in r.lrange(STARTED, 0, -1))
+    }
+
+
 def bench_plain(url: str, n: int, pool: str, concurrency: int, timeout_s: float) -> Sample:
     r = redis.Redis.from_url(url)
     r.flushall()
     envelopes = [build_envelope(PLAIN_TASK, [i, n], queue=PLAIN_QUEUE) for i in range(n)]
     r.lpush(PLAIN_QUEUE, *envelopes)  # LPUSH in order; kombu pops from the right: FIFO
-    env = {**os.environ, BROKER_ENV: url, "PYTHONPATH": str(BENCH_DIR)}
-    worker = Worker(_worker_argv("dispatch_bench", PLAIN_QUEUE, pool, concurrency), env)
+    worker = _plain_worker(url, pool, concurrency)
     try:
         # Done when both marks are in and nothing is waiting or unacked.
         _wait_for(
-            lambda: r.llen(PLAIN_DONE) == 2 and r.llen(PLAIN_QUEUE) == 0 and not r.hlen("unacked"),
+            lambda: r.llen(STARTED) == 2 and r.llen(PLAIN_QUEUE) == 0 and not r.hlen("unacked"),
             worker,
             timeout_s,
             "plain Celery",
         )
     finally:
         worker.stop()
-    first, last = sorted(float(x) for x in r.lrange(PLAIN_DONE, 0, -1))
+    first, last = sorted(_marks(r).values())
     r.close()
     return Sample("plain", n, last - first)
 
 
-def bench_executus(url: str, n: int, pool: str, concurrency: int, timeout_s: float) -> Sample:
+def bench_executus(
+    url: str, n: int, pool: str, concurrency: int, timeout_s: float, agents_file: Path
+) -> Sample:
     r = redis.Redis.from_url(url)
     r.flushall()
     with Client.from_url(url) as client:
@@ -197,14 +319,7 @@ def bench_executus(url: str, n: int, pool: str, concurrency: int, timeout_s: flo
             for _ in range(n)
         ]
         done_key = KeySchema(client.settings.key_prefix).done
-        env = {key: value for key, value in os.environ.items() if not key.startswith("EXECUTUS_")}
-        env["EXECUTUS_REDIS_URL"] = url
-        worker = Worker(
-            _worker_argv(
-                "executus_worker.worker", client.settings.default_queue, pool, concurrency
-            ),
-            env,
-        )
+        worker = _executus_worker(url, pool, concurrency, agents_file)
         try:
             _wait_for(lambda: r.zcard(done_key) >= n, worker, timeout_s, "executus runs")
         finally:
@@ -216,6 +331,89 @@ def bench_executus(url: str, n: int, pool: str, concurrency: int, timeout_s: flo
         raise RuntimeError(f"{len(bad)} runs did not complete, e.g. {bad[:3]}")
     finished = sorted(rec.finished_at or 0.0 for rec in records)
     return Sample("executus", n, finished[-1] - finished[0])
+
+
+def _started(r: redis.Redis, what: str, workers: Sequence[Worker], timeout_s: float) -> float:
+    """The time the side's worker marked ``what`` as started (BLPOP on the marks list)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for worker in workers:
+            worker.alive()
+        popped = r.blpop([STARTED], timeout=1)
+        if popped is not None:
+            got, when = popped[1].decode().split()
+            if got != what:
+                raise RuntimeError(f"expected the start of {what}, got {got}")
+            return float(when)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not start within {timeout_s}s")
+
+
+def bench_latency(
+    url: str,
+    pool: str,
+    concurrency: int,
+    n: int,
+    warmup: int,
+    timeout_s: float,
+    agents_file: Path,
+) -> Latency:
+    """Both workers idle; one message at a time, the sides alternating; each sent only after
+    the previous one finished (latency on an idle worker, not throughput)."""
+    r = redis.Redis.from_url(url)
+    r.flushall()
+    workers = [
+        _plain_worker(url, pool, concurrency),
+        _executus_worker(url, pool, concurrency, agents_file),
+    ]
+    app = _build_plain_app(url)
+    out = Latency()
+    try:
+        with Client.from_url(url) as client:
+
+            def executus_once(token: str) -> tuple[float, float, str]:
+                t0 = time.time()
+                run_id = client.enqueue(
+                    agent=FIRST_STEP_AGENT, input={"steps": 1, "step_s": 0}, run_id=token
+                )
+                return t0, time.time(), run_id
+
+            def plain_once(token: str) -> tuple[float, float, str]:
+                t0 = time.time()
+                app.send_task(PLAIN_FIRST, args=[token], queue=PLAIN_QUEUE)
+                return t0, time.time(), token
+
+            # The executus worker advertises its agents once it is ready: until then the
+            # client's agent check refuses the enqueue.
+            deadline = time.monotonic() + timeout_s
+            while FIRST_STEP_AGENT not in client.agents().agents():
+                for worker in workers:
+                    worker.alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the executus worker did not advertise its agents")
+                time.sleep(0.1)
+            for i in range(warmup + n):
+                sides = [("plain", plain_once), ("ours", executus_once)]
+                if i % 2:
+                    sides.reverse()
+                for side, send in sides:
+                    token = f"{side}-{i:05d}-{os.getpid()}"
+                    t0, sent, what = send(token)
+                    started = _started(r, what, workers, timeout_s)
+                    if side == "ours":  # idle again: the run has finished
+                        while not client.status(what).status.terminal:
+                            time.sleep(0.002)
+                    time.sleep(0.02)  # the worker back in its poll for the next message
+                    if i >= warmup:
+                        getattr(out, side).append(started - t0)
+                        getattr(out, f"{side}_send").append(sent - t0)
+                        getattr(out, f"{side}_pickup").append(started - sent)
+    finally:
+        for worker in workers:
+            worker.stop()
+        app.close()
+        r.close()
+    return out
 
 
 class TimedStore:
@@ -293,95 +491,175 @@ def in_process_breakdown(url: str, n: int) -> Breakdown:
     return Breakdown(elapsed / n * 1000, per_call)
 
 
-def _versions(url: str) -> str:
+def _versions(url: str) -> tuple[str, str]:  # (the libraries, the Redis version)
     server = redis.Redis.from_url(url).info("server")["redis_version"]
-    return (
-        f"Python {platform.python_version()}, Celery {version('celery')}, "
-        f"kombu {version('kombu')}, redis-py {version('redis')}, Redis {server}, "
-        f"{os.cpu_count()} CPUs ({platform.machine()})"
-    )
+    libs = f"Celery {version('celery')}, kombu {version('kombu')}, redis-py {version('redis')}"
+    return libs, server
 
 
-def _section(
-    args: argparse.Namespace, versions: str, samples: list[Sample], breakdown: Breakdown
-) -> str:
-    plain = [s.per_s for s in samples if s.side == "plain"]
-    ours = [s.per_s for s in samples if s.side == "executus"]
-    ratio = statistics.median(ours) / statistics.median(plain)
-    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    store_calls = ", ".join(f"`{k}` {v:.2f}" for k, v in breakdown.store_ms.items())
+def _pool_section(args: argparse.Namespace, res: PoolResult) -> str:
+    plain, ours = res.per_s("plain"), res.per_s("executus")
+    goal = TARGET_RATIO.get(res.pool)
+    verdict = "" if goal is None else (" (meets" if res.ratio >= goal else " (MISSES")
+    verdict += "" if goal is None else f" the ≥ {goal:.0%} target)"
     rows = "\n".join(
         f"| {i + 1} | {p:,.0f} | {o:,.0f} | {o / p:.0%} |"
         for i, (p, o) in enumerate(zip(plain, ours, strict=True))
     )
-    return f"""## Dispatch
+    lat = res.latency
+    lat_goal = " (meets" if res.latency_ratio <= TARGET_LATENCY else " (MISSES"
+    return f"""### Pool `{res.pool}`, concurrency {res.concurrency}
 
-`python bench/dispatch_bench.py --runs {args.runs} --repeats {args.repeats} --pool {args.pool} \
---concurrency {args.concurrency}` ({time.strftime("%Y-%m-%d")}; {versions}).
-
-No-op runs (`demo.counter`, `steps=1, step_s=0`, enqueued through `Client`) through
-`executus.run` vs plain Celery no-op tasks, same private redis-server, real `celery worker`
-subprocess each, pool `{args.pool}`, concurrency {args.concurrency}, prefetch 1, `acks_late`,
-JSON; each queue pre-filled with {args.runs:,} messages before its worker starts; timed from
-the first to the last completion; sides alternate within a repeat.
+Throughput, each queue pre-filled with {args.runs:,} messages:
 
 | repeat | plain Celery (tasks/s) | executus.run (runs/s) | ratio |
 |---:|---:|---:|---:|
 {rows}
-| **median** | **{statistics.median(plain):,.0f}** | **{statistics.median(ours):,.0f}** | \
-**{ratio:.0%}** |
+| **median (min-max)** | **{med_range(plain, nd=0)}** | **{med_range(ours, nd=0)}** | \
+**{res.ratio:.0%}** |
 
-Ratio of medians: **{ratio:.0%}** of plain Celery — {verdict} the ≥ {TARGET_RATIO:.0%} target.
-Where the worker's time goes, measured in-process without Celery (`RunHandler.handle` in a
-loop over {args.runs:,} runs, wired as `worker/runtime.py` does; fastest of \
-{IN_PROCESS_PASSES} passes): **{breakdown.per_run_ms:.2f} ms per run**, of which store calls \
-(ms/run): {store_calls}; everything else (message validation,
-agent and executor, lease bookkeeping, logging): {breakdown.rest_ms:.2f} ms. The enqueue-side
-register is not part of either measurement.
+Ratio of medians: **{res.ratio:.0%}** of plain Celery{verdict}.
+
+Latency on idle workers, {len(lat.ours)} messages per side (after {args.latency_warmup} \
+warm-up ones), ms:
+
+| side | p50 | p90 | min | of which the send call, p50 | send returned → start, p50 |
+|---|---:|---:|---:|---:|---:|
+| plain Celery: `send_task` → task body starts | {pct(lat.plain, 0.5) * 1e3:.2f} \
+| {pct(lat.plain, 0.9) * 1e3:.2f} | {min(lat.plain) * 1e3:.2f} | \
+{pct(lat.plain_send, 0.5) * 1e3:.2f} | {pct(lat.plain_pickup, 0.5) * 1e3:.2f} |
+| executus: `Client.enqueue` → first step starts | {pct(lat.ours, 0.5) * 1e3:.2f} \
+| {pct(lat.ours, 0.9) * 1e3:.2f} | {min(lat.ours) * 1e3:.2f} | \
+{pct(lat.ours_send, 0.5) * 1e3:.2f} | {pct(lat.ours_pickup, 0.5) * 1e3:.2f} |
+
+p50 ratio: **{res.latency_ratio:.2f}x**{lat_goal} the ≤ {TARGET_LATENCY}x target).
 """
 
 
-def write_section(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## Dispatch\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text.rstrip("\n") + "\n")
+def _section(
+    args: argparse.Namespace, libs: str, results: list[PoolResult], breakdown: Breakdown
+) -> str:
+    store_calls = ", ".join(f"`{k}` {v:.2f}" for k, v in breakdown.store_ms.items())
+    pools = "\n".join(_pool_section(args, res) for res in results)
+    return f"""`python bench/dispatch_bench.py --runs {args.runs} --repeats {args.repeats} \
+--pools {args.pools} --latency-messages {args.latency_messages}` ({libs}).
+
+No-op runs (`demo.counter`, `steps=1, step_s=0`, enqueued through `Client`) through
+`executus.run` vs plain Celery no-op tasks, same private redis-server, a real `celery worker`
+subprocess per side with the same pool, concurrency, prefetch 1, `acks_late`, JSON.
+Throughput: timed from the first to the last completion; the sides alternate within a repeat.
+Latency: both workers running and idle, one message at a time, sides alternating, the next
+sent once the previous one finished; executus from `time.time()` before `Client.enqueue`
+(register + `enqueued` event + publish; the agent check on, as a user calls it) to the run's
+first model call, plain Celery from before `app.send_task` to the first line of the task.
+
+{pools}
+Where the worker's time goes, measured in-process without Celery (`RunHandler.handle` in a
+loop over {args.runs:,} runs, wired as `worker/runtime.py` does; fastest of \
+{IN_PROCESS_PASSES} passes): **{breakdown.per_run_ms:.2f} ms per run**, of which store calls \
+(ms/run): {store_calls}; everything else (message validation, agent and executor, lease
+bookkeeping, logging): {breakdown.rest_ms:.2f} ms. The enqueue-side register is not part of
+the throughput measurement.
+"""
+
+
+def _targets(results: list[PoolResult]) -> list[Target]:
+    out = []
+    for res in results:
+        key = f"dispatch.{res.pool}"
+        if res.pool in TARGET_RATIO and (res.pool != "prefork" or res.concurrency == 4):
+            value = (
+                f"{res.ratio:.0%} ({median(res.per_s('executus')):,.0f} vs "
+                f"{median(res.per_s('plain')):,.0f} /s)"
+            )
+            out.append(Target(key, value, res.ratio >= TARGET_RATIO[res.pool]))
+    if results:
+        value = "; ".join(
+            f"{r.pool} c={r.concurrency}: {r.latency_ratio:.2f}x "
+            f"({pct(r.latency.ours, 0.5) * 1e3:.2f} vs {pct(r.latency.plain, 0.5) * 1e3:.2f} ms)"
+            for r in results
+        )
+        met = all(r.latency_ratio <= TARGET_LATENCY for r in results)
+        out.append(Target("dispatch.latency", value, met))
+    return out
+
+
+def _pools(spec: str) -> list[tuple[str, int]]:
+    pools = []
+    for part in spec.split(","):
+        pool, _, concurrency = part.partition(":")
+        if pool not in {"prefork", "threads", "solo"}:
+            raise SystemExit(f"unknown pool {pool!r} in --pools")
+        pools.append((pool, int(concurrency or 1)))
+    return pools
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
-    parser.add_argument("--concurrency", "-c", type=int, default=4)
+    parser.add_argument(
+        "--pools", default="prefork:4,solo:1", help="pool:concurrency,... (default %(default)s)"
+    )
+    parser.add_argument("--latency-messages", type=int, default=200, help="per side and pool")
+    parser.add_argument("--latency-warmup", type=int, default=10)
     parser.add_argument("--timeout-s", type=float, default=300.0)
     parser.add_argument("--no-write", action="store_true", help="Print only; leave RESULTS.md.")
     args = parser.parse_args()
 
-    samples: list[Sample] = []
-    with EmbeddedRedis() as server:
-        versions = _versions(server.url)
-        for repeat in range(args.repeats):
-            sides = [bench_plain, bench_executus]
-            if repeat % 2:
-                sides.reverse()
-            for side in sides:
-                sample = side(server.url, args.runs, args.pool, args.concurrency, args.timeout_s)
-                samples.append(sample)
-                print(f"repeat {repeat + 1} {sample.side:>8}: {sample.per_s:8.0f} /s", flush=True)
+    machine = Machine.capture()
+    results: list[PoolResult] = []
+    with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
+        agents_file = Path(tmp) / "agents.toml"
+        agents_file.write_text(
+            f'[agents]\n"{FIRST_STEP_AGENT}" = "dispatch_bench:first_step_agent"\n'
+        )
+        libs, redis_version = _versions(server.url)
+        for pool, concurrency in _pools(args.pools):
+            res = PoolResult(pool, concurrency)
+            for repeat in range(args.repeats):
+                sides = ["plain", "executus"]
+                if repeat % 2:
+                    sides.reverse()
+                for side in sides:
+                    if side == "plain":
+                        sample = bench_plain(
+                            server.url, args.runs, pool, concurrency, args.timeout_s
+                        )
+                    else:
+                        sample = bench_executus(
+                            server.url, args.runs, pool, concurrency, args.timeout_s, agents_file
+                        )
+                    res.samples.append(sample)
+                    print(
+                        f"{pool} c={concurrency} repeat {repeat + 1} {sample.side:>8}: "
+                        f"{sample.per_s:8.0f} /s",
+                        flush=True,
+                    )
+            res.latency = bench_latency(
+                server.url, pool, concurrency, args.latency_messages, args.latency_warmup,
+                args.timeout_s, agents_file,
+            )  # fmt: skip
+            print(
+                f"{pool} c={concurrency} latency p50: plain "
+                f"{pct(res.latency.plain, 0.5) * 1e3:.2f} ms, executus "
+                f"{pct(res.latency.ours, 0.5) * 1e3:.2f} ms ({res.latency_ratio:.2f}x)",
+                flush=True,
+            )
+            results.append(res)
         # The fastest of a few passes: one pass on a shared 2-CPU box swings by +-30%.
         breakdown = min(
             (in_process_breakdown(server.url, args.runs) for _ in range(IN_PROCESS_PASSES)),
             key=lambda b: b.per_run_ms,
         )
         print(f"in-process: {breakdown.per_run_ms:.2f} ms/run; store {breakdown.store_ms}")
-    section = _section(args, versions, samples, breakdown)
+    machine.finish(redis_version=redis_version)
+    section = _section(args, libs, results, breakdown)
+    targets = _targets(results)
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section("Dispatch", section, machine, targets)
+        print("wrote the Dispatch section of bench/RESULTS.md")
 
 
 if __name__ == "__main__":

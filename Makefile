@@ -48,7 +48,7 @@ test: lint types
 # Every bench script with its default sizes (~20 min on an idle 2-core box; RabbitMQ on
 # 127.0.0.1:5672 for broker_publish). Each rewrites its own section of bench/RESULTS.md and the
 # summary table at its top; run one alone with `$(BIN)/python bench/<name>_bench.py`.
-BENCH_SCRIPTS = step checkpoint renew recovery dispatch audit broker_publish api
+BENCH_SCRIPTS = step checkpoint renew recovery dispatch audit broker_publish api capacity
 bench: $(STAMP)
 	set -e; for name in $(BENCH_SCRIPTS); do \
 		echo "== bench/$${name}_bench.py"; \

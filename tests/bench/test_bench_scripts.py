@@ -27,6 +27,10 @@ TINY: dict[str, list[str]] = {
         "--reps", "1", "--runs", "1", "--steps", "2", "--noop-runs", "10", "--no-write",
     ],
     "broker_publish_bench.py": ["--runs", "20", "--repeats", "1", "--no-write"],
+    "capacity_bench.py": [
+        "--levels", "40", "--processes", "2", "--warmup-s", "0.2", "--window-s", "1",
+        "--calibration-ops", "20", "--idle-s", "0.2", "--no-write",
+    ],
     "checkpoint_bench.py": [
         "--reps", "1", "--runs", "1", "--steps", "2", "--sweep-runs", "20", "--no-write",
     ],

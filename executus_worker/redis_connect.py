@@ -1,4 +1,4 @@
-"""One way to build a redis-py client from a URL: plain Redis or Redis Sentinel.
+"""One way to build a redis-py client from a URL: plain Redis, Redis Sentinel or Redis Cluster.
 
 ``redis://``, ``rediss://``, ``unix://`` go to ``redis.Redis.from_url``. A Sentinel URL names
 the sentinels, kombu's way, so the same string works as a Celery broker URL::
@@ -11,6 +11,14 @@ in the URL authenticates to the *master* (as kombu does); the sentinels themselv
 without one. The client asks the sentinels for the master on every new connection and drops
 its connections when a server answers as a replica (redis-py's ``SentinelConnectionPool``), so
 after a failover the next command goes to the new master.
+
+A Redis Cluster (run state only: Celery cannot use one as its broker) is named by seed nodes::
+
+    redis+cluster://[user:password@]host1:6379[,host2:6379,...]      rediss+cluster:// for TLS
+
+Any one reachable seed is enough: redis-py asks it for the slot map and routes every command to
+the master of its key's slot, following MOVED/ASK redirects. A cluster has no databases, so
+the URL takes no /db.
 """
 
 from __future__ import annotations
@@ -20,10 +28,63 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "sentinel"
 DEFAULT_SENTINEL_PORT = 26379
+CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
+DEFAULT_REDIS_PORT = 6379
+
+# What holds run state: one Redis (plain or found through Sentinel) or a Redis Cluster.
+StateClient = redis.Redis | RedisCluster
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    nodes: tuple[tuple[str, int], ...]
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+
+def is_cluster(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """The seed nodes and credentials of a ``redis+cluster://`` URL.
+
+    ``ValueError`` names the part that is wrong (never the password).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"scheme {parts.scheme!r}, expected one of {sorted(CLUSTER_SCHEMES)}")
+    if parts.query or parts.fragment:
+        raise ValueError("a cluster URL takes no ?query or #fragment")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has no databases: drop the /db from the URL")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username = password = None
+    if credentials:
+        user, colon, secret = credentials.partition(":")
+        username = unquote(user) if user and colon else None
+        password = unquote(secret) if colon else unquote(user)
+    nodes: list[tuple[str, int]] = []
+    for index, node in enumerate(h.strip() for h in hosts.split(",")):
+        where = f"cluster node {index + 1}"
+        if node.startswith("["):  # [IPv6]:port
+            host, _, rest = node[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = node.partition(":")
+        port = port or str(DEFAULT_REDIS_PORT)
+        if not host:
+            raise ValueError(f"{where}: no host")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{where}: the port is not a number in 1..65535")
+        nodes.append((host, int(port)))
+    return ClusterURL(tuple(nodes), parts.scheme == "rediss+cluster", username, password)
 
 
 @dataclass(frozen=True)
@@ -73,12 +134,34 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     return SentinelURL(tuple(hosts), db, username, password)
 
 
+def connect_cluster(url: str, **options: Any) -> RedisCluster:
+    """A cluster client for a ``redis+cluster://`` URL; ``options`` go to every connection."""
+    spec = parse_cluster_url(url)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in spec.nodes],  # type: ignore[no-untyped-call]
+        username=spec.username,
+        password=spec.password,
+        ssl=spec.tls,
+        **options,
+    )
+
+
+def connect_state(url: str, *, sentinel_master: str | None = None, **options: Any) -> StateClient:
+    """The client for run state: ``connect``, or a cluster client for a cluster URL."""
+    if is_cluster(url):
+        return connect_cluster(url, **options)
+    return connect(url, sentinel_master=sentinel_master, **options)
+
+
 def connect(url: str, *, sentinel_master: str | None = None, **options: Any) -> redis.Redis:
     """A client for ``url``; ``options`` (timeouts, health checks) go to every connection.
 
     A ``sentinel://`` URL needs ``sentinel_master``; the sentinels are asked with the same
     timeouts, so a dead sentinel costs at most one connect timeout before the next is tried.
+    A cluster URL is refused here: use ``connect_state`` where run state may be on a cluster.
     """
+    if is_cluster(url):
+        raise ValueError("a Redis Cluster can hold run state only (EXECUTUS_REDIS_URL)")
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **options)
     if not sentinel_master:

@@ -17,6 +17,7 @@ import redis
 from executus_worker.embedded import EmbeddedRedis
 from executus_worker.errors import ConfigError
 from tests.rabbitmq import RabbitUnavailable, private_vhost
+from tests.redis_cluster import ClusterUnavailable, LocalCluster
 
 
 def _missing_redis(reason: str) -> None:
@@ -40,6 +41,19 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A private three-master Redis Cluster for the session (loopback, free ports, stopped by
+    pid). Tests flush it themselves (``cluster_client``)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+    except (ClusterUnavailable, OSError, redis.RedisError) as exc:
+        _missing_redis(f"no Redis Cluster: {exc}")
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

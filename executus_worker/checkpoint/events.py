@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.core.ports import AuditEvent
 from executus_worker.errors import StoreError
+from executus_worker.redis_connect import StateClient
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class RedisEventLog:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: StateClient,
         keys: KeySchema,
         *,
         maxlen: int = DEFAULT_MAXLEN,
@@ -121,7 +122,8 @@ class RedisEventLog:
             return
         pipe = self._r.pipeline(transaction=False)
         for run_id, argv in args.items():
-            pipe.evalsha(_APPEND_SHA, 1, self.keys.events(run_id), *argv)
+            # Not pipe.evalsha: redis-py's cluster pipeline blocks that method, not EVALSHA.
+            pipe.execute_command("EVALSHA", _APPEND_SHA, 1, self.keys.events(run_id), *argv)
         pipe.execute()
 
     # -- reading ---------------------------------------------------------------------

@@ -13,14 +13,15 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import redis
 from pydantic import JsonValue
 from redis.client import Pipeline
+from redis.cluster import ClusterPipeline, RedisCluster
 
 from executus_worker.checkpoint import codec, hotpath, redis_index, scripts
-from executus_worker.checkpoint.keys import KeySchema
+from executus_worker.checkpoint.keys import DEFAULT_CLUSTER_SHARDS, KeySchema
 from executus_worker.checkpoint.store import (
     ClaimResult,
     ClaimStatus,
@@ -46,6 +47,7 @@ from executus_worker.errors import (
     StoreError,
     TranscriptBehind,
 )
+from executus_worker.redis_connect import StateClient
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +70,25 @@ class RedisStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: StateClient,
         *,
         key_prefix: str = "executus",
         result_ttl_s: int = DEFAULT_RESULT_TTL_S,
+        shards: int | None = None,
     ) -> None:
+        """``shards``: the index partitions (``keys.py``); None means 0 on one Redis and
+        ``DEFAULT_CLUSTER_SHARDS`` on a cluster, where 0 is refused (scripts would cross
+        slots)."""
+        cluster = isinstance(client, RedisCluster)
+        if shards is None:
+            shards = DEFAULT_CLUSTER_SHARDS if cluster else 0
+        elif cluster and shards == 0:
+            raise ValueError("on Redis Cluster the run indexes need partitions (shards >= 1)")
         self._r = client
         # Scripts go out hand-packed on a connection each thread keeps (hotpath.py) where the
         # client has one pool; anything else (Redis Cluster) takes redis-py's normal path.
         self._packed = hotpath.supported(client)
-        self.keys = KeySchema(key_prefix)
+        self.keys = KeySchema(key_prefix, shards)
         # Used where the protocol gives no TTL: a claim or cancel that ends a run.
         self._result_ttl_s = result_ttl_s
 
@@ -204,14 +215,20 @@ class RedisStore:
             pipe = self._r.pipeline(transaction=False)
             for run_id, fence in leases:
                 keys = (self.keys.rec(run_id), self.keys.lease(run_id))
-                pipe.evalsha(_SHA["renew"], 2, *keys, fence.token, ttl)
+                # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks the
+                # evalsha method (it cannot know the keys share a slot; ours do), not EVALSHA.
+                pipe.execute_command("EVALSHA", _SHA["renew"], 2, *keys, fence.token, ttl)
             # The recovery index: the sweep looks at these runs no sooner than their new
-            # deadline. One command for all, outside RENEW so RENEW stays single-slot; only a
-            # hint (the sweep's CAS decides from the lease), so it need not be atomic with it.
-            # XX: never re-index a run that left the index; GT: never pull a deadline earlier.
-            pipe.zadd(self.keys.due, dict.fromkeys((r for r, _ in leases), deadline),
-                      xx=True, gt=True)  # fmt: skip
-            *replies, _ = pipe.execute(raise_on_error=False)
+            # deadline. One command per partition, outside RENEW so RENEW stays single-slot;
+            # only a hint (the sweep's CAS decides from the lease), so it need not be atomic
+            # with it. XX: never re-index a run that left the index; GT: never pull a deadline
+            # earlier.
+            due: dict[str, dict[str, float]] = {}
+            for run_id, _ in leases:
+                due.setdefault(self.keys.partition(run_id).due, {})[run_id] = deadline
+            for key, members in due.items():
+                pipe.zadd(key, members, xx=True, gt=True)
+            replies = pipe.execute(raise_on_error=False)[: len(leases)]
             if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 # A restarted Redis forgot the script: load it, then the whole batch once more.
                 _SHA["renew"] = self._r.script_load(scripts.WITH_LIB["renew"])
@@ -230,8 +247,7 @@ class RedisStore:
         self, *, cursor: int = 0, batch: int = 1000
     ) -> tuple[list[RunningLease], int]:
         try:
-            raw = cast("list[bytes]", self._r.zrange(self.keys.active, cursor, cursor + batch - 1))
-            ids = [codec.text(i) for i in raw]
+            ids, after = redis_index.active_page(self._r, self.keys, cursor=cursor, batch=batch)
             pipe = self._r.pipeline(transaction=False)
             for run_id in ids:
                 pipe.hmget(self.keys.rec(run_id), "status", "owner", "fence")
@@ -243,10 +259,10 @@ class RedisStore:
             for run_id, (status, owner, fence) in zip(ids, rows, strict=True)
             if status == b"running" and owner and fence
         ]
-        return found, (0 if len(ids) < batch else cursor + len(ids))
+        return found, after
 
     def release_lease(self, run_id: str, *, fence_token: str) -> bool:
-        keys = [self.keys.rec(run_id), self.keys.lease(run_id), self.keys.due]
+        keys = [self.keys.rec(run_id), self.keys.lease(run_id), self.keys.partition(run_id).due]
         return int(self._run("release", run_id, keys, [fence_token, run_id])) == 1
 
     def refund(self, run_id: str, *, fence: Fence) -> bool:
@@ -372,7 +388,9 @@ class RedisStore:
             raise RunNotFoundError(run_id)
         return codec.decode_messages(run_id, msgs, codec.stored_array(body))
 
-    def _read(self, run_id: str, build: Callable[[Pipeline], object]) -> list[Any]:
+    def _read(
+        self, run_id: str, build: Callable[[Pipeline | ClusterPipeline], object]
+    ) -> list[Any]:
         try:
             pipe = self._r.pipeline(transaction=True)
             build(pipe)

@@ -20,6 +20,7 @@ import redis
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.core.ports import Usage
 from executus_worker.errors import StoreError
+from executus_worker.redis_connect import StateClient
 
 GUILD_DAY_TTL_S = 2 * 86_400
 
@@ -27,7 +28,7 @@ GUILD_DAY_TTL_S = 2 * 86_400
 class RedisSpendLedger:
     """Implements ``batteries.budget.SpendLedger`` on Redis counters."""
 
-    def __init__(self, client: redis.Redis, keys: KeySchema, *, run_ttl_s: int = 86_400) -> None:
+    def __init__(self, client: StateClient, keys: KeySchema, *, run_ttl_s: int = 86_400) -> None:
         self._r = client
         self.keys = keys
         self._run_ttl_s = run_ttl_s

@@ -7,6 +7,7 @@ healthy runs unread.
 
 from __future__ import annotations
 
+from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import RunStore
 from executus_worker.core.models import RunRequest, RunStatus
 
@@ -160,19 +161,32 @@ def test_two_sweeps_requeue_each_run_once(store: RunStore) -> None:
 
 
 def test_repeated_batches_visit_each_due_run_once(store: RunStore) -> None:
-    """Calling again while ``more`` is set visits every due run once, in due order."""
+    """Calling again while ``more`` is set visits every due run once, in due order (within
+    each index partition, when the indexes are split: each sweep serves every partition)."""
     for i in range(25):
         _interrupted(store, f"r{i:02d}", now=NOW + i)
     seen: list[str] = []
     calls = 0
     while True:
         batch = store.sweep(now=NOW + 100, queued_timeout_s=T, batch=10)
+        assert len(batch.requeued) <= 10
         seen += [r.run_id for r in batch.requeued]
         calls += 1
         if not batch.more:
             break
-    assert calls == 3
-    assert seen == [f"r{i:02d}" for i in range(25)]
+    keys = store.keys if isinstance(store, RedisStore) else None
+    if keys is None or not keys.shards:
+        assert calls == 3
+        assert seen == [f"r{i:02d}" for i in range(25)]
+        return
+    assert sorted(seen) == [f"r{i:02d}" for i in range(25)]
+    for part in keys.partitions():
+        mine = [run_id for run_id in seen if keys.partition(run_id) == part]
+        assert mine == sorted(mine)
+    # Every call takes a share of every partition that has due runs: the calls are bounded
+    # by the biggest partition as well as by the batch.
+    biggest = max(sum(keys.partition(r) == p for r in seen) for p in keys.partitions())
+    assert calls <= 3 + biggest
 
 
 def test_a_record_the_sweep_cannot_act_on_is_reported_once_per_timeout(
@@ -242,6 +256,13 @@ def test_the_audit_of_a_whole_index_checks_one_slice_per_call(store: RunStore) -
     for i in range(25):
         registered(store, f"r{i:02d}", now=NOW + i)
     checked = [store.audit_index(now=NOW + 30, limit=10) for _ in range(4)]
+    keys = store.keys if isinstance(store, RedisStore) else None
+    if keys is not None and keys.shards:
+        # Split indexes: a slice of every partition per call, the limit shared evenly.
+        per = -(-10 // keys.shards)
+        assert all(a.added == 0 and a.checked <= per * keys.shards for a in checked), checked
+        assert sum(a.checked for a in checked) >= 25  # every run within the four calls
+        return
     assert [(a.checked, a.added) for a in checked[:3]] == [(10, 0), (10, 0), (5, 0)]
     assert checked[3].checked == 10  # wrapped around
 

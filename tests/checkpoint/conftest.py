@@ -11,12 +11,14 @@ from typing import Any
 
 import fakeredis
 import pytest
-import redis
+from redis.cluster import RedisCluster
 
 from executus_worker.checkpoint.codec import SEPARATOR
 from executus_worker.checkpoint.memory import MemoryStore
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import RunStore
+from executus_worker.redis_connect import StateClient
+from tests.redis_cluster import LocalCluster
 
 
 class FakeClock:
@@ -103,10 +105,12 @@ class MemoryBackend(Backend):
 
 
 class RedisBackend(Backend):
-    def __init__(self, name: str, client: redis.Redis) -> None:
+    """``shards``: None for the store's default (0 on one Redis, partitions on a cluster)."""
+
+    def __init__(self, name: str, client: StateClient, *, shards: int | None = None) -> None:
         self.name = name
         self.client = client
-        self.redis_store = RedisStore(client, key_prefix="t")
+        self.redis_store = RedisStore(client, key_prefix="t", shards=shards)
         self.store = self.redis_store
         self.keys = self.redis_store.keys
 
@@ -129,11 +133,11 @@ class RedisBackend(Backend):
         self.client.set(self.keys.msgs(run_id), "[" + SEPARATOR.join(items) + "]")
 
     def index_as_active(self, run_id: str, score: float) -> None:
-        self.client.zadd(self.keys.active, {run_id: score})
+        self.client.zadd(self.keys.partition(run_id).active, {run_id: score})
 
     def drop_from_recovery_index(self, run_id: str) -> None:
-        self.client.zrem(self.keys.due, run_id)
-        self.client.zrem(self.keys.waiting, run_id)
+        self.client.zrem(self.keys.partition(run_id).due, run_id)
+        self.client.zrem(self.keys.partition(run_id).waiting, run_id)
 
     def stored_len(self, run_id: str) -> int:
         return len(self._items(run_id))
@@ -148,20 +152,35 @@ class RedisBackend(Backend):
         return found
 
 
+@pytest.fixture
+def cluster_client(redis_cluster: LocalCluster) -> Iterator[RedisCluster]:
+    """A cluster client on the session's cluster, every master flushed before each test."""
+    redis_cluster.flush()
+    client = redis_cluster.client()
+    yield client
+    client.close()
+
+
 @pytest.fixture(
     params=[
         "memory",
         "fakeredis",
+        # The partitioned layout of Redis Cluster, on one server: the same keys and scripts.
+        "fakeredis-sharded",
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.redis),
     ]
 )
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "memory":
         yield MemoryBackend()
-    elif request.param == "fakeredis":
+    elif request.param.startswith("fakeredis"):
         client: Any = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-        yield RedisBackend("fakeredis", client)
+        shards = 4 if request.param.endswith("sharded") else None
+        yield RedisBackend(request.param, client, shards=shards)
         client.close()
+    elif request.param == "cluster":
+        yield RedisBackend("cluster", request.getfixturevalue("cluster_client"))
     else:
         yield RedisBackend("redis", request.getfixturevalue("redis_client"))
 

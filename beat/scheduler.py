@@ -26,7 +26,7 @@ from beat.ticker import DEFAULT_MAX_SLEEP_S, RetryPolicy, Ticker
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.client import Client
 from executus_worker.core.stop import StopToken
-from executus_worker.redis_connect import connect
+from executus_worker.redis_connect import StateClient, connect_state
 from executus_worker.schedules.catalog import JobCatalog
 from executus_worker.schedules.source_toml import TomlJobFile
 from executus_worker.schedules.store import ScheduleStore
@@ -43,7 +43,7 @@ _SOCKET_TIMEOUT_S = 10.0
 class BeatParts:
     """Everything one beat process builds from Settings, closed together."""
 
-    client: redis.Redis
+    client: StateClient
     ticker: Ticker
     sweep: PeriodicSweep
     enqueuer: ClientEnqueuer
@@ -60,7 +60,7 @@ def recovery_sweep(settings: Settings) -> Callable[[], object]:
 
 
 def build_parts(settings: Settings, *, sweep: Callable[[], object] | None = None) -> BeatParts:
-    client = connect(
+    client = connect_state(
         settings.redis_url,
         sentinel_master=settings.sentinel_master,
         socket_timeout=_SOCKET_TIMEOUT_S,
@@ -68,7 +68,12 @@ def build_parts(settings: Settings, *, sweep: Callable[[], object] | None = None
         health_check_interval=30,
     )
     store = ScheduleStore(client, key_prefix=settings.key_prefix)
-    runs = RedisStore(client, key_prefix=settings.key_prefix, result_ttl_s=settings.result_ttl_s)
+    runs = RedisStore(
+        client,
+        key_prefix=settings.key_prefix,
+        result_ttl_s=settings.result_ttl_s,
+        shards=settings.effective_redis_shards,
+    )
     schedule_file = TomlJobFile(settings.schedule_file) if settings.schedule_file else None
     enqueuer = ClientEnqueuer(Client(settings, store=runs))
     ticker = Ticker(
@@ -148,7 +153,7 @@ class ExecutusScheduler(Scheduler):
         return "    . executus jobs: EXECUTUS_SCHEDULE_FILE + Redis; recovery sweep"
 
 
-def _warn_if_evicting(client: redis.Redis) -> None:
+def _warn_if_evicting(client: StateClient) -> None:
     """A Redis that may evict keys can drop a reservation, and a dropped reservation restarts
     that job's schedule from now (a missed fire); RedBeat checks the same thing."""
     try:

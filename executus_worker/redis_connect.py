@@ -28,7 +28,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, NodesManager, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "sentinel"
@@ -134,16 +135,39 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     return SentinelURL(tuple(hosts), db, username, password)
 
 
+class _NodesManager(NodesManager):
+    """redis-py's, except that a slot map it cannot read (every node unreachable) is a
+    ``redis.ConnectionError``, as an unreachable single Redis is, rather than a bare
+    ``RedisClusterException``: every caller treats RedisError as an outage to ride through."""
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise redis.ConnectionError(str(exc)) from exc
+
+
 def connect_cluster(url: str, **options: Any) -> RedisCluster:
-    """A cluster client for a ``redis+cluster://`` URL; ``options`` go to every connection."""
+    """A cluster client for a ``redis+cluster://`` URL; ``options`` go to every connection.
+
+    Unlike ``redis.Redis``, a cluster client reads the slot map when it is built: with no seed
+    reachable that raises ``redis.ConnectionError``.
+    """
     spec = parse_cluster_url(url)
-    return RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in spec.nodes],  # type: ignore[no-untyped-call]
-        username=spec.username,
-        password=spec.password,
-        ssl=spec.tls,
-        **options,
-    )
+    nodes = [ClusterNode(host, port) for host, port in spec.nodes]  # type: ignore[no-untyped-call]
+    try:
+        client = RedisCluster(
+            startup_nodes=nodes,
+            username=spec.username,
+            password=spec.password,
+            ssl=spec.tls,
+            **options,
+        )
+    except RedisClusterException as exc:
+        raise redis.ConnectionError(str(exc)) from exc
+    # Later re-reads of the slot map (after a failover or a resharding) go through ours.
+    client.nodes_manager.__class__ = _NodesManager
+    return client
 
 
 def connect_state(url: str, *, sentinel_master: str | None = None, **options: Any) -> StateClient:

@@ -22,12 +22,23 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from executus_worker.redis_connect import SENTINEL_SCHEME, is_sentinel, parse_sentinel_url
+from executus_worker.checkpoint.keys import DEFAULT_CLUSTER_SHARDS, MAX_SHARDS, KeySchema
+from executus_worker.redis_connect import (
+    CLUSTER_SCHEMES,
+    SENTINEL_SCHEME,
+    is_cluster,
+    is_sentinel,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Run state (records, checkpoints, leases, indexes) lives in Redis, whatever the broker.
 # sentinel: kombu's list of sentinels (redis_connect.py), with EXECUTUS_SENTINEL_MASTER.
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+socket", SENTINEL_SCHEME})
+# redis+cluster / rediss+cluster: a Redis Cluster, for run state only (Celery's Redis transport
+# cannot use a cluster as its broker).
+STATE_SCHEMES = REDIS_SCHEMES | CLUSTER_SCHEMES
 # The broker carries only executus.run messages: Redis, or RabbitMQ over AMQP 0-9-1 (kombu's
 # py-amqp transport; Celery's recommended production broker).
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
@@ -65,6 +76,11 @@ class Settings(BaseSettings):
     sentinel_master: str | None = Field(default=None, min_length=1)
     broker_sentinel_master: str | None = Field(default=None, min_length=1)
     key_prefix: str = Field(default="executus", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    # How many partitions the run indexes are split into (checkpoint/keys.py). Default: 0 on
+    # one Redis (the names every earlier version wrote), 64 on a Redis Cluster (needs >= 1).
+    # Fixed for a deployment: the data records it and a process whose setting differs refuses
+    # to start.
+    redis_shards: int | None = Field(default=None, ge=0, le=MAX_SHARDS)
 
     lease_ttl_s: float = Field(default=30.0, gt=0)
     # An owner starts no model call and no tool call unless its lease is certainly valid for
@@ -201,15 +217,17 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         scheme = urlsplit(value).scheme
-        if scheme not in REDIS_SCHEMES:
+        if scheme not in STATE_SCHEMES:
             hint = " (run state needs Redis; RabbitMQ goes in EXECUTUS_BROKER_URL)"
             raise ValueError(
                 f"unsupported Redis URL scheme {scheme!r}"
                 + (hint if scheme in AMQP_SCHEMES else "")
-                + f"; use one of {sorted(REDIS_SCHEMES)}"
+                + f"; use one of {sorted(STATE_SCHEMES)}"
             )
         if scheme == SENTINEL_SCHEME:
             parse_sentinel_url(value)  # its ValueError names the part that is wrong
+        if scheme in CLUSTER_SCHEMES:
+            parse_cluster_url(value)
         return value
 
     @field_validator("broker_url")
@@ -218,6 +236,11 @@ class Settings(BaseSettings):
         if value is None:
             return None
         scheme = urlsplit(value).scheme
+        if scheme in CLUSTER_SCHEMES:
+            raise ValueError(
+                "Celery cannot use a Redis Cluster as its broker: give EXECUTUS_BROKER_URL a "
+                "plain Redis (redis://), Redis Sentinel (sentinel://) or RabbitMQ (amqp://)"
+            )
         if scheme not in REDIS_SCHEMES | AMQP_SCHEMES:
             raise ValueError(
                 f"unsupported broker URL scheme {scheme!r}; use Redis "
@@ -259,6 +282,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EXECUTUS_BROKER_URL is a sentinel:// URL: set EXECUTUS_BROKER_SENTINEL_MASTER "
                 "(or EXECUTUS_SENTINEL_MASTER) to the name of its master group"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_needs_broker_and_shards(self) -> Settings:
+        if not is_cluster(self.redis_url):
+            return self
+        if self.broker_url is None:
+            raise ValueError(
+                "EXECUTUS_REDIS_URL is a Redis Cluster, which holds run state only: set "
+                "EXECUTUS_BROKER_URL to the broker (a plain Redis, Redis Sentinel or RabbitMQ)"
+            )
+        if self.redis_shards == 0:
+            raise ValueError(
+                "EXECUTUS_REDIS_SHARDS=0 cannot work on a Redis Cluster (every script must "
+                f"stay in one slot): leave it unset ({DEFAULT_CLUSTER_SHARDS}) or set 1.."
+                f"{MAX_SHARDS}"
             )
         return self
 
@@ -315,6 +355,20 @@ class Settings(BaseSettings):
         return table
 
     @property
+    def redis_is_cluster(self) -> bool:
+        return is_cluster(self.redis_url)
+
+    @property
+    def effective_redis_shards(self) -> int:
+        if self.redis_shards is not None:
+            return self.redis_shards
+        return DEFAULT_CLUSTER_SHARDS if self.redis_is_cluster else 0
+
+    def key_schema(self) -> KeySchema:
+        """The run-state key names for this prefix and partition count."""
+        return KeySchema(self.key_prefix, self.effective_redis_shards)
+
+    @property
     def effective_audit_stream_ttl_s(self) -> int:
         return self.audit_stream_ttl_s or self.result_ttl_s
 
@@ -345,6 +399,13 @@ def redact_url(url: str) -> str:
     """A URL safe to log: the password (and a lone token user) replaced by ``***``."""
     if ";" in url:  # kombu's list of sentinels: each one may carry the password
         return ";".join(redact_url(part) for part in url.split(";"))
+    if is_cluster(url):  # host1:port1,host2:port2: no single host for urlsplit to find
+        scheme, _, rest = url.partition("://")
+        credentials, at, hosts = rest.rpartition("@")
+        if not at:
+            return url
+        user, colon, _ = credentials.partition(":")
+        return f"{scheme}://{user}:***@{hosts}" if colon else f"{scheme}://***@{hosts}"
     parts = urlsplit(url)
     if parts.password is None and parts.username is None:
         return url

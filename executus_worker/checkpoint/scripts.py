@@ -22,15 +22,12 @@ that is still alive when it learns it was replaced (a partition, a stall, a Redi
 than the lease) clears that mark with REFUND and the attempt is booked as ``survived``.
 ``failures = attempts - interrupts - survived``.
 
-Redis Cluster: the four per-run keys share the ``{run:<id>}`` hash tag, but the scripts that
-also touch the global indexes (``runs:active`` / ``runs:done``, and the recovery index
-``runs:due`` / ``runs:waiting``: register, claim, finish, interrupt, request_cancel, requeue)
-cross slots, so the store supports plain (single-shard) Redis only. The recovery index adds no
-new kind of crossing: it rides in scripts that already touched ``runs:active``, except
-INTERRUPT (which was already handed every key) and AUDIT (index keys only). RENEW stays
-single-slot: renewals push ``runs:due`` with a separate ``ZADD XX GT`` in the same pipeline.
-To shard later, split each index by a hash of the run id (``runs:due:<n>``) and give the run
-keys the shard's tag; the sweep would then read every shard.
+Redis Cluster: every script touches one run's keys plus the indexes of that run's partition,
+and ``keys.py`` gives them one hash tag, so every script stays in one slot in both layouts
+(global indexes and ``{run:<id>}`` on one Redis; ``{<prefix>:s<k>}`` per partition on a
+cluster). RENEW touches the run's record and lease only: renewals push ``runs:due`` with a
+separate ``ZADD XX GT`` per partition in the same pipeline. AUDIT touches one partition's
+index keys only.
 """
 
 from __future__ import annotations

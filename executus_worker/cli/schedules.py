@@ -21,7 +21,7 @@ from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.cli.agents import allow_unknown_agent_option
 from executus_worker.cli.common import ErrorsAsMessages, load_settings
 from executus_worker.client import Client
-from executus_worker.redis_connect import connect
+from executus_worker.redis_connect import connect_state
 from executus_worker.schedules.admin import JobView, ScheduleAdmin
 from executus_worker.schedules.cron import Schedule
 from executus_worker.schedules.model import JobSpec, OverlapPolicy
@@ -39,7 +39,7 @@ def _settings(ctx: click.Context) -> Settings:
 @contextmanager
 def _admin(ctx: click.Context) -> Iterator[ScheduleAdmin]:
     settings = _settings(ctx)
-    client = connect(
+    client = connect_state(
         settings.redis_url,
         sentinel_master=settings.sentinel_master,
         socket_connect_timeout=5,
@@ -49,7 +49,9 @@ def _admin(ctx: click.Context) -> Iterator[ScheduleAdmin]:
         yield ScheduleAdmin(
             ScheduleStore(client, key_prefix=settings.key_prefix),
             schedule_file=settings.schedule_file,
-            runs=RedisStore(client, key_prefix=settings.key_prefix),
+            runs=RedisStore(
+                client, key_prefix=settings.key_prefix, shards=settings.effective_redis_shards
+            ),
         )
     finally:
         client.close()

@@ -14,7 +14,6 @@ from pydantic import JsonValue, ValidationError
 
 from executus_worker.broker_publish import CeleryPublisher
 from executus_worker.checkpoint.events import RedisEventLog, RunEvent
-from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.spend import RedisSpendLedger
 from executus_worker.checkpoint.store import RunStore
@@ -34,7 +33,7 @@ from executus_worker.errors import (
     UnknownAgentError,
 )
 from executus_worker.fleet.directory import AgentDirectory, Directory
-from executus_worker.redis_connect import connect
+from executus_worker.redis_connect import StateClient, connect_state
 from executus_worker.schedules.admin import JobView, ScheduleAdmin
 from executus_worker.schedules.model import JobSpec
 from executus_worker.schedules.source_toml import validation_problems
@@ -58,7 +57,7 @@ class Client:
         self.settings = settings
         self._store = store
         self._publisher = publisher
-        self._redis: redis.Redis | None = None
+        self._redis: StateClient | None = None
         self._admin: ScheduleAdmin | None = None
         # (agent, queue) -> monotonic time until which a live worker was seen serving it.
         self._served: dict[tuple[str, str], float] = {}
@@ -97,9 +96,9 @@ class Client:
 
     # -- connections ---------------------------------------------------------------------
 
-    def _client(self) -> redis.Redis:
+    def _client(self) -> StateClient:
         if self._redis is None:
-            self._redis = connect(
+            self._redis = connect_state(
                 self.settings.redis_url, sentinel_master=self.settings.sentinel_master
             )
         return self._redis
@@ -111,6 +110,7 @@ class Client:
                 self._client(),
                 key_prefix=self.settings.key_prefix,
                 result_ttl_s=self.settings.result_ttl_s,
+                shards=self.settings.effective_redis_shards,
             )
         return self._store
 
@@ -142,7 +142,7 @@ class Client:
             s = self.settings
             self._events = RedisEventLog(
                 self._client(),
-                KeySchema(s.key_prefix),
+                s.key_schema(),
                 maxlen=s.audit_stream_maxlen,
                 ttl_s=s.effective_audit_stream_ttl_s,
             )
@@ -332,7 +332,7 @@ class Client:
 
     def progress(self, run_ids: Sequence[str]) -> list[RunProgress]:
         """Each run's record with its step, phase and lease time left (one round trip)."""
-        return read_progress(self._client(), KeySchema(self.settings.key_prefix), run_ids)
+        return read_progress(self._client(), self.settings.key_schema(), run_ids)
 
     def cancel(self, run_id: str) -> RunRecord:
         """Cancel a run: queued/interrupted runs end at once, a running one at its next step."""
@@ -366,9 +366,7 @@ class Client:
         (``input_tokens``, ``output_tokens``, ``tokens``, ``cost_usd``), as counted by the
         budget battery; ``{}`` when nothing was counted (no limit applied to the run and
         ``budget_track_all`` is off, or the counters expired with the run)."""
-        return RedisSpendLedger(self._client(), KeySchema(self.settings.key_prefix)).run_spend(
-            run_id
-        )
+        return RedisSpendLedger(self._client(), self.settings.key_schema()).run_spend(run_id)
 
     def _event(self, run_id: str, event: str, data: dict[str, JsonValue]) -> None:
         if not self.settings.audit_stream:

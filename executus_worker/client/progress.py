@@ -12,12 +12,11 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import redis
-
 from executus_worker.checkpoint.codec import decode_record, text
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.core.models import Message, RunRecord
 from executus_worker.errors import CorruptCheckpointError
+from executus_worker.redis_connect import StateClient
 
 _META_FIELDS = ("iteration", "active_phase", "completed_phases")
 
@@ -34,7 +33,7 @@ class RunProgress:
 
 
 def read_progress(
-    client: redis.Redis, keys: KeySchema, run_ids: Sequence[str]
+    client: StateClient, keys: KeySchema, run_ids: Sequence[str]
 ) -> list[RunProgress]:
     """Progress of each run that still has a record, in the order given (unknown ids left out)."""
     pipe = client.pipeline(transaction=False)

@@ -25,9 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import redis
-
 from executus_worker.errors import UnknownAgentError
+from executus_worker.redis_connect import StateClient
 
 _PRUNE_AFTER_TTLS = 10
 
@@ -113,7 +112,7 @@ class Directory:
 
 
 class AgentDirectory:
-    def __init__(self, client: redis.Redis, *, key_prefix: str, ttl_s: float = 60.0) -> None:
+    def __init__(self, client: StateClient, *, key_prefix: str, ttl_s: float = 60.0) -> None:
         self._redis = client
         self._base = f"{key_prefix}:{{workers}}"
         self.ttl_s = ttl_s

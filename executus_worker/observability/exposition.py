@@ -32,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from executus_worker.observability.metrics import QUEUE_DEPTH, UNFINISHED_RUNS
 from executus_worker.observability.procs import pid_alive
-from executus_worker.redis_connect import connect
+from executus_worker.redis_connect import StateClient, connect, connect_state
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ class WorkerCollector:
         *,
         broker: redis.Redis | None,
         queues: Sequence[str],
-        store: redis.Redis | None,
-        active_index_key: str,
+        store: StateClient | None,
+        active_index_keys: Sequence[str],
     ) -> None:
         assert directory.path is not None, "prepare() the directory first"
         self._directory = directory
@@ -108,7 +108,7 @@ class WorkerCollector:
         self._broker = broker
         self._queues = list(queues)
         self._store = store
-        self._active_key = active_index_key
+        self._active_keys = list(active_index_keys)  # one per index partition
         self._lock = threading.Lock()  # two scrapes at once must not reap the same file twice
 
     def collect(self) -> Iterator[Metric]:
@@ -143,7 +143,10 @@ class WorkerCollector:
         if self._store is None:
             return []
         try:
-            count = int(self._store.zcard(self._active_key))
+            pipe = self._store.pipeline(transaction=False)
+            for key in self._active_keys:
+                pipe.zcard(key)
+            count = sum(int(n) for n in pipe.execute())
         except redis.RedisError as exc:
             log.warning("metrics: unfinished runs not read, Redis unreachable: %s", exc)
             return []
@@ -152,6 +155,15 @@ class WorkerCollector:
         )
         family.add_metric([], float(count))
         return [family]
+
+
+def scrape_state_client(url: str, *, sentinel_master: str | None = None) -> StateClient:
+    return connect_state(
+        url,
+        sentinel_master=sentinel_master,
+        socket_timeout=_SCRAPE_TIMEOUT_S,
+        socket_connect_timeout=_SCRAPE_TIMEOUT_S,
+    )
 
 
 def scrape_client(url: str, *, sentinel_master: str | None = None) -> redis.Redis:

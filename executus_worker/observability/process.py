@@ -45,16 +45,16 @@ class Observability:
 
     # -- main process ----------------------------------------------------------------------
 
-    def start_main(self, *, queues: Sequence[str], active_index_key: str) -> None:
+    def start_main(self, *, queues: Sequence[str], active_index_keys: Sequence[str]) -> None:
         """``worker_init``: before the pool forks, so children inherit the directory."""
         if self._main_pid is not None:
             return
         self._main_pid = os.getpid()
         self.health.start()
         if self.settings.metrics_port is not None:
-            self._start_metrics(queues, active_index_key)
+            self._start_metrics(queues, active_index_keys)
 
-    def _start_metrics(self, queues: Sequence[str], active_index_key: str) -> None:
+    def _start_metrics(self, queues: Sequence[str], active_index_keys: Sequence[str]) -> None:
         # Imported here: prometheus_client costs a worker without metrics a third of a second
         # at every start (measured on the CI box).
         from executus_worker.observability.exposition import (  # noqa: PLC0415
@@ -63,6 +63,7 @@ class Observability:
             MultiprocDir,
             WorkerCollector,
             scrape_client,
+            scrape_state_client,
         )
 
         s = self.settings
@@ -74,8 +75,8 @@ class Observability:
                 s.effective_broker_url, sentinel_master=s.effective_broker_sentinel_master
             ),
             queues=queues,
-            store=scrape_client(s.redis_url, sentinel_master=s.sentinel_master),
-            active_index_key=active_index_key,
+            store=scrape_state_client(s.redis_url, sentinel_master=s.sentinel_master),
+            active_index_keys=active_index_keys,
         )
         server = MetricsServer(collector, addr=s.metrics_addr, port=s.metrics_port or 0)
         try:

@@ -5,6 +5,8 @@
     <prefix>:sched:state:<name>  hash    the job's reservation and what its last fire did
     <prefix>:sched:sweep         string  beat's recovery-sweep throttle (SET NX PX)
 
+On Redis Cluster the same names carry the hash tag {<prefix>:sched} (``ScheduleKeys``).
+
 Nothing lives in a local file, so any number of beat processes share one schedule and a
 restarted beat continues where the last one stopped. The state hash is only ever changed by a
 compare-and-set script, so of several beats racing for the same fire exactly one wins.
@@ -20,10 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-import redis
 from pydantic import ValidationError
+from redis.cluster import RedisCluster
 
 from executus_worker.errors import StoreError
+from executus_worker.redis_connect import StateClient
 from executus_worker.schedules.model import MAX_CATCHUP_WINDOW_S, JobSource, JobSpec
 from executus_worker.schedules.source_toml import JobProblem, validation_problems
 
@@ -75,22 +78,31 @@ IN_FLIGHT_OUTCOMES = frozenset({FireOutcome.RESERVED, FireOutcome.RETRYING})
 
 @dataclass(frozen=True)
 class ScheduleKeys:
+    """``<prefix>:sched:*``; on Redis Cluster ``<prefix>:{<prefix>:sched}:*``: one slot for
+    all of them, so removing a job (jobs, its state row and its pause flag in one MULTI) stays
+    a same-slot transaction. Schedule traffic is a few commands per tick: one slot is plenty."""
+
     prefix: str = "executus"
+    cluster: bool = False
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{{self.prefix}:sched}}" if self.cluster else f"{self.prefix}:sched"
 
     @property
     def jobs(self) -> str:
-        return f"{self.prefix}:sched:jobs"
+        return f"{self.base}:jobs"
 
     @property
     def paused(self) -> str:
-        return f"{self.prefix}:sched:paused"
+        return f"{self.base}:paused"
 
     @property
     def sweep(self) -> str:
-        return f"{self.prefix}:sched:sweep"
+        return f"{self.base}:sweep"
 
     def state(self, name: str) -> str:
-        return f"{self.prefix}:sched:state:{name}"
+        return f"{self.base}:state:{name}"
 
 
 @dataclass(frozen=True)
@@ -163,9 +175,9 @@ def _text(value: bytes | str) -> str:
 class ScheduleStore:
     """Dynamic jobs, pauses and fire reservations for one key prefix."""
 
-    def __init__(self, client: redis.Redis, *, key_prefix: str = "executus") -> None:
+    def __init__(self, client: StateClient, *, key_prefix: str = "executus") -> None:
         self._client = client
-        self.keys = ScheduleKeys(key_prefix)
+        self.keys = ScheduleKeys(key_prefix, cluster=isinstance(client, RedisCluster))
         self._cas = client.register_script(_CAS_LUA)
 
     # -- dynamic jobs ------------------------------------------------------------------
@@ -282,9 +294,11 @@ class ScheduleStore:
 
         A SCAN step is bounded work, so callers spread a pass over many ticks.
         """
-        next_cursor, keys = self._client.scan(
-            cursor, match=f"{self.keys.prefix}:sched:state:*", count=count
-        )
+        if isinstance(self._client, RedisCluster):
+            # Rows without an expiry were written by versions from before Redis Cluster was
+            # supported, never on a cluster: nothing to upgrade there.
+            return 0, 0
+        next_cursor, keys = self._client.scan(cursor, match=self.keys.state("*"), count=count)
         if not keys:
             return int(next_cursor), 0
         pipe = self._client.pipeline(transaction=False)

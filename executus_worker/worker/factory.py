@@ -17,9 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 from celery import Celery, signals
 
 from executus_worker.broker import run_queue
-from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.core.jsoncap import loads_capped
-from executus_worker.errors import ConfigError, PayloadError
+from executus_worker.errors import ConfigError, PayloadError, StoreError
 from executus_worker.observability import logs
 from executus_worker.observability.process import Observability
 from executus_worker.publish import TASK_RUN
@@ -31,7 +30,7 @@ from executus_worker.worker.recovery import RecoveryLoop
 from executus_worker.worker.revoke import RevokeHook
 from executus_worker.worker.runtime import Runtime
 from executus_worker.worker.shutdown import ShutdownCoordinator
-from executus_worker.worker.startup import wait_for_services
+from executus_worker.worker.startup import check_state_layout, wait_for_services
 from executus_worker.worker.tasks import register_tasks
 
 log = logging.getLogger(__name__)
@@ -266,17 +265,21 @@ class WorkerHooks:
         self.refuse_broken_agents_file()  # first: a configuration error needs no Redis
         try:
             wait_for_services(self.settings)
-        except ConfigError as exc:
+            # Run state written with another index partition count would be invisible here.
+            check_state_layout(self.settings)
+        except (ConfigError, StoreError) as exc:
             # Celery's logging is not set up yet; SystemExit passes Celery's signal dispatch
             # (which logs and swallows Exceptions) and ends `celery worker` with this code.
-            print(f"executus worker: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_UNAVAILABLE) from None
+            wrong = isinstance(exc, ConfigError) and "EXECUTUS_REDIS_SHARDS" in str(exc)
+            refusing = "refusing to start: " if wrong else ""
+            print(f"executus worker: {refusing}{exc}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_CONFIG if wrong else EXIT_UNAVAILABLE) from None
         self.active = True
         self.shutdown.on_worker_init(sender)
         # Before the pool forks: children inherit the metrics directory.
         self.observability.start_main(
             queues=_consumed_queues(sender, self.settings),
-            active_index_key=KeySchema(self.settings.key_prefix).active,
+            active_index_keys=[p.active for p in self.settings.key_schema().partitions()],
         )
 
     def refuse_broken_agents_file(self) -> None:

@@ -40,12 +40,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import redis
-
 from executus_worker.checkpoint.store import Requeued, RunStore
 from executus_worker.core.models import RunStatus
 from executus_worker.observability import Metrics, NullMetrics
 from executus_worker.publish import RunMessage
+from executus_worker.redis_connect import StateClient
 from executus_worker.worker.shutdown import DrainToken
 from executus_worker.worker.takeover import release_dead_owners
 
@@ -78,7 +77,7 @@ class Publisher(Protocol):
 class ScanLock:
     """A best-effort mutual exclusion for sweeps; correctness never depends on it."""
 
-    def __init__(self, client: redis.Redis, key: str, *, ttl_ms: int = 30_000) -> None:
+    def __init__(self, client: StateClient, key: str, *, ttl_ms: int = 30_000) -> None:
         self._client = client
         self._key = key
         self._ttl_ms = ttl_ms

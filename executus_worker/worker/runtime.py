@@ -22,6 +22,7 @@ from executus_worker.core.agents import AgentRegistry
 from executus_worker.core.executor import execute
 from executus_worker.core.ports import Deps
 from executus_worker.core.stop import StopToken
+from executus_worker.errors import StoreError
 from executus_worker.models.declarative import declared_agents
 from executus_worker.observability import Metrics, NullMetrics, logs
 from executus_worker.observability.instruments import (
@@ -31,7 +32,7 @@ from executus_worker.observability.instruments import (
     observed_execute,
 )
 from executus_worker.publish import BatchPublisher
-from executus_worker.redis_connect import connect
+from executus_worker.redis_connect import StateClient, connect, connect_state
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats
 from executus_worker.worker.messages import run_id_of
@@ -63,6 +64,19 @@ def redis_client(
     )
 
 
+def state_client(
+    url: str, *, timeout_s: float = _SOCKET_TIMEOUT_S, sentinel_master: str | None = None
+) -> StateClient:
+    """Where run state lives: ``redis_client``, or a Redis Cluster client."""
+    return connect_state(
+        url,
+        sentinel_master=sentinel_master,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=30,
+    )
+
+
 def agent_registry(settings: Settings) -> AgentRegistry:
     """The built-ins plus the agents file: factories and declared (no-code) agents."""
     return AgentRegistry.with_builtins(
@@ -85,7 +99,7 @@ class Runtime:
         self._metrics = metrics  # this process's metrics hooks (Observability.metrics)
         self._lock = threading.RLock()  # handler() builds the store under the same lock
         self._pid: int | None = None
-        self._client: redis.Redis | None = None
+        self._client: StateClient | None = None
         self._broker: redis.Redis | None = None
         self._store: RedisStore | None = None
         self._handler: RunHandler | None = None
@@ -104,13 +118,18 @@ class Runtime:
             self._handler = None
             self._batteries = None
 
-    def client(self) -> redis.Redis:
+    def client(self) -> StateClient:
         with self._lock:
             self._fresh()
             if self._client is None:
-                self._client = redis_client(
-                    self.settings.redis_url, sentinel_master=self.settings.sentinel_master
-                )
+                try:
+                    self._client = state_client(
+                        self.settings.redis_url, sentinel_master=self.settings.sentinel_master
+                    )
+                except redis.RedisError as exc:
+                    # A cluster client reads the slot map when built: an outage now is the
+                    # store's outage (a delivery retries, it does not fail the run).
+                    raise StoreError(f"cannot reach the run state's Redis: {exc}") from exc
             return self._client
 
     def store(self) -> RedisStore:
@@ -119,7 +138,10 @@ class Runtime:
             if self._store is None:
                 s = self.settings
                 self._store = RedisStore(
-                    client, key_prefix=s.key_prefix, result_ttl_s=s.result_ttl_s
+                    client,
+                    key_prefix=s.key_prefix,
+                    result_ttl_s=s.result_ttl_s,
+                    shards=s.effective_redis_shards,
                 )
             return self._store
 
@@ -187,13 +209,14 @@ class Runtime:
             # socket on the main client must not hold up the leases.
             heartbeats=Heartbeats(
                 RedisStore(
-                    redis_client(
+                    state_client(
                         s.redis_url,
                         timeout_s=s.effective_renew_timeout_s,
                         sentinel_master=s.sentinel_master,
                     ),
                     key_prefix=s.key_prefix,
                     result_ttl_s=s.result_ttl_s,
+                    shards=s.effective_redis_shards,
                 ),
                 lease_ttl_s=s.lease_ttl_s,
             ),

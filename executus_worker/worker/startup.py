@@ -18,8 +18,9 @@ import redis
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
+from executus_worker.checkpoint.layout import check_layout
 from executus_worker.errors import ConfigError
-from executus_worker.redis_connect import connect
+from executus_worker.redis_connect import connect_state
 from executus_worker.settings import AMQP_SCHEMES, Settings, redact_url
 
 RETRY_S = 1.0
@@ -43,7 +44,7 @@ class Service:
                     # A refused login or an unknown vhost is a channel error in py-amqp.
                     raise OperationalError(str(exc)) from exc
             return
-        client = connect(
+        client = connect_state(
             self.url,
             sentinel_master=self.sentinel_master,
             socket_connect_timeout=PING_TIMEOUT_S,
@@ -100,6 +101,22 @@ def wait_for_services(
                 if clock() + RETRY_S > deadline:
                     raise ConfigError(unreachable(service, settings, exc)) from exc
             sleep(RETRY_S)
+
+
+def check_state_layout(settings: Settings) -> None:
+    """``ConfigError`` if the run state was written with another key layout than this
+    process's EXECUTUS_REDIS_SHARDS (records it on first start: ``checkpoint/layout.py``);
+    ``StoreError`` if Redis could not be asked."""
+    client = connect_state(
+        settings.redis_url,
+        sentinel_master=settings.sentinel_master,
+        socket_connect_timeout=PING_TIMEOUT_S,
+        socket_timeout=PING_TIMEOUT_S,
+    )
+    try:
+        check_layout(client, settings.key_schema())
+    finally:
+        client.close()
 
 
 def unreachable(service: Service, settings: Settings, exc: Exception) -> str:

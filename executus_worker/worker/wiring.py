@@ -11,13 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
-import redis
-
 from executus_worker.batteries.audit import FanoutAudit, LoggingAudit, StreamAudit
 from executus_worker.batteries.budget import BudgetLimits, LedgerBudget
 from executus_worker.batteries.persona import PersonaBook
 from executus_worker.checkpoint.events import RedisEventLog
-from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.checkpoint.spend import RedisSpendLedger
 from executus_worker.core.agents import AgentRegistry
 from executus_worker.core.models import RunInfo
@@ -35,6 +32,7 @@ from executus_worker.core.ports import (
 )
 from executus_worker.critic import EscalationPolicy, ExtendOnce, KillOnStall, TimeoutCritic
 from executus_worker.errors import ConfigError
+from executus_worker.redis_connect import StateClient
 from executus_worker.settings import Settings
 from executus_worker.worker.interrupt import interrupt_step
 from executus_worker.worker.skills import load_skills
@@ -99,16 +97,16 @@ def build_critic(settings: Settings, audit: Audit, registry: AgentRegistry | Non
     return critic
 
 
-def event_log(settings: Settings, client: redis.Redis) -> RedisEventLog:
+def event_log(settings: Settings, client: StateClient) -> RedisEventLog:
     return RedisEventLog(
         client,
-        KeySchema(settings.key_prefix),
+        settings.key_schema(),
         maxlen=settings.audit_stream_maxlen,
         ttl_s=settings.effective_audit_stream_ttl_s,
     )
 
 
-def build_audit(settings: Settings, client: redis.Redis) -> tuple[Audit, StreamAudit | None]:
+def build_audit(settings: Settings, client: StateClient) -> tuple[Audit, StreamAudit | None]:
     """Events to the log (DEBUG: ids and outcomes, never inputs) and, unless switched off, to
     each run's event stream."""
     logging_audit = LoggingAudit(level=logging.DEBUG)
@@ -138,11 +136,11 @@ class Batteries:
                 log.exception("closing a battery failed (ignored)")
 
 
-def build_budget(settings: Settings, client: redis.Redis, audit: Audit) -> LedgerBudget:
+def build_budget(settings: Settings, client: StateClient, audit: Audit) -> LedgerBudget:
     """Always wired: a run no limit applies to costs it nothing, and a request's own limits
     (metadata) must work without any setting."""
     s = settings
-    ledger = RedisSpendLedger(client, KeySchema(s.key_prefix), run_ttl_s=s.result_ttl_s)
+    ledger = RedisSpendLedger(client, s.key_schema(), run_ttl_s=s.result_ttl_s)
     limits = BudgetLimits(
         run_tokens=s.budget_run_max_tokens,
         run_cost_usd=s.budget_run_max_cost_usd,
@@ -182,7 +180,7 @@ def _contained(what: str, build: Callable[[], T], null: T) -> T:
 
 
 def build_batteries(
-    settings: Settings, client: redis.Redis, registry: AgentRegistry | None = None
+    settings: Settings, client: StateClient, registry: AgentRegistry | None = None
 ) -> Batteries:
     audit, stream = build_audit(settings, client)
     critic = build_critic(settings, audit, registry)

@@ -3,7 +3,8 @@
 Each worker runs in its own session; tests signal the main pid only (as Kubernetes with an
 exec-form entrypoint, or systemd with KillMode=mixed, would). Each test gets its own key
 prefix and queue, so tests share one redis-server without seeing each other. The broker is
-that Redis, or RabbitMQ when a ``broker_url`` is given (run state stays in Redis).
+that Redis, or RabbitMQ when a ``broker_url`` is given (run state stays in Redis). Run state
+may be on a Redis Cluster (a ``redis+cluster://`` URL); the broker is then another Redis.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from executus_worker.broker_publish import KombuPublisher
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.core.models import RunRecord, RunRequest, RunStatus
 from executus_worker.publish import BatchPublisher
-from executus_worker.redis_connect import connect
+from executus_worker.redis_connect import connect_state, is_cluster
 
 HERE = Path(__file__).resolve().parent
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -145,7 +146,7 @@ class Cluster:
     tmp_path: Path
     settings: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
-    broker_url: str | None = None  # None: the Redis of run state
+    broker_url: str | None = None  # None: the Redis of run state; redis:// or amqp://
     # Redis Sentinel: the master group's name for a sentinel:// redis_url, and a plain Redis
     # for the step log (a failover may drop the last writes; the verdict must not lose any).
     sentinel_master: str | None = None
@@ -155,11 +156,22 @@ class Cluster:
         tag = uuid.uuid4().hex[:8]
         self.prefix = f"e2e{tag}"
         self.queue = f"q-{tag}"
-        self.client = connect(self.redis_url, sentinel_master=self.sentinel_master)
-        self.steps_client = redis.Redis.from_url(self.steps_url) if self.steps_url else self.client
+        self.client = connect_state(self.redis_url, sentinel_master=self.sentinel_master)
+        # The broker's Redis: the run state's, or the given one (a cluster cannot be a broker).
+        self.broker: redis.Redis | None = None
+        if self.broker_url and self.broker_url.startswith("redis"):
+            self.broker = redis.Redis.from_url(self.broker_url)
+        elif not self.broker_url:
+            assert isinstance(self.client, redis.Redis), "a cluster needs a separate broker_url"
+            self.broker = self.client
+        if is_cluster(self.redis_url) and not self.steps_url:
+            self.steps_url = self.broker_url
+        self.steps_client = (
+            redis.Redis.from_url(self.steps_url) if self.steps_url else self.broker or self.client
+        )
         self.store = RedisStore(self.client, key_prefix=self.prefix)
         self.publisher: BatchPublisher | KombuPublisher = (
-            KombuPublisher(self.broker_url) if self.broker_url else BatchPublisher(self.client)
+            BatchPublisher(self.broker) if self.broker else KombuPublisher(self.broker_url or "")
         )
         agents = self.tmp_path / "agents.toml"
         agents.write_text(AGENTS_TOML)
@@ -181,7 +193,7 @@ class Cluster:
 
     @property
     def on_rabbitmq(self) -> bool:
-        return self.broker_url is not None
+        return self.broker is None
 
     # -- workers ---------------------------------------------------------------------
 
@@ -230,10 +242,12 @@ class Cluster:
             self.publisher.close()  # the session's vhost, queues and all, is deleted at its end
         # A fault test may leave its Redis stopped; cleanup must not hide the test's result.
         with contextlib.suppress(redis.RedisError):
-            self.client.delete(self.queue)
-        self.client.close()
-        if self.steps_client is not self.client:
-            self.steps_client.close()
+            if self.broker is not None:
+                self.broker.delete(self.queue)
+        for client in {
+            id(c): c for c in (self.client, self.broker, self.steps_client) if c
+        }.values():
+            client.close()
 
     # -- runs ------------------------------------------------------------------------
 
@@ -296,7 +310,7 @@ class Cluster:
         wait_for(f"{n} steps of {run_id}", lambda: len(self.ended(run_id)) >= n, timeout_s)
 
     def keys_without_ttl(self, run_id: str) -> list[str]:
-        keys = self.client.keys(f"{self.prefix}:{{run:{run_id}}}:*")
+        keys = self.client.keys(f"{self.store.keys.run_base(run_id)}:*")
         return [k.decode() for k in keys if self.client.ttl(k) == -1]
 
     def lease_exists(self, run_id: str) -> bool:
@@ -306,14 +320,14 @@ class Cluster:
         """Do what kombu's visibility-timeout restore does to our queue's unacked messages:
         push them back onto the queue (the original delivery stays unacked). Redis broker only:
         RabbitMQ redelivers only when the consumer's channel goes (the SIGKILL tests)."""
-        assert not self.on_rabbitmq, "redeliver_unacked needs the Redis broker"
+        assert self.broker is not None, "redeliver_unacked needs the Redis broker"
         count = 0
-        for raw in self.client.hvals("unacked"):
+        for raw in self.broker.hvals("unacked"):
             message, _exchange, routing_key = json.loads(raw)
             if routing_key != self.queue:
                 continue
             message["properties"]["delivery_info"]["redelivered"] = True
-            self.client.lpush(self.queue, json.dumps(message))
+            self.broker.lpush(self.queue, json.dumps(message))
             count += 1
         return count
 

@@ -41,6 +41,7 @@ def assert_resumed_exactly(cluster: Cluster, run_id: str, steps: int) -> None:
         # RabbitMQ requeues the dead worker's unacked message at once: the new worker drops
         # that copy while the lease lives, and the sweep's re-publish (kombu) resumes the run.
         ("prefork", signal.SIGKILL, "rabbitmq"),
+        ("threads", signal.SIGKILL, "redis-cluster"),  # run state on a 3-master Redis Cluster
     ],
     ids=[
         "prefork-SIGKILL",
@@ -48,6 +49,7 @@ def assert_resumed_exactly(cluster: Cluster, run_id: str, steps: int) -> None:
         "solo-SIGKILL",
         "prefork-SIGQUIT",
         "prefork-SIGKILL-rabbitmq",
+        "threads-SIGKILL-redis-cluster",
     ],
     indirect=["cluster"],
 )

@@ -24,8 +24,14 @@ EXIT_BUDGET_S = STEP_S + 2.0 + 2.0
 
 @pytest.mark.parametrize(
     ("pool", "cluster"),
-    [("prefork", "redis"), ("threads", "redis"), ("solo", "redis"), ("prefork", "rabbitmq")],
-    ids=["prefork", "threads", "solo", "prefork-rabbitmq"],
+    [
+        ("prefork", "redis"),
+        ("threads", "redis"),
+        ("solo", "redis"),
+        ("prefork", "rabbitmq"),
+        ("prefork", "redis-cluster"),  # run state on a 3-master Redis Cluster
+    ],
+    ids=["prefork", "threads", "solo", "prefork-rabbitmq", "prefork-redis-cluster"],
     indirect=["cluster"],
 )
 def test_sigterm_mid_run_interrupts_at_a_step_boundary_and_a_new_worker_finishes_it(

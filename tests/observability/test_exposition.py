@@ -52,7 +52,9 @@ def test_a_dead_process_keeps_its_counters_but_not_its_active_runs(tmp_path: Pat
     directory.prepare()
     write_from_process(tmp_path / "m")
     assert list((tmp_path / "m").glob("gauge_livesum_*.db"))
-    collector = WorkerCollector(directory, broker=None, queues=[], store=None, active_index_key="x")
+    collector = WorkerCollector(
+        directory, broker=None, queues=[], store=None, active_index_keys=["x"]
+    )
     samples = scrape(collector)
     assert samples["executus_runs_total{status=completed}"] == 1
     assert samples["executus_duplicate_deliveries_dropped_total"] == 1
@@ -105,7 +107,7 @@ def test_queue_depth_counts_every_priority_and_unfinished_runs_the_active_index(
             broker=scrape_client(redis_url),
             queues=[queue, "empty-q"],
             store=scrape_client(redis_url),
-            active_index_key=active,
+            active_index_keys=[active],
         )
         samples = scrape(collector)
         assert samples[f"executus_queue_depth{{queue={queue}}}"] == 3
@@ -123,7 +125,7 @@ def test_an_unreachable_broker_leaves_the_redis_gauges_out_of_the_scrape(
     directory.prepare()
     dead = scrape_client("redis://127.0.0.1:9/0")  # discard port: nothing listens
     collector = WorkerCollector(
-        directory, broker=dead, queues=["q"], store=dead, active_index_key="x"
+        directory, broker=dead, queues=["q"], store=dead, active_index_keys=["x"]
     )
     samples = scrape(collector)
     assert not any(

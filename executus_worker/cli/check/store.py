@@ -11,9 +11,9 @@ from typing import Any
 import redis
 from kombu import Connection
 
-from executus_worker.checkpoint.keys import KeySchema
+from executus_worker.checkpoint.redis_index import count_active
 from executus_worker.cli.check.findings import Finding
-from executus_worker.redis_connect import connect
+from executus_worker.redis_connect import StateClient, connect_state, is_cluster
 from executus_worker.settings import Settings, redact_url
 
 PING_SAMPLES = 20
@@ -40,7 +40,7 @@ def redis_checks(
     name: str, url: str, settings: Settings | None, *, sentinel_master: str | None = None
 ) -> Iterator[Finding]:
     shown = redact_url(url)
-    client = connect(
+    client = connect_state(
         url,
         sentinel_master=sentinel_master,
         socket_connect_timeout=3,
@@ -53,18 +53,20 @@ def redis_checks(
         except redis.RedisError as exc:
             yield Finding("fail", name, f"cannot reach {shown}: {exc}")
             return
-        yield Finding("ok", name, f"Redis {server.get('redis_version', '?')} at {shown}")
+        kind = "Redis Cluster" if is_cluster(url) else "Redis"
+        yield Finding("ok", name, f"{kind} {server.get('redis_version', '?')} at {shown}")
         yield _latency(name, client)
         yield _eviction(name, client)
         yield _persistence(name, client)
         yield _lua(name, client)
         if settings is not None:
+            yield _layout(client, settings)
             yield _active_runs(client, settings)
     finally:
         client.close()
 
 
-def _latency(name: str, client: redis.Redis) -> Finding:
+def _latency(name: str, client: StateClient) -> Finding:
     samples = []
     for _ in range(PING_SAMPLES):
         start = time.perf_counter()
@@ -76,7 +78,7 @@ def _latency(name: str, client: redis.Redis) -> Finding:
     return Finding("ok" if median < 5 else "warn", f"{name}.latency", detail)
 
 
-def _eviction(name: str, client: redis.Redis) -> Finding:
+def _eviction(name: str, client: StateClient) -> Finding:
     check = f"{name}.maxmemory-policy"
     try:
         policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "?")
@@ -89,7 +91,7 @@ def _eviction(name: str, client: redis.Redis) -> Finding:
     )
 
 
-def _persistence(name: str, client: redis.Redis) -> Finding:
+def _persistence(name: str, client: StateClient) -> Finding:
     check = f"{name}.persistence"
     try:
         info: dict[str, Any] = client.info("persistence")
@@ -104,7 +106,7 @@ def _persistence(name: str, client: redis.Redis) -> Finding:
     return Finding("warn", check, "none: a Redis restart loses every queued run and checkpoint")
 
 
-def _lua(name: str, client: redis.Redis) -> Finding:
+def _lua(name: str, client: StateClient) -> Finding:
     check = f"{name}.lua"
     try:
         # register_script goes through EVALSHA (and falls back to EVAL), the path the store
@@ -117,12 +119,35 @@ def _lua(name: str, client: redis.Redis) -> Finding:
     return Finding("ok", check, "EVAL/EVALSHA work")
 
 
-def _active_runs(client: redis.Redis, settings: Settings) -> Finding:
-    keys = KeySchema(settings.key_prefix)
+def _layout(client: StateClient, settings: Settings) -> Finding:
+    """The key layout the data was written with against EXECUTUS_REDIS_SHARDS (read only: a
+    worker records it when it first starts, checkpoint/layout.py)."""
+    keys = settings.key_schema()
     try:
-        active = client.zcard(keys.active)
+        raw = client.get(keys.layout)
     except redis.RedisError as exc:
-        return Finding("warn", "runs", f"cannot read {keys.active}: {exc}")
+        return Finding("warn", "layout", f"cannot read {keys.layout}: {exc}")
+    if raw is None:
+        return Finding(
+            "ok", "layout", f"none recorded yet; workers will record {keys.layout_value!r}"
+        )
+    got = raw if isinstance(raw, str) else raw.decode()
+    if got != keys.layout_value:
+        return Finding(
+            "fail",
+            "layout",
+            f"the data was written with {got!r}, these settings give {keys.layout_value!r}: "
+            "set EXECUTUS_REDIS_SHARDS to the recorded partition count",
+        )
+    return Finding("ok", "layout", f"{got} ({len(keys.partitions())} index partition(s))")
+
+
+def _active_runs(client: StateClient, settings: Settings) -> Finding:
+    keys = settings.key_schema()
+    try:
+        active = count_active(client, keys)
+    except redis.RedisError as exc:
+        return Finding("warn", "runs", f"cannot read the run indexes of {keys.prefix}: {exc}")
     return Finding("ok", "runs", f"{active} active run(s) under prefix {settings.key_prefix!r}")
 
 

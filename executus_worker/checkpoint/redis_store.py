@@ -87,7 +87,9 @@ class RedisStore:
         self._r = client
         # Scripts go out hand-packed on a connection each thread keeps (hotpath.py) where the
         # client has one pool; anything else (Redis Cluster) takes redis-py's normal path.
-        self._packed = hotpath.supported(client)
+        self._packed = (
+            client if isinstance(client, redis.Redis) and hotpath.supported(client) else None
+        )
         self.keys = KeySchema(key_prefix, shards)
         # Used where the protocol gives no TTL: a claim or cancel that ends a run.
         self._result_ttl_s = result_ttl_s
@@ -108,8 +110,8 @@ class RedisStore:
             raise StoreError(f"redis {name} for run {run_id!r} failed: {exc}") from exc
 
     def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if self._packed:
-            return hotpath.call(self._r, hotpath.evalsha(_SHA[name], keys, args))
+        if self._packed is not None:
+            return hotpath.call(self._packed, hotpath.evalsha(_SHA[name], keys, args))
         return self._r.evalsha(_SHA[name], len(keys), *keys, *args)
 
     def _raise_script_error(self, run_id: str, exc: redis.ResponseError) -> NoReturn:

@@ -24,6 +24,13 @@ sizing rule divides a CPU budget by the cost of one running run per second.
 
     python bench/capacity_bench.py [--redis-url URL] [--levels 1000,5000,10000,20000,50000]
         [--processes 4] [--runs-per-worker 1] [--step-s 5] [--window-s 20] [--no-write]
+        [--cluster [--masters 3]]
+
+``--cluster``: the same load on a private Redis Cluster (``--masters`` masters on loopback, AOF
+everysec, run state in 64 index partitions as a worker on a cluster keeps it); or give a
+``redis+cluster://`` URL. The server counters are summed over the masters and the busiest
+master is reported too: a cluster's capacity is reached when its busiest master's core is.
+Writes the ``## Capacity on Redis Cluster`` section.
 
 Without ``--redis-url`` it starts a private redis-server with the production persistence
 settings (ops/redis.conf: AOF, ``appendfsync everysec``). The target is only a URL, reached
@@ -40,6 +47,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -55,8 +63,10 @@ from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import Fence, RenewStatus
 from executus_worker.core.models import Checkpoint, Message, RunRequest
 from executus_worker.embedded import EmbeddedRedis
+from executus_worker.embedded_cluster import LocalCluster
+from executus_worker.redis_connect import StateClient, is_cluster
 from executus_worker.settings import Settings
-from executus_worker.worker.runtime import redis_client
+from executus_worker.worker.runtime import redis_client, state_client
 
 MESSAGE = Message(role="assistant", content="x" * 480)  # ~500 bytes of JSON, one per step
 REQUEST = RunRequest(agent="bench.capacity", input={"task": "capacity"})
@@ -72,36 +82,67 @@ CPU_BUDGET = 0.5  # the share of one Redis core the sizing rule plans for (see t
 
 
 def store_for(url: str, prefix: str, timeout_s: float) -> RedisStore:
-    """A RedisStore on ``url``, built as the worker builds it (``worker/runtime.py``).
-    The one place that knows how to reach the target."""
-    return RedisStore(redis_client(url, timeout_s=timeout_s), key_prefix=prefix)
+    """A RedisStore on ``url``, built as the worker builds it (``worker/runtime.py``; on a
+    cluster with the default index partitions). The one place that knows how to reach the
+    target."""
+    return RedisStore(state_client(url, timeout_s=timeout_s), key_prefix=prefix)
 
 
-def server_sample(client: redis.Redis) -> dict[str, float]:
+class Servers:
+    """A plain client per master of the target (one for a single Redis): what the server
+    counters are read from and what cleanup walks."""
+
+    def __init__(self, url: str) -> None:
+        if is_cluster(url):
+            cluster: StateClient = state_client(url)
+            assert not isinstance(cluster, redis.Redis)
+            self.clients = [
+                redis.Redis(host=node.host, port=node.port, socket_timeout=10)
+                for node in cluster.get_primaries()
+            ]
+            cluster.close()
+        else:
+            self.clients = [redis_client(url)]
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+def server_sample(servers: Servers) -> dict[str, float]:
     """Cumulative counters of the target: CPU seconds, commands, EVALSHA calls and their
-    server time, memory. (A cluster target sums these over its masters.)"""
-    info = client.info("all")
-    evalsha = info.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
-    return {
-        "cpu_s": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
-        "commands": float(info["total_commands_processed"]),
-        "evalsha_calls": float(evalsha["calls"]),
-        "evalsha_usec": float(evalsha["usec"]),
-        "memory": float(info["used_memory"]),
-        "t": time.monotonic(),
-    }
+    server time, memory, summed over the masters; ``cpu_s@i``: master i's CPU seconds."""
+    out = {"cpu_s": 0.0, "commands": 0.0, "evalsha_calls": 0.0, "evalsha_usec": 0.0}
+    out["memory"] = 0.0
+    for index, client in enumerate(servers.clients):
+        info = client.info("all")
+        evalsha = info.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+        cpu = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        out[f"cpu_s@{index}"] = cpu
+        out["cpu_s"] += cpu
+        out["commands"] += float(info["total_commands_processed"])
+        out["evalsha_calls"] += float(evalsha["calls"])
+        out["evalsha_usec"] += float(evalsha["usec"])
+        out["memory"] += float(info["used_memory"])
+    out["t"] = time.monotonic()
+    return out
 
 
-def cleanup(client: redis.Redis, prefix: str) -> None:
-    """Drop one level's keys (every key RedisStore writes starts with its prefix)."""
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=f"{prefix}:*", count=10_000):
-        batch.append(key)
-        if len(batch) >= 5_000:
-            client.unlink(*batch)
-            batch = []
-    if batch:
-        client.unlink(*batch)
+def busiest(first: dict[str, float], last: dict[str, float]) -> float:
+    """CPU seconds of the master that worked most between two samples."""
+    return max(last[k] - first[k] for k in first if k.startswith("cpu_s@"))
+
+
+def cleanup(servers: Servers, prefix: str) -> None:
+    """Drop one level's keys (every key RedisStore writes starts with its prefix). One key
+    per UNLINK: on a cluster master, keys of different slots cannot share a command."""
+    for client in servers.clients:
+        pipe = client.pipeline(transaction=False)
+        for n, key in enumerate(client.scan_iter(match=f"{prefix}:*", count=10_000), 1):
+            pipe.unlink(key)
+            if n % 5_000 == 0:
+                pipe.execute()
+        pipe.execute()
 
 
 # --------------------------------------------------------------------------- load processes
@@ -242,7 +283,8 @@ class Level:
     bad_renewals: int
     errors: int
     client_cpu: float  # cores used by the load generators during the window
-    redis_cpu: float  # share of one core used by redis-server
+    redis_cpu: float  # share of one core used by redis-server (summed over a cluster's masters)
+    redis_cpu_max: float  # the busiest master's share of its core (= redis_cpu on one Redis)
     commands_per_s: float
     evalsha_us: float  # server time per script call
     box_cpu: float  # share of all cores busy (whole machine)
@@ -289,7 +331,7 @@ def run_level(args: argparse.Namespace, url: str, n: int, settings: Settings) ->
         proc = ctx.Process(target=load_process, args=(plan, child_end), daemon=True)
         proc.start()
         children.append((proc, parent_end))
-    client = redis_client(url)
+    client = Servers(url)
     probe_store = store_for(url, prefix, settings.effective_renew_timeout_s)
     probe_leases = _probe_run(probe_store, settings.lease_ttl_s)
     try:
@@ -339,6 +381,7 @@ def run_level(args: argparse.Namespace, url: str, n: int, settings: Settings) ->
         # works past the window's end).
         client_cpu=sum(r.cpu_s / r.span_s for r in reports if r.span_s),
         redis_cpu=(last_sample["cpu_s"] - first_sample["cpu_s"]) / span,
+        redis_cpu_max=busiest(first_sample, last_sample) / span,
         commands_per_s=(last_sample["commands"] - first_sample["commands"]) / span,
         evalsha_us=(last_sample["evalsha_usec"] - first_sample["evalsha_usec"]) / max(1, calls),
         box_cpu=busy / total if total else 0.0,
@@ -380,14 +423,13 @@ def calibrate(url: str, settings: Settings, n: int, idle_s: float) -> Calibratio
     """redis-server CPU per operation, one client, nothing else running: the cost model."""
     prefix = f"capcal{os.getpid()}"
     store = store_for(url, prefix, 10.0)
-    client = redis_client(url)
+    client = Servers(url)
     plan = Plan(url, prefix, 0, 100, 1, 1.0, settings.lease_ttl_s, 2.0, 0.0, 0.0, 0)
     runs = _build(plan, store)
     leases = [(h.run_id, h.fence) for h, _ in runs]
 
-    def cpu() -> float:
-        info = client.info("cpu")
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    def cpu() -> float:  # summed over the masters
+        return server_sample(client)["cpu_s"]
 
     try:
         idle0 = cpu()
@@ -438,7 +480,7 @@ def judge(level: Level, limit_s: float) -> str:
         return f"errors ({level.errors} failed calls, {level.bad_renewals} lost leases)"
     if level.renew and pct(level.renew, 0.99) > limit_s:
         return "renewal p99 over the threshold"
-    if level.redis_cpu >= 0.9:
+    if level.redis_cpu_max >= 0.9:
         return "Redis saturated"
     if level.done < 0.95 * level.due or (level.lag and pct(level.lag, 0.99) > 1.0):
         return "generators behind schedule (client-bound)"
@@ -456,12 +498,14 @@ def render(
     levels: list[Level],
     limit_s: float,
     where: str,
+    masters: int = 1,
 ) -> tuple[str, Target]:
     interval = settings.lease_ttl_s / 3
+    mode = f" --cluster --masters {masters}" if masters > 1 else ""
     lines = [
-        f"`python bench/capacity_bench.py --levels {args.levels} --processes {args.processes} "
-        f"--runs-per-worker {args.runs_per_worker} --step-s {args.step_s:g} --window-s "
-        f"{args.window_s:g}` against {where}.",
+        f"`python bench/capacity_bench.py{mode} --levels {args.levels} "
+        f"--processes {args.processes} --runs-per-worker {args.runs_per_worker} "
+        f"--step-s {args.step_s:g} --window-s {args.window_s:g}` against {where}.",
         "",
         f"Each running run saves one ~500-byte message every {args.step_s:g} s "
         f"(`RunHandle.save`) and is renewed every {interval:g} s (`renew_many`, lease TTL "
@@ -478,16 +522,20 @@ def render(
         "renewal clear of the socket timeout with a 2x margin.",
         "",
         "| running runs | renew p50 / p99 ms | probe renew p50 / p99 ms | save p50 / p99 ms "
-        "| schedule lag p99 ms | ops done / due | Redis CPU | Redis commands/s | server us "
+        "| schedule lag p99 ms | ops done / due | Redis CPU "
+        + ("(all masters) | busiest master CPU " if masters > 1 else "")
+        + "| Redis commands/s | server us "
         "per script | generators' CPU (cores) | box CPU | Redis memory per run | verdict |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        + ("---:|" if masters > 1 else ""),
     ]
     for lv in levels:
+        cpu = f"{lv.redis_cpu:.0%} " + (f"| {lv.redis_cpu_max:.0%} " if masters > 1 else "")
         lines.append(
             f"| {lv.runs:,} | {_ms(lv.renew, 0.5)} / {_ms(lv.renew, 0.99)} "
             f"| {_ms(lv.probe, 0.5)} / {_ms(lv.probe, 0.99)} "
             f"| {_ms(lv.save, 0.5)} / {_ms(lv.save, 0.99)} | {_ms(lv.lag, 0.99)} "
-            f"| {lv.done:,} / {lv.due:,} | {lv.redis_cpu:.0%} | {lv.commands_per_s:,.0f} "
+            f"| {lv.done:,} / {lv.due:,} | {cpu}| {lv.commands_per_s:,.0f} "
             f"| {lv.evalsha_us:.1f} | {lv.client_cpu:.2f} | {lv.box_cpu:.0%} "
             f"| {lv.memory_per_run / 1024:.1f} KB | {lv.verdict} |"
         )
@@ -571,6 +619,8 @@ def render(
         "the threshold.",
     ]
     rule = CPU_BUDGET / (factor * cost)
+    if masters > 1:
+        return _cluster_rule(lines, levels, masters, rule, args, settings)
     if best is not None:
         value = (
             f"{best.runs:,} measured within the threshold (renew p99 "
@@ -584,14 +634,71 @@ def render(
     return "\n".join(lines), Target("capacity.runs", value, None)
 
 
+def _cluster_rule(
+    lines: list[str],
+    levels: list[Level],
+    masters: int,
+    rule: float,
+    args: argparse.Namespace,
+    settings: Settings,
+) -> tuple[str, Target]:
+    """How the rule grows with masters: each master has its own core, and the cluster is full
+    when its busiest master is; the busiest master's share of the work is measured."""
+    loaded = [lv for lv in levels if lv.verdict == "ok" and lv.redis_cpu > 0]
+    top = loaded[-1] if loaded else (levels[-1] if levels else None)
+    share = top.redis_cpu_max / top.redis_cpu if top and top.redis_cpu else 1.0
+    cluster = rule / max(share, 1.0 / masters)
+    lines += [
+        "",
+        "### On a cluster",
+        "",
+        f"Above, *Redis CPU* is summed over the {masters} masters and the costs are per "
+        "operation on whichever master serves it (a run's keys and its partition's indexes "
+        "share one slot). Each master executes commands on its own core, so a cluster is full "
+        "when its busiest master is: at "
+        + (
+            f"{top.runs:,} runs the busiest master did {share:.0%} of the cluster's Redis work "
+            if top
+            else "no level "
+        )
+        + f"(an even split would be {1 / masters:.0%}; the 64 index partitions are spread "
+        "over equal slot ranges, so the split follows the masters' slot ranges). **Rule for "
+        "a cluster: running runs ≈ (the one-Redis rule) / (the busiest master's share)** = "
+        f"{rule:,.0f} / {share:.2f} ≈ **{cluster:,.0f}** for {masters} masters at a "
+        f"{args.step_s:g} s step and the {settings.lease_ttl_s:g} s lease (prefork), i.e. "
+        f"{cluster / rule:.1f}x one Redis; with more masters it grows the same way while "
+        "the partitions outnumber the masters several times over.",
+    ]
+    value = (
+        f"busiest master {share:.0%} of the work at {top.runs:,} runs; rule ≈ {cluster:,.0f} "
+        f"runs on {masters} masters ({cluster / rule:.1f}x one Redis)"
+        if top
+        else "no level measured"
+    )
+    return "\n".join(lines), Target("capacity.cluster_runs", value, None)
+
+
+@contextmanager
+def cluster_target(masters: int, aof: bool) -> Iterator[tuple[str, str, str]]:
+    """A private Redis Cluster on loopback: (url, description, Redis version)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="capbench-cluster-") as home,
+        LocalCluster(Path(home) / "cluster", masters=masters, aof=aof) as cluster,
+    ):
+        version = str(cluster.node(0).info("server")["redis_version"])
+        persistence = "AOF everysec" if aof else "no persistence"
+        where = f"a private {masters}-master Redis Cluster on loopback ({persistence})"
+        yield cluster.url, where, version
+
+
 @contextmanager
 def target(url: str | None, aof: bool) -> Iterator[tuple[str, str, str]]:
     """(url, description, Redis version) of the target; a private server unless given."""
     if url:
-        client = redis_client(url)
-        version = str(client.info("server")["redis_version"])
-        client.close()
-        yield url, "the given Redis", version
+        servers = Servers(url)
+        version = str(servers.clients[0].info("server")["redis_version"])
+        servers.close()
+        yield url, "the given Redis" + (" Cluster" if is_cluster(url) else ""), version
         return
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
@@ -619,12 +726,20 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=2.0, help="Redis idle CPU window")
     parser.add_argument("--no-aof", action="store_true", help="private server without AOF")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
+    parser.add_argument("--cluster", action="store_true", help="a private Redis Cluster")
+    parser.add_argument("--masters", type=int, default=3, help="with --cluster")
     args = parser.parse_args()
     settings = Settings.model_construct()  # the defaults, whatever the environment says
     limit_s = threshold_s(settings, args.threshold)
     machine = Machine.capture()
     levels: list[Level] = []
-    with target(args.redis_url, not args.no_aof) as (url, where, version):
+    chosen = (
+        cluster_target(args.masters, not args.no_aof)
+        if args.cluster and not args.redis_url
+        else target(args.redis_url, not args.no_aof)
+    )
+    with chosen as (url, where, version):
+        masters = len(Servers(url).clients)
         cal = calibrate(url, settings, args.calibration_ops, args.idle_s)
         print(f"calibration: {cal}", flush=True)
         for n in (int(x) for x in args.levels.split(",")):
@@ -642,11 +757,12 @@ def main() -> None:
             if level.verdict != "ok":
                 break
     machine.finish(redis_version=version)
-    body, result = render(args, settings, cal, levels, limit_s, where)
+    body, result = render(args, settings, cal, levels, limit_s, where, masters)
     print(body)
     if not args.no_write:
-        write_section("Capacity", body, machine, [result])
-        print("wrote the Capacity section of bench/RESULTS.md")
+        section = "Capacity on Redis Cluster" if masters > 1 else "Capacity"
+        write_section(section, body, machine, [result])
+        print(f"wrote the {section} section of bench/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,10 @@ TARGETS: dict[str, tuple[str, str]] = {
         "Running runs one Redis carries (issue 8)",
         "renewal p99 within its budget of the lease margin",
     ),
+    "capacity.cluster_runs": (
+        "Running runs a 3-master Redis Cluster carries (issue 8)",
+        "the busiest master's share of the work; the one-Redis rule divided by it",
+    ),
 }
 
 

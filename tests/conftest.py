@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from executus_worker.embedded import EmbeddedRedis
+from executus_worker.embedded_cluster import ClusterUnavailable, LocalCluster
 from executus_worker.errors import ConfigError
 from tests.rabbitmq import RabbitUnavailable, private_vhost
-from tests.redis_cluster import ClusterUnavailable, LocalCluster
 
 
 def _missing_redis(reason: str) -> None:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from redis.cluster import RedisCluster
 
 from executus_worker.embedded import free_port
+from executus_worker.embedded_cluster import LocalCluster
 from executus_worker.redis_connect import (
     ClusterURL,
     connect,
@@ -20,7 +21,6 @@ from executus_worker.redis_connect import (
     parse_cluster_url,
 )
 from executus_worker.settings import Settings, redact_url
-from tests.redis_cluster import LocalCluster
 
 SEEDS = "redis+cluster://app:s3cret@10.0.0.1:7000,10.0.0.2:7001,[::1]"
 

@@ -91,3 +91,19 @@ def test_make_bench_runs_every_bench_script() -> None:
     line = next(x for x in makefile.splitlines() if x.startswith("BENCH_SCRIPTS ="))
     listed = sorted(f"{name}_bench.py" for name in line.split("=", 1)[1].split())
     assert listed == sorted(TINY), "make bench must run every bench script (BENCH_SCRIPTS)"
+
+
+@pytest.mark.redis
+def test_the_capacity_bench_runs_on_a_redis_cluster_with_tiny_sizes(
+    tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    """``--cluster``: the same load on a private three-master cluster (it starts its own)."""
+    results = BENCH / "RESULTS.md"
+    before = results.read_bytes() if results.exists() else None
+    argv = [sys.executable, str(BENCH / "capacity_bench.py"), *TINY["capacity_bench.py"]]
+    proc = subprocess.run(
+        [*argv, "--cluster"], cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "busiest master" in proc.stdout and "3-master Redis Cluster" in proc.stdout
+    assert (results.read_bytes() if results.exists() else None) == before

@@ -17,8 +17,8 @@ from executus_worker.checkpoint.codec import SEPARATOR
 from executus_worker.checkpoint.memory import MemoryStore
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import RunStore
+from executus_worker.embedded_cluster import LocalCluster
 from executus_worker.redis_connect import StateClient
-from tests.redis_cluster import LocalCluster
 
 
 class FakeClock:

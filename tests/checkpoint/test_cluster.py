@@ -25,13 +25,13 @@ from executus_worker.cli.check.command import run_checks
 from executus_worker.client.progress import read_progress
 from executus_worker.core.models import Checkpoint, Message, RunRequest, RunStatus
 from executus_worker.core.ports import AuditEvent, Usage
+from executus_worker.embedded_cluster import LocalCluster
 from executus_worker.errors import ConfigError
 from executus_worker.fleet.directory import AgentDirectory, WorkerAd
 from executus_worker.schedules.model import JobSpec
 from executus_worker.schedules.store import ScheduleStore
 from executus_worker.settings import Settings
 from executus_worker.worker.recovery import ScanLock
-from tests.redis_cluster import LocalCluster
 
 pytestmark = pytest.mark.redis
 

@@ -1,10 +1,10 @@
-"""A real Redis Cluster on loopback: three masters started by the test, no replicas.
+"""A private Redis Cluster on loopback (tests and benchmarks): N masters, no replicas.
 
 Each master is a ``redis-server --cluster-enabled yes`` on a free port (its cluster bus on
 another free port, ``cluster-port``, so neither needs port + 10000 to be free) in its own
-directory; ``redis-cli --cluster create`` assigns the 16,384 slots in three even ranges. Every
-process is stopped by its pid. Persistence is off: these tests are about routing and slots,
-the durability tests have their own servers (``tests/faults/redis_server.py``).
+directory; ``redis-cli --cluster create`` assigns the 16,384 slots in even ranges. Every
+process is stopped by its pid. Persistence is off unless asked for (``aof=True``: what
+ops/redis.conf runs, AOF with ``appendfsync everysec``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ class ClusterUnavailable(RuntimeError):
 
 
 class LocalCluster:
-    def __init__(self, directory: Path, *, masters: int = 3) -> None:
+    def __init__(self, directory: Path, *, masters: int = 3, aof: bool = False) -> None:
         self.dir = directory
+        self.aof = aof
         self.ports = [free_port() for _ in range(masters)]
         self._procs: list[subprocess.Popen[bytes]] = []
 
@@ -85,7 +86,8 @@ class LocalCluster:
             "--daemonize", "no", "--logfile", str(home / "redis.log"),
             "--cluster-enabled", "yes", "--cluster-config-file", str(home / "nodes.conf"),
             "--cluster-port", str(free_port()), "--cluster-node-timeout", "5000",
-            "--appendonly", "no", "--save", "", "--maxmemory-policy", "noeviction",
+            "--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec",
+            "--save", "", "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
         self._procs.append(
             subprocess.Popen(
@@ -122,6 +124,12 @@ class LocalCluster:
         for index in range(len(self.ports)):
             with self.node(index) as node:
                 node.flushall()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         """Teardown by pid, whatever state the test left."""

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -32,9 +34,6 @@ from executus_worker.core.ports import Audit, AuditEvent
 _log = logging.getLogger("executus.audit")
 log = logging.getLogger(__name__)
 
-# Written with the next event rather than alone: each is followed within the same attempt by a
-# step or by the attempt's ending, so they cost no round trip of their own.
-DEFERRED = frozenset({"claimed", "recovered", "started", "resumed"})
 MAX_VALUE_CHARS = 4096  # a traceback is bounded to this already; nothing else may be longer
 
 
@@ -65,42 +64,106 @@ class EventSink(Protocol):
 class StreamAudit:
     """Every event to its run's bounded event stream, stamped with the attempt's epoch.
 
-    Some events wait in memory and go out in the round trip of the run's next one: an
-    attempt's ``claimed``/``recovered``/``started``/``resumed`` (a step, a critic decision or
-    its ending comes next), and a single-loop run's final step (``done``: its ending follows
-    at once). So a step costs one round trip, and a one-step run two fewer than its events. A
-    failed write is logged and its events dropped: the audit trail never fails a run.
+    Events are written by a background thread, never by the run: ``record`` only queues the
+    event, and the writer sends whatever has gathered in one round trip (a pipeline of one
+    script call per run). Writing them inline cost a round trip per step and one more per run,
+    about a third of a no-op run's durable overhead (bench/dispatch_bench.py). The audit trail
+    was already best effort -- a failed write is logged and its events dropped, it never fails
+    a run -- and readers already allow for an event landing a moment after the record changed
+    (``client.events``, the API's stream).
+
+    Order is kept (one queue, one writer). The queue is bounded: while the store is down the
+    oldest events give way, and the loss is logged. ``flush`` writes what waits and returns
+    once it is written (process shutdown); after a fork the child starts its own writer and
+    drops what it inherited (the parent writes those).
     """
 
-    def __init__(self, sink: EventSink) -> None:
+    def __init__(
+        self,
+        sink: EventSink,
+        *,
+        linger_s: float = 0.002,
+        max_pending: int = 10_000,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
         self._sink = sink
-        self._lock = threading.Lock()  # a threads-pool worker records from several runs
-        self._deferred: list[AuditEvent] = []
+        self._linger_s = linger_s
+        self._max_pending = max_pending
+        self._cond = threading.Condition()  # a threads-pool worker records from several runs
+        self._pending: deque[AuditEvent] = deque()
+        self._writing = 0  # events taken by the writer and not yet written
+        self._dropped = 0
+        self._pid = os.getpid()
+        self._writer: threading.Thread | None = None
 
     def record(self, run: RunInfo, event: str, data: dict[str, JsonValue]) -> None:
         payload = bounded(data)
         if run.epoch > 0:
             payload.setdefault("epoch", run.epoch)
         item = AuditEvent(run.run_id, event, time.time(), payload)
-        with self._lock:
-            self._deferred.append(item)
-            if event in DEFERRED or _final_step(event, payload):
-                return
-            batch, self._deferred = self._deferred, []
-        try:
-            self._sink.append_many(batch)
-        except Exception as exc:
-            log.warning("run %s: %d events not written: %s", run.run_id, len(batch), exc)
+        with self._cond:
+            self._ensure_writer()
+            if len(self._pending) >= self._max_pending:
+                self._pending.popleft()
+                self._dropped += 1
+            self._pending.append(item)
+            self._cond.notify_all()
 
-    def flush(self) -> None:
-        """Write whatever waits (process shutdown)."""
-        with self._lock:
-            batch, self._deferred = self._deferred, []
-        if batch:
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Write everything recorded so far; False if that did not finish within timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._ensure_writer()
+            self._cond.notify_all()
+            while self._pending or self._writing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning(
+                        "%d run events not written within %.1f s", len(self._pending), timeout_s
+                    )
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _ensure_writer(self) -> None:
+        # Under self._cond.
+        if self._pid != os.getpid():
+            # A forked child: the parent's writer thread is not here, and the parent writes
+            # the events it had queued; writing them here too would duplicate them.
+            self._pid = os.getpid()
+            self._pending.clear()
+            self._writing = 0
+            self._writer = None
+        if self._writer is None or not self._writer.is_alive():
+            self._writer = threading.Thread(
+                target=self._write_forever, name="executus-audit-writer", daemon=True
+            )
+            self._writer.start()
+
+    def _write_forever(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+            # Let the rest of a burst (a run's claim, start, step and ending come within a
+            # millisecond or two) join this round trip.
+            time.sleep(self._linger_s)
+            with self._cond:
+                batch = list(self._pending)
+                self._pending.clear()
+                self._writing = len(batch)
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                log.warning("%d run events dropped: the event store did not keep up", dropped)
             try:
                 self._sink.append_many(batch)
             except Exception as exc:
-                log.warning("%d run events not written at shutdown: %s", len(batch), exc)
+                log.warning("%d run events not written: %s", len(batch), exc)
+            finally:
+                with self._cond:
+                    self._writing = 0
+                    self._cond.notify_all()
 
 
 class FanoutAudit:
@@ -131,11 +194,6 @@ class MemoryAudit:
     def names(self, run_id: str | None = None) -> list[str]:
         with self._lock:
             return [e for r, e, _ in self.events if run_id is None or r == run_id]
-
-
-def _final_step(event: str, data: dict[str, JsonValue]) -> bool:
-    # A phase's last step is followed by the next phase's first model call, not an ending.
-    return event == "step" and data.get("done") is True and data.get("phase") is None
 
 
 def bounded(data: dict[str, JsonValue]) -> dict[str, JsonValue]:

@@ -158,6 +158,21 @@ class Channel(kombu_redis.Channel):
         # A copy: callers may edit what they get (kombu's Sentinel path pops keys).
         return dict(params)
 
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        # kombu builds a new redis.Redis for every unacked record and every ack (two per
+        # message), and redis-py 8 copies ~170 response callbacks into each: ~0.1 ms per
+        # message (bench/dispatch_bench.py). A client is only a pool reference plus those
+        # callbacks, so one per pool does the same work; a new pool (after a reconnect) gets
+        # a new client.
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[misc]
+        pool = self.pool
+        cached = self.__dict__.get("_executus_sync_client")
+        if cached is None or cached.connection_pool is not pool:
+            cached = super()._create_client(asynchronous=False)  # type: ignore[misc]
+            self.__dict__["_executus_sync_client"] = cached
+        return cached
+
     def close(self) -> None:
         try:
             super().close()

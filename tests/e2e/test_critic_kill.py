@@ -38,7 +38,8 @@ def test_a_step_stuck_past_the_backstop_is_killed_and_recorded_not_swept(
     assert record.attempts == 1
     with Client.from_url(cluster.redis_url, key_prefix=cluster.prefix) as client:
         story = [
-            (e.event, e.data.get("decision"), e.data.get("tier")) for e in client.events(run_id)
+            (e.event, e.data.get("decision"), e.data.get("tier"))
+            for e in client.events(run_id, follow=True, timeout_s=10)
         ]
     assert story == [
         ("claimed", None, None),

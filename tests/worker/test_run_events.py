@@ -58,7 +58,7 @@ def test_a_run_leaves_its_whole_story_in_its_stream(world) -> None:  # type: ign
     run_id = client.enqueue(agent="demo.counter", input={"steps": 2, "step_s": 0})
     handled = runtime.handler().handle(list(publisher.messages[0]), {})
     assert handled.outcome is not None and handled.outcome.value == "completed"
-    events = list(client.events(run_id))
+    events = list(client.events(run_id, follow=True, timeout_s=10))
     assert [e.event for e in events] == ["enqueued", "claimed", "started", "step", "step",
                                          "completed"]  # fmt: skip
     claimed = events[1].data
@@ -79,7 +79,7 @@ def test_a_failed_run_keeps_its_traceback_in_the_record_and_the_event(world) -> 
     summary, _, traceback = record.error.partition("\n")
     assert summary.startswith("PayloadError: invalid input for demo.counter")
     assert traceback.startswith("Traceback (most recent call last):")
-    failed = [e for e in client.events(run_id) if e.event == "failed"]
+    failed = [e for e in client.events(run_id, follow=True, timeout_s=10) if e.event == "failed"]
     assert failed[0].data["error"] == summary
     assert failed[0].data["traceback"] == traceback
 
@@ -95,9 +95,13 @@ def test_a_recovered_run_says_why(world) -> None:  # type: ignore[no-untyped-def
     # The sweep published to the broker; deliver the same message (nothing was checkpointed,
     # so the run starts over).
     runtime.handler().handle(list(publisher.messages[0]), {})
-    names = [(e.event, e.data.get("attempt")) for e in client.events(run_id)]
+    names = [
+        (e.event, e.data.get("attempt")) for e in client.events(run_id, follow=True, timeout_s=10)
+    ]
     assert names[:4] == [("enqueued", None), ("claimed", 2), ("recovered", None), ("started", 2)]
-    recovered = next(e for e in client.events(run_id) if e.event == "recovered")
+    recovered = next(
+        e for e in client.events(run_id, follow=True, timeout_s=10) if e.event == "recovered"
+    )
     assert recovered.data == {"reason": "lease expired while running (worker lost)", "epoch": 2}
 
 
@@ -105,7 +109,10 @@ def test_cancelling_a_queued_run_is_an_event(world) -> None:  # type: ignore[no-
     client, _, _ = world
     run_id = client.enqueue(agent="demo.counter", input={"steps": 2})
     client.cancel(run_id)
-    assert [e.event for e in client.events(run_id)] == ["enqueued", "cancelled"]
+    assert [e.event for e in client.events(run_id, follow=True, timeout_s=10)] == [
+        "enqueued",
+        "cancelled",
+    ]
 
 
 def test_a_run_over_its_token_budget_fails_and_keeps_its_partial_transcript(world) -> None:  # type: ignore[no-untyped-def]
@@ -124,7 +131,7 @@ def test_a_run_over_its_token_budget_fails_and_keeps_its_partial_transcript(worl
     assert client.spend(run_id) == {
         "input_tokens": 21, "output_tokens": 6, "tokens": 27, "cost_usd": 0.0,
     }  # fmt: skip
-    names = [e.event for e in client.events(run_id)]
+    names = [e.event for e in client.events(run_id, follow=True, timeout_s=10)]
     assert names[-2:] == ["budget_stop", "failed"]
 
 
@@ -138,6 +145,6 @@ def test_a_run_first_seen_in_a_bad_message_says_why_in_its_stream(world) -> None
     client, runtime, _ = world
     handled = runtime.handler().handle(["bad-first", '{"agent": "demo.counter", "x": 1}'], {})
     assert handled.action == "failed"
-    events = list(client.events("bad-first"))
+    events = list(client.events("bad-first", follow=True, timeout_s=10))
     assert [e.event for e in events] == ["enqueued", "failed"]
     assert "x: Extra inputs are not permitted" in str(events[1].data["error"])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -246,23 +246,17 @@ class CeleryPublisher:
 
     def _batch(self) -> BatchPublisher | KombuPublisher:
         if self._publisher is None:
-            s = self._settings
-            if s.broker_is_amqp:
-                self._publisher = KombuPublisher(
-                    s.effective_broker_url,
-                    quorum=s.broker_quorum_queues,
-                    ignore_result=s.result_backend is None,
-                )
-            else:
-                self._client = connect(
-                    s.effective_broker_url, sentinel_master=s.effective_broker_sentinel_master
-                )
-                self._publisher = BatchPublisher(
-                    self._client,
-                    global_keyprefix=self._keyprefix,
-                    ignore_result=s.result_backend is None,
-                )
+            self._publisher = run_publisher(
+                self._settings, redis_broker=self._connect, global_keyprefix=self._keyprefix
+            )
         return self._publisher
+
+    def _connect(self) -> redis.Redis:
+        s = self._settings
+        self._client = connect(
+            s.effective_broker_url, sentinel_master=s.effective_broker_sentinel_master
+        )
+        return self._client
 
     def publish(self, run_id: str, request_json: str, *, queue: str) -> None:
         self._batch().publish(run_id, request_json, queue=queue)
@@ -288,3 +282,26 @@ class CeleryPublisher:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def run_publisher(
+    settings: Settings,
+    *,
+    redis_broker: Callable[[], redis.Redis],
+    global_keyprefix: str = "",
+) -> BatchPublisher | KombuPublisher:
+    """The publisher for the configured broker, for the client and the recovery sweep alike:
+    kombu with publisher confirms on RabbitMQ (its own connection: AMQP channels are not
+    shared between threads), pipelined pushes on a Redis broker (``redis_broker`` gives the
+    client, called only then)."""
+    if settings.broker_is_amqp:
+        return KombuPublisher(
+            settings.effective_broker_url,
+            quorum=settings.broker_quorum_queues,
+            ignore_result=settings.result_backend is None,
+        )
+    return BatchPublisher(
+        redis_broker(),
+        global_keyprefix=global_keyprefix,
+        ignore_result=settings.result_backend is None,
+    )

@@ -10,36 +10,10 @@ clear 422. The checked body is then handed to the app unchanged.
 
 from __future__ import annotations
 
-import re
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from executus_worker.api.problems import error_bytes
-
-# A JSON string (escapes included; an unterminated one runs to the end, so every match
-# attempt succeeds and the scan stays linear) or one bracket. Possessive quantifiers: a string
-# is never re-scanned after a failed alternative.
-_TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\Z)|[\[\]{}]', re.DOTALL)
-_OPEN = frozenset(b"[{")
-
-
-def json_too_deep(body: bytes, max_depth: int) -> int | None:
-    """The byte offset where ``body``'s nesting first exceeds ``max_depth``, else None.
-
-    Brackets inside strings do not count. Stops at the first offending bracket, so a hostile
-    body costs at most ``max_depth`` steps more than an honest one.
-    """
-    depth = 0
-    for match in _TOKENS.finditer(body):
-        first = body[match.start()]
-        if first in _OPEN:
-            depth += 1
-            if depth > max_depth:
-                return match.start()
-        elif first != ord('"') and depth:
-            depth -= 1  # a stray closer (malformed JSON, the parser's to report) counts nothing
-    return None
-
+from executus_worker.core.jsoncap import json_too_deep
 
 Refusal = tuple[int, str, str]  # status, code, message
 

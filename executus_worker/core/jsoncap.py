@@ -49,6 +49,31 @@ def text_depth(raw: str | bytes, *, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
+# A JSON string (escapes included; an unterminated one runs to the end, so every match
+# attempt succeeds and the scan stays linear) or one bracket. Possessive quantifiers: a string
+# is never re-scanned after a failed alternative.
+_TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\Z)|[\[\]{}]', re.DOTALL)
+
+
+def json_too_deep(body: bytes, max_depth: int) -> int | None:
+    """The byte offset where ``body``'s nesting first exceeds ``max_depth``, else None: for
+    an error that says where (the HTTP API's 422). ``text_depth`` is the faster count.
+
+    Brackets inside strings do not count. Stops at the first offending bracket, so a hostile
+    body costs at most ``max_depth`` steps more than an honest one.
+    """
+    depth = 0
+    for match in _TOKENS.finditer(body):
+        first = body[match.start()]
+        if first in _OPEN:
+            depth += 1
+            if depth > max_depth:
+                return match.start()
+        elif first != ord('"') and depth:
+            depth -= 1  # a stray closer (malformed JSON, the parser's to report) counts nothing
+    return None
+
+
 def value_depth(value: object, *, limit: int = MAX_DEPTH) -> int:
     """How deeply an already-decoded value nests (dicts, lists, tuples), without recursing;
     stops counting past ``limit``."""

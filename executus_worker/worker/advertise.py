@@ -20,7 +20,7 @@ from typing import Any
 from executus_worker.errors import ConfigError
 from executus_worker.fleet.directory import AgentDirectory, WorkerAd
 from executus_worker.settings import Settings
-from executus_worker.worker.runtime import Runtime, agent_registry
+from executus_worker.worker.runtime import Runtime
 from executus_worker.worker.shutdown import DrainToken
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def start_advertising(
     settings: Settings, consumer: Any, runtime: Runtime, drain: DrainToken
 ) -> Advertiser:
     """Advertise now and keep it fresh until ``drain``; the composition for ``on_worker_ready``."""
-    ad = describe_worker(settings, consumer, lambda: agent_registry(settings).names())
+    ad = describe_worker(settings, consumer, lambda: runtime.agents().names())
 
     def directory() -> AgentDirectory:
         return AgentDirectory(

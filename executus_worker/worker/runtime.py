@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from executus_worker.broker_publish import KombuPublisher
+from executus_worker.broker_publish import run_publisher
 from executus_worker.checkpoint.handle import StoreCheckpointerFactory
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.core.agents import AgentRegistry
@@ -31,7 +31,6 @@ from executus_worker.observability.instruments import (
     observe_delivery,
     observed_execute,
 )
-from executus_worker.publish import BatchPublisher
 from executus_worker.redis_connect import StateClient, connect, connect_state
 from executus_worker.settings import Settings
 from executus_worker.worker.heartbeat import Heartbeats
@@ -231,28 +230,23 @@ class Runtime:
         if batteries is not None:
             batteries.close()
 
+    def _broker_client(self) -> redis.Redis:
+        s = self.settings
+        with self._lock:
+            if self._broker is None:
+                self._broker = redis_client(
+                    s.effective_broker_url, sentinel_master=s.effective_broker_sentinel_master
+                )
+            return self._broker
+
     def recovery(self) -> Recovery:
         s = self.settings
         client = self.client()
-        publisher: BatchPublisher | KombuPublisher
-        if s.broker_is_amqp:
-            # Its own connection and channel: a recovery object stays in one thread (the
-            # sweep loop, or one executus.recover call), and AMQP channels are not shareable.
-            publisher = KombuPublisher(
-                s.effective_broker_url,
-                quorum=s.broker_quorum_queues,
-                ignore_result=s.result_backend is None,
-            )
-        else:
-            with self._lock:
-                if self._broker is None:
-                    self._broker = redis_client(
-                        s.effective_broker_url, sentinel_master=s.effective_broker_sentinel_master
-                    )
-                publisher = BatchPublisher(self._broker, ignore_result=s.result_backend is None)
+        # On RabbitMQ each recovery object gets its own connection and channel: it stays in
+        # one thread (the sweep loop, or one executus.recover call).
         return Recovery(
             self.store(),
-            publisher,
+            run_publisher(s, redis_broker=self._broker_client),
             queued_timeout_s=s.queued_timeout_s,
             lock=ScanLock(client, scan_lock_key(s.key_prefix), ttl_ms=_SCAN_LOCK_TTL_MS),
             metrics=self._metrics(),

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from executus_worker import cli
 from executus_worker.api import check_bind, is_loopback
-from executus_worker.api.limits import json_too_deep
+from executus_worker.core.jsoncap import json_too_deep
 from executus_worker.errors import ConfigError
 from executus_worker.settings import Settings
 

@@ -74,6 +74,20 @@ TARGETS: dict[str, tuple[str, str]] = {
 }
 
 
+# The sections in reading order (the summary's order); a section not named here goes last.
+ORDER = (
+    "Per-step overhead",
+    "Checkpoint",
+    "Audit",
+    "Renewal cost",
+    "Dispatch",
+    "Recovery",
+    "Broker publish",
+    "HTTP API",
+    "Capacity",
+)
+
+
 @dataclass
 class Target:
     """One issue target as measured: ``met`` is None for a figure without a pass/fail goal."""
@@ -121,8 +135,11 @@ def git_commit() -> str:
         )  # fmt: skip
         if head.returncode != 0:
             return "?"
+        # Edits anywhere in the checkout, except this file's output (written while a
+        # `make bench` runs, so it would mark every script after the first dirty).
         dirty = subprocess.run(
-            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no", "--",
+             ":/", ":(top,exclude)bench/RESULTS.md"],
             capture_output=True, text=True, check=False, timeout=10,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
@@ -260,15 +277,17 @@ def summary(text: str) -> str:
 
 
 def with_summary(text: str) -> str:
-    """``text`` with its summary rebuilt and placed first, right under the title."""
-    body = text
-    if body.startswith(TITLE):
-        body = body[len(TITLE) :]
-    for match in _SECTION.finditer(body):
-        if match.group("title").strip() == SUMMARY:
-            body = body[: match.start()] + body[match.end() :]
-            break
-    return f"{TITLE}\n\n{summary(body)}\n{body.strip()}\n"
+    """``text`` with its summary rebuilt and placed first, right under the title, and the
+    sections in ``ORDER``."""
+    sections = {
+        m.group("title").strip(): m.group(0).strip("\n")
+        for m in _SECTION.finditer(text)
+        if m.group("title").strip() != SUMMARY
+    }
+    rank = {title: i for i, title in enumerate(ORDER)}
+    titles = sorted(sections, key=lambda t: rank.get(t, len(ORDER)))  # stable for the rest
+    body = "\n\n".join(sections[t] for t in titles)
+    return f"{TITLE}\n\n{summary(body)}\n{body}\n"
 
 
 def write_section(

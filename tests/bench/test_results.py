@@ -92,3 +92,12 @@ def test_the_machine_is_captured_from_this_box() -> None:
     captured = results.Machine.capture().finish(redis_version="9.9.9")
     assert captured.cores >= 1 and captured.load_end is not None
     assert "Redis 9.9.9" in captured.describe()
+
+
+def test_sections_are_kept_in_reading_order(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    results.write_section("Other", "other", machine(), path=path)
+    results.write_section("Capacity", "capacity", machine(), path=path)
+    results.write_section("Per-step overhead", "steps", machine(), path=path)
+    text = path.read_text()
+    assert text.index("## Per-step overhead") < text.index("## Capacity") < text.index("## Other")

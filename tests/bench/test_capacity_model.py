@@ -33,7 +33,7 @@ def level(**overrides: object) -> object:
     fields: dict[str, object] = {
         "runs": 1_000, "build_s": 1.0, "renew": [0.002] * 100, "save": [0.002] * 100,
         "lag": [0.001] * 100, "probe": [0.002] * 10, "done": 100, "due": 100,
-        "bad_renewals": 0, "errors": 0, "client_cpu": 0.1, "redis_cpu": 0.2,
+        "bad_renewals": 0, "errors": 0, "client_cpu": 0.1, "redis_cpu": 0.2, "redis_cpu_max": 0.2,
         "commands_per_s": 2_000.0, "evalsha_us": 20.0, "box_cpu": 0.5, "memory_per_run": 4096.0,
     }  # fmt: skip
     fields.update(overrides)
@@ -52,7 +52,7 @@ def test_the_threshold_is_a_tenth_of_the_margin_and_half_the_renewal_timeout() -
 def test_verdicts() -> None:
     assert capacity.judge(level(), 1.0) == "ok"
     assert capacity.judge(level(renew=[0.002] * 98 + [2.0] * 2), 1.0).startswith("renewal p99")
-    assert capacity.judge(level(redis_cpu=0.95), 1.0) == "Redis saturated"
+    assert capacity.judge(level(redis_cpu=0.95, redis_cpu_max=0.95), 1.0) == "Redis saturated"
     behind = "generators behind schedule (client-bound)"
     assert capacity.judge(level(done=90), 1.0) == behind
     assert capacity.judge(level(lag=[0.001] * 98 + [5.0] * 2), 1.0) == behind

@@ -23,6 +23,7 @@ from celery.beat import Scheduler
 from beat.enqueue import ClientEnqueuer
 from beat.sweep import PeriodicSweep
 from beat.ticker import DEFAULT_MAX_SLEEP_S, RetryPolicy, Ticker
+from executus_worker.checkpoint.layout import check_layout
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.client import Client
 from executus_worker.core.stop import StopToken
@@ -112,6 +113,9 @@ class ExecutusScheduler(Scheduler):
         # Celery's default entries, which every beat replica would then fire.
         settings = self._settings if self._settings is not None else Settings()
         self._parts = build_parts(settings, sweep=self._sweep)
+        # ConfigError (beat refuses to start) if the run state was written with another
+        # EXECUTUS_REDIS_SHARDS: its enqueues would be invisible to the workers' indexes.
+        check_layout(self._parts.client, settings.key_schema())
         if self.app.conf.beat_schedule:
             log.warning(
                 "beat: ignoring %d beat_schedule entries; ExecutusScheduler runs executus "

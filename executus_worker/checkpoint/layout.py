@@ -19,12 +19,13 @@ from executus_worker.redis_connect import StateClient
 SETTING = "EXECUTUS_REDIS_SHARDS"
 
 
-def check_layout(client: StateClient, keys: KeySchema) -> None:
-    """Record ``keys``' layout if none is recorded; ``ConfigError`` if another one is."""
+def check_layout(client: StateClient, keys: KeySchema, *, record: bool = True) -> None:
+    """Record ``keys``' layout if none is recorded (unless not ``record``: clients only
+    compare, workers and beat record); ``ConfigError`` if another one is recorded."""
     want = keys.layout_value
     try:
         raw = client.get(keys.layout)
-        if raw is None:
+        if raw is None and record:
             _refuse_unrecorded_legacy(client, keys)
             client.set(keys.layout, want, nx=True)
             raw = client.get(keys.layout)  # another process may have won the race

@@ -94,6 +94,11 @@ class RedisStore:
         # Used where the protocol gives no TTL: a claim or cancel that ends a run.
         self._result_ttl_s = result_ttl_s
 
+    @property
+    def client(self) -> StateClient:
+        """The Redis (or Redis Cluster) client the store writes through."""
+        return self._r
+
     # ------------------------------------------------------------------------ plumbing
 
     def _run(self, name: str, run_id: str, keys: Sequence[str], args: Sequence[Any]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -14,6 +15,7 @@ from pydantic import JsonValue, ValidationError
 
 from executus_worker.broker_publish import CeleryPublisher
 from executus_worker.checkpoint.events import RedisEventLog, RunEvent
+from executus_worker.checkpoint.layout import check_layout
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.spend import RedisSpendLedger
 from executus_worker.checkpoint.store import RunStore
@@ -58,6 +60,7 @@ class Client:
         self._store = store
         self._publisher = publisher
         self._redis: StateClient | None = None
+        self._layout_checked = False
         self._admin: ScheduleAdmin | None = None
         # (agent, queue) -> monotonic time until which a live worker was seen serving it.
         self._served: dict[tuple[str, str], float] = {}
@@ -112,6 +115,13 @@ class Client:
                 result_ttl_s=self.settings.result_ttl_s,
                 shards=self.settings.effective_redis_shards,
             )
+        if not self._layout_checked and isinstance(self._store, RedisStore):
+            # Once per client: runs registered under another EXECUTUS_REDIS_SHARDS than the
+            # workers' would be invisible to their indexes (ConfigError names the setting).
+            # Unreachable Redis: the operation itself reports that; check on the next one.
+            with contextlib.suppress(StoreError):
+                check_layout(self._store.client, self._store.keys, record=False)
+                self._layout_checked = True
         return self._store
 
     @property

@@ -22,6 +22,7 @@ from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.spend import RedisSpendLedger
 from executus_worker.checkpoint.store import ClaimStatus, RenewStatus
 from executus_worker.cli.check.command import run_checks
+from executus_worker.client import Client
 from executus_worker.client.progress import read_progress
 from executus_worker.core.models import Checkpoint, Message, RunRequest, RunStatus
 from executus_worker.core.ports import AuditEvent, Usage
@@ -247,3 +248,15 @@ def test_cross_slot_commands_are_refused_so_the_tests_above_mean_something(
 ) -> None:
     with pytest.raises(redis.RedisClusterException):
         cluster_client.evalsha("0" * 40, 2, "a", "b")
+
+
+def test_a_client_compares_the_layout_but_never_records_one(
+    redis_cluster: LocalCluster, redis_url: str, cluster_client: RedisCluster
+) -> None:
+    settings = Settings(redis_url=redis_cluster.url, broker_url=redis_url, key_prefix="cli")
+    with Client(settings) as client:
+        assert client.runs() == []
+    assert cluster_client.get("cli:layout") is None
+    cluster_client.set("cli:layout", "v1 shards=8")
+    with Client(settings) as client, pytest.raises(ConfigError, match="EXECUTUS_REDIS_SHARDS"):
+        client.runs()

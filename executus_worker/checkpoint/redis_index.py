@@ -260,8 +260,9 @@ def _send_by_node(
     argv: Callable[[str], list[str]],
 ) -> list[Any]:
     """The packed calls grouped by the master that serves each run's slot: one write and one
-    read per master. Calls that met a slot migration go again through a cluster pipeline
-    (``argv``: one call's keys and arguments), which follows the redirect."""
+    read per master, every master written before any is read. Calls that met a slot
+    migration go again through a cluster pipeline (``argv``: one call's keys and arguments),
+    which follows the redirect."""
     groups: dict[str, list[int]] = {}
     conns: dict[str, redis.Redis] = {}
     for index, run_id in enumerate(ids):
@@ -271,9 +272,9 @@ def _send_by_node(
             conns[node.name] = client.get_redis_connection(node)
         groups.setdefault(node.name, []).append(index)
     replies: list[Any] = [None] * len(ids)
-    for name, members in groups.items():
-        targets = [ids[i] for i in members]
-        got = resp.send_packed(conns[name], pack(targets), len(targets))
+    batches = [(conns[name], pack([ids[i] for i in members]), len(members))
+               for name, members in groups.items()]  # fmt: skip
+    for members, got in zip(groups.values(), resp.send_packed_many(batches), strict=True):
         for i, reply in zip(members, got, strict=True):
             replies[i] = reply
     moved = [i for i, r in enumerate(replies) if isinstance(r, _MOVED)]

@@ -9,6 +9,7 @@ does. Everything else keeps using redis-py's normal API.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -28,19 +29,35 @@ def send_packed(client: redis.Redis, payload: bytes, count: int) -> list[Any]:
     """Send ``count`` packed commands in one write and read their replies in order: one round
     trip. An error reply stays in its slot, as with ``pipeline.execute(raise_on_error=False)``;
     a broken connection is dropped, not returned to the pool half-read."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
+    (replies,) = send_packed_many([(client, payload, count)])
+    return replies
+
+
+def send_packed_many(batches: Sequence[tuple[redis.Redis, bytes, int]]) -> list[list[Any]]:
+    """``send_packed`` to several servers (a cluster's masters) at once: every batch is
+    written before any reply is read, so the round trips overlap (as redis-py's cluster
+    pipeline does)."""
+    held: list[tuple[Any, Any]] = []
     try:
-        conn.send_packed_command([payload])  # type: ignore[no-untyped-call]  # redis-py
-        replies: list[Any] = []
-        for _ in range(count):
-            try:
-                replies.append(conn.read_response())
-            except redis.ResponseError as exc:
-                replies.append(exc)
-        return replies
+        for client, payload, _ in batches:
+            pool = client.connection_pool
+            conn = pool.get_connection()
+            held.append((pool, conn))
+            conn.send_packed_command([payload])  # type: ignore[no-untyped-call]  # redis-py
+        out: list[list[Any]] = []
+        for (_, conn), (_, _, count) in zip(held, batches, strict=True):
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+            out.append(replies)
+        return out
     except BaseException:
-        conn.disconnect()  # type: ignore[no-untyped-call]  # redis-py
+        for _, conn in held:
+            conn.disconnect()
         raise
     finally:
-        pool.release(conn)
+        for pool, conn in held:
+            pool.release(conn)

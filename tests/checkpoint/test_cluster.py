@@ -151,14 +151,14 @@ def test_a_requeue_sent_to_a_master_that_no_longer_serves_the_slot_follows_the_r
 
     monkeypatch.setattr(cluster_client, "get_redis_connection", stale)
     moved: list[object] = []
-    send = resp.send_packed
+    send = resp.send_packed_many
 
-    def spy(client: redis.Redis, payload: bytes, count: int) -> list[object]:
-        replies = send(client, payload, count)
-        moved.extend(r for r in replies if isinstance(r, redis.exceptions.MovedError))
+    def spy(batches: list[tuple[redis.Redis, bytes, int]]) -> list[list[object]]:
+        replies = send(batches)
+        moved.extend(r for rs in replies for r in rs if isinstance(r, redis.exceptions.MovedError))
         return replies
 
-    monkeypatch.setattr(resp, "send_packed", spy)
+    monkeypatch.setattr(resp, "send_packed_many", spy)
     batch = store.sweep(now=NOW + 1, queued_timeout_s=600, batch=1000)
     assert not batch.errors
     assert sorted(r.run_id for r in batch.requeued) == sorted(RUNS[:30])

@@ -239,7 +239,9 @@ class RunStore(Protocol):
         for publishing, live leases are rescheduled, queued runs follow the backoff and
         backlog rule (``backlogged(queue)``: does that broker queue hold messages; None:
         never). Every run it looks at leaves the due range, so calling again with the same
-        ``now`` while ``more`` is set visits each due run once."""
+        ``now`` while ``more`` is set visits each due run once. Where the indexes are split
+        into partitions (Redis Cluster, ``keys.py``) the batch is shared evenly among them and
+        runs come in due order within each partition."""
         ...
 
     def audit_index(self, *, now: float, limit: int = 500) -> IndexAudit:

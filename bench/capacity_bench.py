@@ -526,8 +526,9 @@ def render(
         + ("(all masters) | busiest master CPU " if masters > 1 else "")
         + "| Redis commands/s | server us "
         "per script | generators' CPU (cores) | box CPU | Redis memory per run | verdict |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-        + ("---:|" if masters > 1 else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" if masters > 1 else "")
+        + "---:|---:|---:|---:|---:|---|",
     ]
     for lv in levels:
         cpu = f"{lv.redis_cpu:.0%} " + (f"| {lv.redis_cpu_max:.0%} " if masters > 1 else "")

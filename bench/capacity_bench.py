@@ -667,12 +667,14 @@ def _cluster_rule(
         "a cluster: running runs ≈ (the one-Redis rule) / (the busiest master's share)** = "
         f"{rule:,.0f} / {share:.2f} ≈ **{cluster:,.0f}** for {masters} masters at a "
         f"{args.step_s:g} s step and the {settings.lease_ttl_s:g} s lease (prefork), i.e. "
-        f"{cluster / rule:.1f}x one Redis; with more masters it grows the same way while "
-        "the partitions outnumber the masters several times over.",
+        f"{cluster / rule:.1f}x the one-Redis rule computed with these masters' costs; a "
+        "cluster master spends more per operation than a lone Redis (compare the costs with "
+        "the Capacity section's), so against one Redis the gain is smaller. With more masters "
+        "it grows the same way while the partitions outnumber the masters several times over.",
     ]
     value = (
         f"busiest master {share:.0%} of the work at {top.runs:,} runs; rule ≈ {cluster:,.0f} "
-        f"runs on {masters} masters ({cluster / rule:.1f}x one Redis)"
+        f"runs on {masters} masters ({cluster / rule:.1f}x one master at the cluster's costs)"
         if top
         else "no level measured"
     )

@@ -85,6 +85,7 @@ ORDER = (
     "Broker publish",
     "HTTP API",
     "Capacity",
+    "Capacity on Redis Cluster",
 )
 
 

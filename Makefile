@@ -45,15 +45,17 @@ chaos: $(STAMP)
 test: lint types
 	$(BIN)/pytest
 
-# Every bench script with its default sizes (~20 min on an idle 2-core box; RabbitMQ on
+# Every bench script with its default sizes (~15 min on a 2-core box; RabbitMQ on
 # 127.0.0.1:5672 for broker_publish). Each rewrites its own section of bench/RESULTS.md and the
 # summary table at its top; run one alone with `$(BIN)/python bench/<name>_bench.py`.
-BENCH_SCRIPTS = step checkpoint renew recovery dispatch audit broker_publish api capacity
+BENCH_SCRIPTS = step checkpoint renew recovery dispatch crash audit broker_publish api capacity
 bench: $(STAMP)
 	set -e; for name in $(BENCH_SCRIPTS); do \
 		echo "== bench/$${name}_bench.py"; \
 		$(BIN)/python bench/$${name}_bench.py; \
 	done
+	@echo "== bench/capacity_bench.py --cluster (a private 3-master Redis Cluster)"
+	$(BIN)/python bench/capacity_bench.py --cluster
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

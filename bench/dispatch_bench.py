@@ -130,16 +130,22 @@ def __getattr__(name: str) -> Any:
 # --------------------------------------------------------------------- the bench agent
 
 
-class _FirstStepModel:
-    """``demo.counter``'s model; marks the time of the attempt's first call (its first step)."""
+def attempt_mark(run_id: str, epoch: int) -> str:
+    """What the bench agent marks when an attempt of a run takes its first step."""
+    return f"{run_id}@{epoch}"
 
-    def __init__(self, inner: Model, run_id: str) -> None:
-        self._inner, self._run_id, self._first = inner, run_id, True
+
+class _FirstStepModel:
+    """``demo.counter``'s model; marks the time of each attempt's first call (its first step:
+    the first attempt's is the run's first step, a later one's its first resumed step)."""
+
+    def __init__(self, inner: Model, run: RunInfo) -> None:
+        self._inner, self._what, self._first = inner, attempt_mark(run.run_id, run.epoch), True
 
     def complete(self, request: ModelRequest) -> ModelReply:
         if self._first:
             self._first = False
-            _mark(self._run_id)
+            _mark(self._what)
         return self._inner.complete(request)
 
 
@@ -153,7 +159,7 @@ class _FirstStepAgent:
         return self._inner.phases(run)
 
     def model(self, run: RunInfo) -> Model:
-        return _FirstStepModel(self._inner.model(run), run.run_id)
+        return _FirstStepModel(self._inner.model(run), run)
 
     def tools(self, run: RunInfo) -> Tools:
         return self._inner.tools(run)
@@ -212,19 +218,22 @@ class PoolResult:
         return ratio(pct(self.latency.ours, 0.5), pct(self.latency.plain, 0.5))
 
 
-def _worker_argv(app: str, queue: str, pool: str, concurrency: int) -> list[str]:
+def worker_argv(
+    app: str, queue: str, pool: str, concurrency: int, extra: Sequence[str] = ()
+) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
-        "-P", pool, "-c", str(concurrency), "-l", "WARNING",
+        "-P", pool, "-c", str(concurrency), "-l", "WARNING", *extra,
     ]  # fmt: skip
 
 
 def _plain_worker(url: str, pool: str, concurrency: int) -> Worker:
     env = {**os.environ, BROKER_ENV: url, "PYTHONPATH": str(BENCH_DIR)}
-    return Worker(_worker_argv("dispatch_bench", PLAIN_QUEUE, pool, concurrency), env)
+    return Worker(worker_argv("dispatch_bench", PLAIN_QUEUE, pool, concurrency), env)
 
 
-def _executus_worker(url: str, pool: str, concurrency: int, agents_file: Path) -> Worker:
+def executus_env(url: str, agents_file: Path, **settings: str) -> dict[str, str]:
+    """A worker's environment: this Redis, the bench agent, ``EXECUTUS_<NAME>`` overrides."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("EXECUTUS_")}
     env |= {
         "EXECUTUS_REDIS_URL": url,
@@ -232,8 +241,19 @@ def _executus_worker(url: str, pool: str, concurrency: int, agents_file: Path) -
         BROKER_ENV: url,  # where the bench agent marks its first step
         "PYTHONPATH": str(BENCH_DIR),  # the agents file names dispatch_bench:first_step_agent
     }
+    env |= {f"EXECUTUS_{name.upper()}": value for name, value in settings.items()}
+    return env
+
+
+def write_agents_file(path: Path) -> Path:
+    path.write_text(f'[agents]\n"{FIRST_STEP_AGENT}" = "dispatch_bench:first_step_agent"\n')
+    return path
+
+
+def _executus_worker(url: str, pool: str, concurrency: int, agents_file: Path) -> Worker:
     queue = Settings.model_construct().default_queue
-    return Worker(_worker_argv("executus_worker.worker", queue, pool, concurrency), env)
+    argv = worker_argv("executus_worker.worker", queue, pool, concurrency)
+    return Worker(argv, executus_env(url, agents_file))
 
 
 class Worker:
@@ -256,6 +276,11 @@ class Worker:
             self._err.seek(0)
             err = self._err.read().decode(errors="replace")
             raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{err[-3000:]}")
+
+    def crash(self) -> None:
+        """SIGKILL the worker and its pool children at once (its own session, started here)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -333,7 +358,7 @@ def bench_executus(
     return Sample("executus", n, finished[-1] - finished[0])
 
 
-def _started(r: redis.Redis, what: str, workers: Sequence[Worker], timeout_s: float) -> float:
+def started_at(r: redis.Redis, what: str, workers: Sequence[Worker], timeout_s: float) -> float:
     """The time the side's worker marked ``what`` as started (BLPOP on the marks list)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -376,7 +401,7 @@ def bench_latency(
                 run_id = client.enqueue(
                     agent=FIRST_STEP_AGENT, input={"steps": 1, "step_s": 0}, run_id=token
                 )
-                return t0, time.time(), run_id
+                return t0, time.time(), attempt_mark(run_id, 1)
 
             def plain_once(token: str) -> tuple[float, float, str]:
                 t0 = time.time()
@@ -399,9 +424,9 @@ def bench_latency(
                 for side, send in sides:
                     token = f"{side}-{i:05d}-{os.getpid()}"
                     t0, sent, what = send(token)
-                    started = _started(r, what, workers, timeout_s)
+                    started = started_at(r, what, workers, timeout_s)
                     if side == "ours":  # idle again: the run has finished
-                        while not client.status(what).status.terminal:
+                        while not client.status(token).status.terminal:
                             time.sleep(0.002)
                     time.sleep(0.02)  # the worker back in its poll for the next message
                     if i >= warmup:
@@ -610,10 +635,7 @@ def main() -> None:
     machine = Machine.capture()
     results: list[PoolResult] = []
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
-        agents_file = Path(tmp) / "agents.toml"
-        agents_file.write_text(
-            f'[agents]\n"{FIRST_STEP_AGENT}" = "dispatch_bench:first_step_agent"\n'
-        )
+        agents_file = write_agents_file(Path(tmp) / "agents.toml")
         libs, redis_version = _versions(server.url)
         for pool, concurrency in _pools(args.pools):
             res = PoolResult(pool, concurrency)

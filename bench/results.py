@@ -82,6 +82,7 @@ ORDER = (
     "Renewal cost",
     "Dispatch",
     "Recovery",
+    "Crash to resumed step",
     "Broker publish",
     "HTTP API",
     "Capacity",

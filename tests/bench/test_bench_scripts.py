@@ -34,6 +34,10 @@ TINY: dict[str, list[str]] = {
     "checkpoint_bench.py": [
         "--reps", "1", "--runs", "1", "--steps", "2", "--sweep-runs", "20", "--no-write",
     ],
+    "crash_bench.py": [
+        "--repeats", "1", "--lease-ttl-s", "2", "--sweep-interval-s", "0.5", "--step-s", "0.1",
+        "--no-write",
+    ],
     "dispatch_bench.py": [
         "--runs", "10", "--repeats", "1", "--pools", "solo:1", "--latency-messages", "3",
         "--latency-warmup", "1", "--no-write",
@@ -45,7 +49,7 @@ TINY: dict[str, list[str]] = {
 # Modules the scripts import, not scripts (tests/bench/test_results.py tests the writer).
 HELPERS = {"results.py"}
 # Scripts that start real `celery worker` processes; scripts that need the machine's RabbitMQ.
-STARTS_WORKERS = {"dispatch_bench.py"}
+STARTS_WORKERS = {"crash_bench.py", "dispatch_bench.py"}
 NEEDS_RABBITMQ = {"broker_publish_bench.py"}
 
 

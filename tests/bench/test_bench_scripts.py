@@ -2,12 +2,16 @@
 
 The numbers are not checked (no timed assertions here); the point is that a refactor which
 breaks a benchmark fails CI instead of being found the next time someone wants numbers.
+The selected scripts run a few at a time (most of a smoke run waits for worker boots and
+sleeps rather than computing), each test collecting its own script's outcome.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -58,6 +62,52 @@ def test_every_bench_script_has_a_smoke_run() -> None:
     assert scripts == sorted(TINY), "add tiny arguments for new bench scripts to TINY"
 
 
+# How many smoke runs at once, and which to start first (the longest: they start workers).
+PARALLEL = 3
+FIRST = ("crash_bench.py", "dispatch_bench.py")
+RESULTS = BENCH / "RESULTS.md"
+
+
+def _run(script: str, cwd: Path, extra: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *TINY[script], *extra],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[dict[str, Future[subprocess.CompletedProcess[str]]], bytes | None]]:
+    """Starts the smoke run of every selected script; yields their futures and RESULTS.md as
+    it was before any of them ran."""
+    # The scripts start their own redis-server; the fixture only applies the session's rule
+    # for a machine without one (skip locally, fail under CI).
+    request.getfixturevalue("redis_server")
+    selected = {
+        item.callspec.params["script"]
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_bench_script_runs_with_tiny_sizes"
+    }
+    before = RESULTS.read_bytes() if RESULTS.exists() else None
+    futures: dict[str, Future[subprocess.CompletedProcess[str]]] = {}
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        for script in sorted(selected, key=lambda name: (name not in FIRST, name)):
+            extra: list[str] = []
+            if script in NEEDS_RABBITMQ:
+                try:
+                    extra = ["--amqp-url", request.getfixturevalue("rabbitmq_url")]
+                except pytest.skip.Exception:
+                    continue  # its own test asks for RabbitMQ again: skipped (or failed in CI)
+            cwd = tmp_path_factory.mktemp(script.removesuffix(".py"))
+            futures[script] = pool.submit(_run, script, cwd, extra)
+        yield futures, before
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize(
     "script",
@@ -67,27 +117,18 @@ def test_every_bench_script_has_a_smoke_run() -> None:
     ],
 )
 def test_bench_script_runs_with_tiny_sizes(
-    script: str, tmp_path: Path, redis_server: EmbeddedRedis, request: pytest.FixtureRequest
+    script: str,
+    smoke_runs: tuple[dict[str, Future[subprocess.CompletedProcess[str]]], bytes | None],
+    request: pytest.FixtureRequest,
 ) -> None:
-    # The scripts start their own redis-server; the fixture only applies the session's rule
-    # for a machine without one (skip locally, fail under CI). Likewise for RabbitMQ.
-    extra = []
     if script in NEEDS_RABBITMQ:
-        extra = ["--amqp-url", request.getfixturevalue("rabbitmq_url")]
-    results = BENCH / "RESULTS.md"
-    before = results.read_bytes() if results.exists() else None
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / script), *TINY[script], *extra],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+        request.getfixturevalue("rabbitmq_url")  # the session's rule for a missing RabbitMQ
+    futures, before = smoke_runs
+    proc = futures[script].result(timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.strip(), "the script printed no results"
-    after = results.read_bytes() if results.exists() else None
-    assert after == before, f"{script} rewrote RESULTS.md in a smoke run"
+    after = RESULTS.read_bytes() if RESULTS.exists() else None
+    assert after == before, f"a smoke run rewrote RESULTS.md ({script}, or one running beside it)"
 
 
 def test_make_bench_runs_every_bench_script() -> None:
@@ -102,7 +143,7 @@ def test_the_capacity_bench_runs_on_a_redis_cluster_with_tiny_sizes(
     tmp_path: Path, redis_server: EmbeddedRedis
 ) -> None:
     """``--cluster``: the same load on a private three-master cluster (it starts its own)."""
-    results = BENCH / "RESULTS.md"
+    results = RESULTS
     before = results.read_bytes() if results.exists() else None
     argv = [sys.executable, str(BENCH / "capacity_bench.py"), *TINY["capacity_bench.py"]]
     proc = subprocess.run(

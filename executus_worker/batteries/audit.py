@@ -96,6 +96,7 @@ class StreamAudit:
         self._dropped = 0
         self._pid = os.getpid()
         self._writer: threading.Thread | None = None
+        self._idle = False  # the writer waits for events (and must be woken)
 
     def record(self, run: RunInfo, event: str, data: dict[str, JsonValue]) -> None:
         payload = bounded(data)
@@ -108,13 +109,17 @@ class StreamAudit:
                 self._pending.popleft()
                 self._dropped += 1
             self._pending.append(item)
-            self._cond.notify_all()
+            if self._idle:  # wake the writer only when it sleeps: a futex call per event else
+                self._cond.notify_all()
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Write everything recorded so far; False if that did not finish within timeout_s."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._ensure_writer()
+            if self._writer is not None and not self._writer.is_alive():
+                self._writer = None
+                self._ensure_writer()
             self._cond.notify_all()
             while self._pending or self._writing:
                 left = deadline - time.monotonic()
@@ -135,7 +140,9 @@ class StreamAudit:
             self._pending.clear()
             self._writing = 0
             self._writer = None
-        if self._writer is None or not self._writer.is_alive():
+        # The writer never returns (it contains every error), so it is started once per
+        # process; flush() also restarts one that an interpreter shutdown took away.
+        if self._writer is None:
             self._writer = threading.Thread(
                 target=self._write_forever, name="executus-audit-writer", daemon=True
             )
@@ -145,7 +152,9 @@ class StreamAudit:
         while True:
             with self._cond:
                 while not self._pending:
+                    self._idle = True
                     self._cond.wait()
+                self._idle = False
             # Let the rest of a burst (a run's claim, start, step and ending come within a
             # millisecond or two) join this round trip.
             time.sleep(self._linger_s)

@@ -10,10 +10,8 @@ bounded however long a run lives (approximate trimming costs O(1) amortised), an
 Events are observations, never the source of truth (that is the run record): a write that
 fails is logged and dropped by the writers here, and the run goes on.
 
-:class:`BufferedEventLog` takes the writes off the run's thread: an append is a queue put, and
-a daemon thread sends whatever has piled up in one pipeline. ``flush`` waits until everything
-appended before it is written -- the audit battery calls it when a run's attempt ends, so a
-finished or interrupted attempt's events are in Redis before its task returns.
+The worker's audit battery (``batteries.audit.StreamAudit``) calls ``append_many`` from a
+background writer, a batch of several runs' events per round trip.
 """
 
 from __future__ import annotations
@@ -23,11 +21,12 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from executus_worker.checkpoint import hotpath
 from executus_worker.checkpoint.keys import KeySchema
 from executus_worker.core.ports import AuditEvent
 from executus_worker.errors import StoreError
@@ -116,6 +115,18 @@ class RedisEventLog:
             raise StoreError(f"writing {len(events)} run events failed: {exc}") from exc
 
     def _send(self, args: dict[str, list[str | int]]) -> None:
+        if hotpath.supported(self._r):
+            # Packed by hand on the writer's kept connection (checkpoint/hotpath.py): the
+            # audit writer sends one of these per batch, a call per run in it.
+            payload = b"".join(
+                hotpath.evalsha(_APPEND_SHA, [self.keys.events(run_id)], argv)
+                for run_id, argv in args.items()
+            )
+            replies = hotpath.call_many(cast(redis.Redis, self._r), payload, len(args))
+            errors = [r for r in replies if isinstance(r, redis.ResponseError)]
+            if errors:
+                raise errors[0]  # NOSCRIPT for all of them (see append_many), or a real error
+            return
         if len(args) == 1:
             ((run_id, argv),) = args.items()
             self._r.evalsha(_APPEND_SHA, 1, self.keys.events(run_id), *argv)

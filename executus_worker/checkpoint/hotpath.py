@@ -93,6 +93,18 @@ def call(client: redis.Redis, payload: bytes) -> Any:
     An error reply raises as redis-py raises it (``NoScriptError``, ``ResponseError``);
     connection errors are retried by the connection's own policy, then raised.
     """
+    return _exchange(client, payload, None)
+
+
+def call_many(client: redis.Redis, payload: bytes, count: int) -> list[Any]:
+    """Send ``count`` packed commands in one write and read their replies in order (one round
+    trip). An error reply stays in its slot as the exception redis-py would raise, as with
+    ``pipeline.execute(raise_on_error=False)``; connection errors raise."""
+    replies: list[Any] = _exchange(client, payload, count)
+    return replies
+
+
+def _exchange(client: redis.Redis, payload: bytes, count: int | None) -> Any:
     pool: ConnectionPool = client.connection_pool
     local = _LOCALS.get(pool)
     if local is None:
@@ -119,7 +131,15 @@ def call(client: redis.Redis, payload: bytes) -> Any:
 
     def once() -> Any:
         conn.send_packed_command([payload])
-        return conn.read_response()
+        if count is None:
+            return conn.read_response()
+        replies: list[Any] = []
+        for _ in range(count):
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)  # a complete reply: the rest follow on the connection
+        return replies
 
     try:
         return conn.retry.call_with_retry(once, lambda _error: conn.disconnect())

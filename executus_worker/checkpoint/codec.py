@@ -68,12 +68,6 @@ def text_map(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {text(k): text(v) for k, v in raw.items()}
 
 
-def json_array(raw: Raw) -> list[Any]:
-    """A flat array a script returned JSON-encoded (Lua's cjson writes an empty one as {})."""
-    value = json.loads(raw)
-    return value if isinstance(value, list) else []
-
-
 def dumps(value: JsonValue) -> str:
     """Compact JSON for a JSON value (outputs, phase outputs, critic state)."""
     return pydantic_core.to_json(value).decode()

@@ -181,7 +181,7 @@ class RedisStore:
         status = ClaimStatus(codec.text(reply[0]))
         if len(reply) < 2:
             return ClaimResult(status)
-        flat = codec.json_array(reply[1])
+        flat = reply[1]
         try:
             record = self._record(run_id, flat)
         except CorruptCheckpointError as exc:

@@ -45,7 +45,7 @@ chaos: $(STAMP)
 test: lint types
 	$(BIN)/pytest
 
-# Every bench script with its default sizes (~15 min on a 2-core box; RabbitMQ on
+# Every bench script with its default sizes (~13 min on a 2-core box; RabbitMQ on
 # 127.0.0.1:5672 for broker_publish). Each rewrites its own section of bench/RESULTS.md and the
 # summary table at its top; run one alone with `$(BIN)/python bench/<name>_bench.py`.
 BENCH_SCRIPTS = step checkpoint renew recovery dispatch crash audit broker_publish api capacity

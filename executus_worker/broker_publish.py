@@ -258,6 +258,17 @@ class CeleryPublisher:
         )
         return self._client
 
+    def inline_target(self, state: object) -> BatchPublisher | None:
+        """The Redis publisher if the broker is the server and database ``state`` talks to:
+        then the client's register script pushes the message itself (one round trip, and no
+        run registered without its message). None on RabbitMQ, a separate Redis, a cluster."""
+        if self._settings.broker_is_amqp:
+            return None
+        publisher = self._batch()
+        if isinstance(publisher, BatchPublisher) and publisher.same_server(state):
+            return publisher
+        return None
+
     def publish(self, run_id: str, request_json: str, *, queue: str) -> None:
         self._batch().publish(run_id, request_json, queue=queue)
 

@@ -221,6 +221,29 @@ class BatchPublisher:
             count += self._flush(batch)
         return count
 
+    def envelope(self, message: RunMessage) -> tuple[str, bytes]:
+        """The list and the envelope a publish of ``message`` would push: for a caller that
+        pushes it itself, inside a script (the client's one-round-trip enqueue)."""
+        (tag,) = _unique_ids(1)
+        template = _template(TASK_RUN, message.queue, self._origin, self._ignore_result)
+        envelope = _run_envelope(template, message.run_id, message.request_json, tag)
+        return self._keyprefix + message.queue, envelope
+
+    def same_server(self, client: object) -> bool:
+        """True if ``client`` talks to the Redis server and database this publisher pushes to
+        (then a script on ``client`` may push the message itself)."""
+        mine = getattr(self._client, "connection_pool", None)
+        theirs = getattr(client, "connection_pool", None)
+        if mine is None or theirs is None:
+            return False
+        if mine is theirs:
+            return True
+        keys = ("host", "port", "db", "path")
+        a, b = mine.connection_kwargs, theirs.connection_kwargs
+        if not (a.get("host") or a.get("path")):
+            return False  # resolved per connection (Sentinel): not provably the same
+        return type(mine) is type(theirs) and all(a.get(k) == b.get(k) for k in keys)
+
     def _flush(self, batch: list[RunMessage]) -> int:
         by_queue: dict[str, list[bytes]] = defaultdict(list)
         for message, tag in zip(batch, _unique_ids(len(batch)), strict=True):

@@ -393,3 +393,54 @@ def test_add_schedule_rejects_bad_jobs_and_duplicates(client: Client) -> None:
     client.add_schedule(job.model_copy(update={"cron": "@daily"}), replace=True)
     with pytest.raises(ScheduleError, match="no job"):
         client.remove_schedule("missing")
+
+
+def _commands(r: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+
+
+def test_with_the_broker_on_the_same_redis_an_enqueue_is_one_script_call(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    """Register, the enqueued event and the message in one script: one round trip, and no
+    moment at which the run is registered but its message not yet pushed."""
+    client.enqueue(agent="demo.counter", input={"steps": 1}, run_id="warm")  # loads the script
+    redis_client.config_resetstat()
+    run_id = client.enqueue(agent="demo.counter", input={"steps": 2})
+    calls = _commands(redis_client)
+    calls.pop("config|resetstat", None)
+    # evalsha once; the LPUSH, XADD and HSET inside it are counted as the script's commands.
+    assert calls.pop("evalsha") == 1
+    assert set(calls) <= {"exists", "del", "hset", "zadd", "zrem", "xadd", "pexpire", "lpush"}
+    (message,) = [m for m in published(redis_client) if m["args"][0] == run_id]
+    assert message["task"] == "executus.run"
+    assert [e.event for e in client.events(run_id)] == ["enqueued"]
+
+
+def test_a_repeated_enqueue_pushes_nothing_and_writes_no_second_event(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    run_id = client.enqueue(agent="demo.counter", input={"steps": 2}, run_id="again")
+    assert (
+        client.submit({"agent": "demo.counter", "input": {"steps": 2}, "run_id": run_id}).created
+        is False
+    )
+    assert [m["args"][0] for m in published(redis_client)] == [run_id]
+    assert [e.event for e in client.events(run_id)] == ["enqueued"]
+
+
+def test_with_the_broker_on_another_database_the_message_is_published_there(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    kwargs = redis_client.connection_pool.connection_kwargs
+    broker_url = f"redis://{kwargs['host']}:{kwargs['port']}/5"
+    settings = Settings.model_construct(**NO_WORKERS, broker_url=broker_url)
+    with Client.from_url(redis_url, settings=settings) as c:
+        run_id = c.enqueue(agent="demo.counter", input={"steps": 1})
+    broker = redis.Redis.from_url(broker_url)
+    try:
+        assert [m["args"][0] for m in published(broker)] == [run_id]
+        assert published(redis_client) == []
+    finally:
+        broker.flushdb()
+        broker.close()

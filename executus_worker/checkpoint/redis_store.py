@@ -13,6 +13,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import redis
@@ -63,6 +64,15 @@ _SHA: dict[str, str] = {
     name: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
     for name, src in scripts.WITH_LIB.items()
 }
+
+
+@dataclass(frozen=True)
+class EnqueuedEvent:
+    """A new run's ``enqueued`` event, written by its REGISTER (see ``register_enqueued``)."""
+
+    data_json: str
+    maxlen: int
+    ttl_ms: int
 
 
 class RedisStore:
@@ -143,11 +153,41 @@ class RedisStore:
         now: float,
         rejected: str | None = None,
     ) -> tuple[RunRecord, bool]:
+        return self.register_enqueued(
+            request, run_id=run_id, queue=queue, now=now, rejected=rejected
+        )
+
+    def register_enqueued(
+        self,
+        request: RunRequest,
+        *,
+        run_id: str,
+        queue: str,
+        now: float,
+        rejected: str | None = None,
+        event: EnqueuedEvent | None = None,
+        push: tuple[str, bytes] | None = None,
+    ) -> tuple[RunRecord, bool]:
+        """``register``, and only if the run is new, in the same script: append ``event`` to
+        the run's event stream and LPUSH ``push`` (list key, envelope) -- the client's enqueue
+        in one round trip when the broker is this same Redis server (never on a cluster: the
+        list would be in another slot)."""
         fields = codec.record_fields(
             request, run_id=run_id, queue=queue, now=now, rejected=rejected
         )
-        flat = [x for pair in fields.items() for x in pair]
-        reply = self._run("register", run_id, self.keys.run(run_id).all(), [run_id, now, *flat])
+        keys = self.keys.run(run_id).all()
+        args: list[Any] = [run_id, now, 2 * len(fields)]
+        args.extend(x for pair in fields.items() for x in pair)
+        if event is not None:
+            args += ["e", event.maxlen, event.ttl_ms, "enqueued", repr(now), event.data_json]
+        else:
+            args.append("-")
+        if event is not None or push is not None:
+            keys.append(self.keys.events(run_id))
+        if push is not None:
+            keys.append(push[0])
+            args.append(push[1])
+        reply = self._run("register", run_id, keys, args)
         if int(reply[0]) == 1:
             return codec.decode_record(run_id, self.keys.rec(run_id), fields), True
         return self._record(run_id, reply[1]), False

@@ -129,19 +129,37 @@ local function finalize(status, now, ttl, keep)
 end
 """
 
-# ARGV: run_id, now, field1, value1, ...   -> {1} created | {0, record}
+# KEYS: the run keys [, events [, broker list]]. ARGV: run_id, now, n, n field/value args,
+#   then 'e', maxlen, ttl_ms, event, ts, data_json (the enqueued event) or '-', then optionally
+#   the message envelope to LPUSH   -> {1} created | {0, record}
 REGISTER = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGETALL', KEYS[1])}
 end
+local nfields = tonumber(ARGV[3])
 -- Leftovers of an earlier run with this id whose record already expired.
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + nfields))
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 -- Queued: a recovery candidate once queued_timeout_s has passed (see REQUEUE).
 redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('ZADD', KEYS[8], ARGV[2], ARGV[1])
+local i = 4 + nfields
+if ARGV[i] == 'e' then
+  -- The run's 'enqueued' event (events.py's entry format), before anyone can claim it.
+  redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[i + 1], '*',
+             'event', ARGV[i + 3], 'ts', ARGV[i + 4], 'data', ARGV[i + 5])
+  redis.call('PEXPIRE', KEYS[9], ARGV[i + 2])
+  i = i + 6
+else
+  i = i + 1
+end
+if ARGV[i] then
+  -- The run's message, when the broker is this same Redis: registered and published in one
+  -- step, so no client crash can leave a run registered and unpublished.
+  redis.call('LPUSH', KEYS[10], ARGV[i])
+end
 return {1}
 """
 

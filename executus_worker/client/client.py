@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -16,7 +17,7 @@ from pydantic import JsonValue, ValidationError
 from executus_worker.broker_publish import CeleryPublisher
 from executus_worker.checkpoint.events import RedisEventLog, RunEvent
 from executus_worker.checkpoint.layout import check_layout
-from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.checkpoint.redis_store import EnqueuedEvent, RedisStore
 from executus_worker.checkpoint.spend import RedisSpendLedger
 from executus_worker.checkpoint.store import RunStore
 from executus_worker.client.events import iter_events
@@ -35,6 +36,7 @@ from executus_worker.errors import (
     UnknownAgentError,
 )
 from executus_worker.fleet.directory import AgentDirectory, Directory
+from executus_worker.publish import BatchPublisher, RunMessage
 from executus_worker.redis_connect import StateClient, connect_state
 from executus_worker.schedules.admin import JobView, ScheduleAdmin
 from executus_worker.schedules.model import JobSpec
@@ -271,7 +273,7 @@ class Client:
                 # idempotent (register below finds the run); only a new run is refused.
                 if self.store.get(run_id) is None:
                     raise
-        record, created = self.store.register(parsed, run_id=run_id, queue=queue, now=time.time())
+        record, created, published = self._register(parsed, run_id, request_json, queue)
         if not created:
             # Registration is atomic, so the stored request is the first registrant's; a
             # retry of the same call (a producer's, a beat's) compares equal and passes.
@@ -279,13 +281,49 @@ class Client:
             if differing:
                 raise RunConflictError(run_id, differing)
             return EnqueueResult(record, created=False)
-        # Before the publish: a worker's "claimed" must never come first in the stream.
-        self._event(run_id, "enqueued", {"agent": parsed.agent, "queue": queue})
-        try:
-            self.publisher.publish(run_id, request_json, queue=queue)
-        except (redis.RedisError, OSError) as exc:
-            raise PublishError(run_id, str(exc)) from exc
+        if not published:
+            try:
+                self.publisher.publish(run_id, request_json, queue=queue)
+            except (redis.RedisError, OSError) as exc:
+                raise PublishError(run_id, str(exc)) from exc
         return EnqueueResult(record, created=True)
+
+    def _register(
+        self, parsed: RunRequest, run_id: str, request_json: str, queue: str
+    ) -> tuple[RunRecord, bool, bool]:
+        """Register the run and write its ``enqueued`` event: (record, created, published).
+
+        On Redis one round trip: the register script also writes the event and, when the
+        broker is this same Redis, pushes the message -- atomically, so a retry after any
+        error is safe and no crash can leave the run registered without its message.
+        """
+        store = self.store
+        event_data: dict[str, JsonValue] = {"agent": parsed.agent, "queue": queue}
+        if not isinstance(store, RedisStore):
+            record, created = store.register(parsed, run_id=run_id, queue=queue, now=time.time())
+            if created:
+                # Before the publish: a worker's "claimed" must never come first in the stream.
+                self._event(run_id, "enqueued", event_data)
+            return record, created, False
+        inline = self._inline_publisher(store)
+        push = inline.envelope(RunMessage(run_id, request_json, queue)) if inline else None
+        event = None
+        if self.settings.audit_stream:
+            event = EnqueuedEvent(
+                data_json=json.dumps(event_data, separators=(",", ":")),
+                maxlen=self.settings.audit_stream_maxlen,
+                ttl_ms=self.settings.effective_audit_stream_ttl_s * 1000,
+            )
+        record, created = store.register_enqueued(
+            parsed, run_id=run_id, queue=queue, now=time.time(), event=event, push=push
+        )
+        return record, created, push is not None
+
+    def _inline_publisher(self, store: RedisStore) -> BatchPublisher | None:
+        publisher = self.publisher
+        if isinstance(publisher, CeleryPublisher):
+            return publisher.inline_target(store.client)
+        return None
 
     def require_agent(self, agent: str, queue: str) -> None:
         """UnknownAgentError unless a live worker serves ``agent`` on ``queue``.

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -140,13 +141,12 @@ class FlakyStore(RedisStore):
         self.failures = failures
         self.calls = 0
 
-    def register(
-        self, request: RunRequest, *, run_id: str, queue: str, now: float
-    ) -> tuple[RunRecord, bool]:
+    def register_enqueued(self, request: RunRequest, **kwargs: Any) -> tuple[RunRecord, bool]:
+        # What the client calls on a RedisStore (register, event and publish in one script).
         self.calls += 1
         if self.calls <= self.failures:
             raise redis.ConnectionError(f"injected: register failure {self.calls}")
-        return super().register(request, run_id=run_id, queue=queue, now=now)
+        return super().register_enqueued(request, **kwargs)
 
 
 class FlakyPublisher:

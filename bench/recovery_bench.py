@@ -42,6 +42,7 @@ from results import Machine, Target, write_section
 from executus_worker.checkpoint import codec, redis_store, scripts
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import Fence
+from executus_worker.core import models
 from executus_worker.core.models import RunRequest
 from executus_worker.embedded import EmbeddedRedis
 from executus_worker.publish import BatchPublisher
@@ -142,14 +143,21 @@ def build(store: RedisStore, ids: Sequence[str], request: RunRequest, *, interru
         redis_store._SHA[name] = client.script_load(scripts.WITH_LIB[name])
     now = time.time()
     fields = codec.record_fields(request, run_id="@", queue=QUEUE, now=now)
+    # The REGISTER script's arguments: since `register_enqueued` (one-round-trip enqueue) the
+    # fields come counted and followed by "-" (no event); before it, the fields alone.
+    counted = hasattr(RedisStore, "register_enqueued")
+    # CLAIM's later arguments (refund grace, checkpoint format); older scripts ignore them.
+    grace, version = 2 * lease_ttl_s, getattr(models, "CHECKPOINT_FORMAT_VERSION", 1)
     for start in range(0, len(ids), 1_000):
         pipe = client.pipeline(transaction=False)
         for run_id in ids[start : start + 1_000]:
             keys = store.keys.run(run_id).all()
             flat = [x for k, v in {**fields, "run_id": run_id}.items() for x in (k, v)]
-            pipe.evalsha(redis_store._SHA["register"], len(keys), *keys, run_id, now, *flat)
+            register = [run_id, now, len(flat), *flat, "-"] if counted else [run_id, now, *flat]
+            pipe.evalsha(redis_store._SHA["register"], len(keys), *keys, *register)
             fence = Fence.new().token
-            claim = [run_id, now, "bench:1", round(lease_ttl_s * 1000), 5, 86_400, fence]
+            claim = [run_id, now, "bench:1", round(lease_ttl_s * 1000), 5, 86_400, fence,
+                     grace, version]  # fmt: skip
             pipe.evalsha(redis_store._SHA["claim"], len(keys), *keys, *claim)
             if interrupt:
                 pipe.evalsha(redis_store._SHA["interrupt"], len(keys), *keys, run_id, now, fence)

@@ -36,6 +36,7 @@ from executus_worker.publish import (
     TASK_RUN,
     BatchPublisher,
     RunMessage,
+    batches,
     build_envelope,
 )
 from executus_worker.redis_connect import connect
@@ -82,20 +83,11 @@ class KombuPublisher:
     def publish_many(self, messages: Iterable[RunMessage]) -> int:
         """Publish every message, confirmed; returns how many. Raises on a broker error or a
         nack (the connection is dropped and rebuilt by the next call)."""
-        count = 0
-        batch: list[RunMessage] = []
         try:
-            for message in messages:
-                batch.append(message)
-                if len(batch) >= self._batch_size:
-                    count += self._flush(batch)
-                    batch = []
-            if batch:
-                count += self._flush(batch)
+            return sum(self._flush(batch) for batch in batches(messages, self._batch_size))
         except BaseException:
             self.close()  # a channel in an unknown state is not reused
             raise
-        return count
 
     def queue_depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (not those delivered and unacked)."""

@@ -35,7 +35,7 @@ import os
 import re
 import socket
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,16 +210,7 @@ class BatchPublisher:
     def publish_many(self, messages: Iterable[RunMessage]) -> int:
         """Publish every message; returns how many. Raises redis errors (nothing is retried:
         a run whose message was lost stays ``queued`` and the sweep re-publishes it)."""
-        count = 0
-        batch: list[RunMessage] = []
-        for message in messages:
-            batch.append(message)
-            if len(batch) >= self._batch_size:
-                count += self._flush(batch)
-                batch = []
-        if batch:
-            count += self._flush(batch)
-        return count
+        return sum(self._flush(batch) for batch in batches(messages, self._batch_size))
 
     def envelope(self, message: RunMessage) -> tuple[str, bytes]:
         """The list and the envelope a publish of ``message`` would push: for a caller that
@@ -263,6 +254,18 @@ class BatchPublisher:
             if isinstance(reply, Exception):
                 raise reply
         return len(batch)
+
+
+def batches(messages: Iterable[RunMessage], size: int) -> Iterator[list[RunMessage]]:
+    """``messages`` in consecutive lists of at most ``size`` (every publisher's batching)."""
+    batch: list[RunMessage] = []
+    for message in messages:
+        batch.append(message)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _chunks(items: Sequence[bytes], max_bytes: int) -> list[Sequence[bytes]]:

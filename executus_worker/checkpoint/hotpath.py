@@ -31,6 +31,8 @@ from typing import Any
 import redis
 from redis.connection import ConnectionPool
 
+from executus_worker.checkpoint import resp
+
 
 def encode(value: object) -> bytes:
     """One argument as redis-py's encoder writes it (str as UTF-8, numbers as repr)."""
@@ -47,16 +49,8 @@ def encode(value: object) -> bytes:
 
 def evalsha(sha: str, keys: Iterable[str], args: Iterable[object]) -> bytes:
     """``EVALSHA sha numkeys key... arg...`` as one RESP command."""
-    keys = list(keys)
-    parts = [b"EVALSHA", sha.encode(), b"%d" % len(keys)]
-    parts.extend(k.encode() for k in keys)
-    parts.extend(encode(a) for a in args)
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n" % len(part))
-        out.append(part)
-        out.append(b"\r\n")
-    return b"".join(out)
+    names = [k.encode() for k in keys]
+    return resp.command(b"EVALSHA", sha.encode(), b"%d" % len(names), *names, *map(encode, args))
 
 
 class _Kept:
@@ -131,15 +125,7 @@ def _exchange(client: redis.Redis, payload: bytes, count: int | None) -> Any:
 
     def once() -> Any:
         conn.send_packed_command([payload])
-        if count is None:
-            return conn.read_response()
-        replies: list[Any] = []
-        for _ in range(count):
-            try:
-                replies.append(conn.read_response())
-            except redis.ResponseError as exc:
-                replies.append(exc)  # a complete reply: the rest follow on the connection
-        return replies
+        return conn.read_response() if count is None else resp.read_replies(conn, count)
 
     try:
         return conn.retry.call_with_retry(once, lambda _error: conn.disconnect())

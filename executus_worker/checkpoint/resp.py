@@ -22,7 +22,8 @@ def bulk(value: bytes) -> bytes:
 
 def command(*args: bytes) -> bytes:
     """One RESP command (an array of bulk strings)."""
-    return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
+    # One format per argument, no call per argument: this packs every step's save.
+    return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%s\r\n" % (len(a), a) for a in args])
 
 
 def send_packed(client: redis.Redis, payload: bytes, count: int) -> list[Any]:
@@ -44,16 +45,10 @@ def send_packed_many(batches: Sequence[tuple[redis.Redis, bytes, int]]) -> list[
             conn = pool.get_connection()
             held.append((pool, conn))
             conn.send_packed_command([payload])  # type: ignore[no-untyped-call]  # redis-py
-        out: list[list[Any]] = []
-        for (_, conn), (_, _, count) in zip(held, batches, strict=True):
-            replies: list[Any] = []
-            for _ in range(count):
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-            out.append(replies)
-        return out
+        return [
+            read_replies(conn, count)
+            for (_, conn), (_, _, count) in zip(held, batches, strict=True)
+        ]
     except BaseException:
         for _, conn in held:
             conn.disconnect()
@@ -61,3 +56,15 @@ def send_packed_many(batches: Sequence[tuple[redis.Redis, bytes, int]]) -> list[
     finally:
         for pool, conn in held:
             pool.release(conn)
+
+
+def read_replies(conn: Any, count: int) -> list[Any]:
+    """The next ``count`` replies on a redis-py connection, in order; an error reply stays in
+    its slot as the exception redis-py raises for it (the replies after it are still read)."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies

@@ -10,6 +10,9 @@ Modes, switchable at any time with ``set_mode``:
   with a hole in it (a client would read half a reply).
 - ``reset``: every connection is closed with an RST at once, and new ones are reset on
   accept, until the mode changes: what a restarting or failing-over endpoint looks like.
+- ``mute``: requests reach the server, every reply is discarded: the command ran and its
+  client cannot know (a partition that falls between a request and its reply). Like ``drop``,
+  a stream that lost bytes is closed when the link returns to ``pass``.
 
 One selector thread serves every connection. It is bounded -- at most ``max_connections``
 pairs, at most ``_BUFFER_CAP`` bytes queued per direction (reading pauses above it) -- and it
@@ -26,8 +29,8 @@ import threading
 import time
 from typing import Literal
 
-Mode = Literal["pass", "drop", "reset"]
-MODES: tuple[Mode, ...] = ("pass", "drop", "reset")
+Mode = Literal["pass", "drop", "reset", "mute"]
+MODES: tuple[Mode, ...] = ("pass", "drop", "reset", "mute")
 
 _BUFFER_CAP = 1 << 20
 _CHUNK = 64 * 1024
@@ -161,6 +164,12 @@ class TcpProxy:
                 pair.to_upstream.clear()
                 pair.to_client.clear()
                 self._update(selector, pair)
+        elif wanted == "mute":
+            for pair in pairs:
+                if pair.to_client:
+                    pair.torn = True
+                pair.to_client.clear()
+                self._update(selector, pair)
         else:  # pass: streams that lost bytes cannot resume
             for pair in pairs:
                 if pair.torn:
@@ -179,7 +188,7 @@ class TcpProxy:
             _reset(client)
             return
         upstream: socket.socket | None = None
-        if self._mode == "pass":
+        if self._mode in ("pass", "mute"):
             try:
                 upstream = socket.create_connection(self.target, timeout=2.0)
             except OSError:
@@ -202,7 +211,9 @@ class TcpProxy:
                 if not data:
                     self._close(selector, pair, reset=False)
                     return
-                if self._mode == "pass" and not pair.torn:
+                # mute forwards requests only; a reply it eats tears the stream like drop.
+                forward = self._mode == "pass" or (self._mode == "mute" and from_client)
+                if forward and pair.upstream is not None and not pair.torn:
                     (pair.to_upstream if from_client else pair.to_client).extend(data)
                 else:
                     pair.torn = True  # discarded: a partition eats these bytes

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     audit_stream: bool = True
     audit_stream_maxlen: int = Field(default=1000, ge=10)
     audit_stream_ttl_s: int | None = Field(default=None, ge=1)
+    # How long the background writer lets events gather before one round trip writes them:
+    # longer means fewer, larger writes (a no-op run's four events cost a round trip each at
+    # 1 ms); readers see an event at most this much later.
+    audit_linger_ms: float = Field(default=20.0, ge=0, le=1000)
     # Budget: tokens and cost per run across its attempts and per guild per UTC day, counted in
     # Redis. Per-run limits apply to every run (a request's metadata "executus.max_tokens" /
     # "executus.max_cost_usd" can only lower them); daily limits per guild id, "*" for every

@@ -30,6 +30,7 @@ from executus_worker.core.models import (
     RunRecord,
     RunRequest,
     RunStatus,
+    validate_request_json,
 )
 from executus_worker.errors import CorruptCheckpointError, UnsupportedFormatError
 
@@ -187,7 +188,7 @@ def decode_request(run_id: str, key: str, raw: Raw) -> RunRequest:
 
 def _stored_request(run_id: str, key: str, raw: Raw) -> tuple[RunRequest, str | None]:
     try:
-        return RunRequest.model_validate_json(raw), None
+        return validate_request_json(raw), None
     except ValidationError as exc:
         problem = _why(exc)
     try:

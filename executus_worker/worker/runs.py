@@ -90,6 +90,7 @@ class _Claimed:
     fence: Fence
     attempts: int
     request: RunRequest
+    run: RunInfo  # the attempt as the kernel sees it
     sent_at: float  # monotonic time the claim was sent: when its lease certainly started
 
 
@@ -130,9 +131,17 @@ class RunRecorder:
         """An audit event outside the executor; a failing audit is logged, never fatal."""
         try:
             run = RunInfo.from_request(request, run_id=run_id, epoch=epoch)
-            self.audit.record(run, event, data)
         except Exception:
             log.exception("audit failed for run %s (ignored)", run_id)
+            return
+        self.run_event(run, event, data)
+
+    def run_event(self, run: RunInfo, event: str, data: dict[str, JsonValue]) -> None:
+        """``event`` for an attempt whose RunInfo is already built."""
+        try:
+            self.audit.record(run, event, data)
+        except Exception:
+            log.exception("audit failed for run %s (ignored)", run.run_id)
 
     def try_claim(self, run_id: str, owner: str) -> ClaimResult:
         return self.store.claim(
@@ -298,9 +307,7 @@ class RunHandler:
             # every attempt and end `dead` with a reason that hides the cause.
             self._records.fail(run_id, fence, str(exc), request)
             return Handled("failed", run_id, OutcomeKind.FAILED, str(exc))
-        run = RunInfo.from_request(
-            request, run_id=run_id, epoch=fence.epoch, attempt=claimed.attempts, fence=fence.token
-        )
+        run = claimed.run
         s = self._settings
         token = StopToken(parents=[self._drain])
         lease = Lease(
@@ -373,17 +380,19 @@ class RunHandler:
                 error = error or "the run record does not decode"
                 records.fail(run_id, claim.fence, error, record.request if record else None)
                 return Handled("failed", run_id, OutcomeKind.FAILED, error)
-            epoch = claim.fence.epoch
-            records.event(
-                run_id, record.request, "claimed",
-                {"owner": owner, "epoch": epoch, "attempt": claim.attempts}, epoch=epoch,
+            fence = claim.fence
+            run = RunInfo.from_request(
+                record.request, run_id=run_id, epoch=fence.epoch, attempt=claim.attempts,
+                fence=fence.token,
             )  # fmt: skip
+            records.run_event(
+                run, "claimed", {"owner": owner, "epoch": fence.epoch, "attempt": claim.attempts}
+            )
             if claim.attempts > 1:
                 # Every later attempt is a recovery (a sweep's requeue, a redelivery, a boot
                 # takeover); the store recorded why the previous attempt let go of the run.
-                why = record.last_reason or "unknown"
-                records.event(run_id, record.request, "recovered", {"reason": why}, epoch=epoch)
-            return _Claimed(owner, claim.fence, claim.attempts, record.request, sent_at)
+                records.run_event(run, "recovered", {"reason": record.last_reason or "unknown"})
+            return _Claimed(owner, fence, claim.attempts, record.request, run, sent_at)
         if claim.status in {ClaimStatus.BUSY, ClaimStatus.GONE}:
             log.info("run %s: duplicate delivery ignored (%s)", run_id, claim.status.value)
             return Handled("duplicate", run_id, detail=claim.status.value)

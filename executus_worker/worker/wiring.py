@@ -112,7 +112,7 @@ def build_audit(settings: Settings, client: StateClient) -> tuple[Audit, StreamA
     logging_audit = LoggingAudit(level=logging.DEBUG)
     if not settings.audit_stream:
         return logging_audit, None
-    stream = StreamAudit(event_log(settings, client))
+    stream = StreamAudit(event_log(settings, client), linger_s=settings.audit_linger_ms / 1000)
     return FanoutAudit([logging_audit, stream]), stream
 
 

@@ -17,6 +17,7 @@ from typing import TypeVar
 from pydantic import JsonValue
 
 from executus_worker.checkpoint import codec
+from executus_worker.checkpoint.settle import current as current_settle
 from executus_worker.checkpoint.store import Fence, RunStore
 from executus_worker.core.models import Checkpoint, Message, RunInfo, RunStatus
 from executus_worker.core.ports import Clock, SystemClock
@@ -249,6 +250,8 @@ class RunHandle:
     def _finish(
         self, checkpoint: Checkpoint, status: RunStatus, *, output: JsonValue, error: str | None
     ) -> None:
+        # The ending may settle the attempt's broker message in the same write (settle.py).
+        settle = current_settle()
         if self._unread:
             self._retry(
                 status.value,
@@ -263,6 +266,7 @@ class RunHandle:
                     now=self._clock.now(),
                     result_ttl_s=self.result_ttl_s,
                     keep_checkpoint=True,
+                    settle=settle,
                 ),
             )
             return
@@ -279,6 +283,7 @@ class RunHandle:
                 now=self._clock.now(),
                 result_ttl_s=self.result_ttl_s,
                 expect_seq=self._expect_seq,
+                settle=settle,
             )
 
         self._write(status.value, checkpoint.messages, write)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pydantic import JsonValue
 
 from executus_worker.checkpoint import codec
+from executus_worker.checkpoint.settle import Settle
 from executus_worker.checkpoint.store import (
     BACKLOG_DEFER_LIMIT,
     QUEUED_BACKOFF_DOUBLINGS,
@@ -521,7 +522,9 @@ class MemoryStore:
         result_ttl_s: int,
         expect_seq: str = "",
         keep_checkpoint: bool = False,
+        settle: Settle | None = None,
     ) -> None:
+        del settle  # no broker lives here: the message is acked as usual (never settled)
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value!r}")
         encoded_output = codec.dumps(output)

@@ -23,6 +23,7 @@ from redis.cluster import ClusterPipeline, RedisCluster
 
 from executus_worker.checkpoint import codec, hotpath, redis_index, scripts
 from executus_worker.checkpoint.keys import DEFAULT_CLUSTER_SHARDS, KeySchema
+from executus_worker.checkpoint.settle import Settle
 from executus_worker.checkpoint.store import (
     ClaimResult,
     ClaimStatus,
@@ -395,10 +396,12 @@ class RedisStore:
         result_ttl_s: int,
         expect_seq: str = "",
         keep_checkpoint: bool = False,
+        settle: Settle | None = None,
     ) -> None:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value!r}")
-        args = [
+        keys = self.keys.run(run_id).all()
+        args: list[Any] = [
             run_id,
             now,
             fence.token,
@@ -413,7 +416,15 @@ class RedisStore:
             expect_seq,
             "1" if keep_checkpoint else "0",
         ]
-        self._run("finish", run_id, self.keys.run(run_id).all(), args)
+        if settle is not None and not isinstance(self._r, redis.Redis):
+            settle = None  # a cluster: the broker's keys would be in other slots
+        if settle is not None:
+            # The caller checked that the broker is this server and database.
+            keys += [settle.index_key, settle.hash_key]
+            args.append(settle.tag)
+        self._run("finish", run_id, keys, args)
+        if settle is not None:
+            settle.settled(settle.tag)
 
     def interrupt(
         self, run_id: str, *, fence: Fence, now: float, reason: str | None = None

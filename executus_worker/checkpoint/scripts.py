@@ -312,6 +312,12 @@ else
   redis.call('HDEL', KEYS[1], 'error')
 end
 finalize(ARGV[7], ARGV[2], tonumber(ARGV[11]), keep)
+-- The run's broker message, when the broker is this Redis (checkpoint/settle.py): its unacked
+-- entry goes with the run's ending, so the consumer's ack needs no round trip of its own.
+if KEYS[10] then
+  redis.call('ZREM', KEYS[9], ARGV[14])
+  redis.call('HDEL', KEYS[10], ARGV[14])
+end
 return 1
 """
 

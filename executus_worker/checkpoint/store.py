@@ -57,6 +57,7 @@ from typing import Protocol
 
 from pydantic import JsonValue
 
+from executus_worker.checkpoint.settle import Settle
 from executus_worker.core.models import Checkpoint, Message, RunRecord, RunRequest, RunStatus
 from executus_worker.errors import StoreError
 
@@ -294,13 +295,19 @@ class RunStore(Protocol):
         result_ttl_s: int,
         expect_seq: str = "",
         keep_checkpoint: bool = False,
+        settle: Settle | None = None,
     ) -> None:
         """Terminal transition: record the result and final transcript with a TTL, delete the
         checkpoint and lease, drop the run from the active index. Fenced like a save.
 
         ``keep_checkpoint``: the attempt never read the stored checkpoint (it is unreadable, or
         the attempt ended before loading it), so it writes no transcript and deletes nothing:
-        the checkpoint and transcript stay exactly as stored, expiring with the record."""
+        the checkpoint and transcript stay exactly as stored, expiring with the record.
+
+        ``settle``: the broker message of this attempt, when the broker is this store's Redis:
+        its unacked entry is removed by the same write and ``settle.settled`` is told once the
+        write succeeded (``checkpoint.settle``). A store that cannot do that ignores it and
+        never calls ``settled``, and the message is acked as usual."""
         ...
 
     def interrupt(

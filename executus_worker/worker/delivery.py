@@ -9,6 +9,9 @@ Two things Celery cannot do from the task body, done where Celery itself does th
   the agent, never the input -- also in Celery's "received" log line, whose structured context
   carries the same arguments. Computed when first asked (that line, at INFO, asks per message:
   one parse of a small JSON request).
+- **Which message a run's ending may settle.** The message's delivery tag and kombu's unacked
+  keys travel to the task in its request (``SETTLE_KEY``), so FINISH can remove the unacked
+  entry itself and the ack skips its round trip (``checkpoint/settle.py``).
 - **REVOKED for a cancelled run.** Celery writes REVOKED and sends ``task-revoked`` only from
   this process, when it revokes a request itself. A run cancelled through our store (the client,
   ``executus-worker cancel``, a revoke seen by another worker) ends its task with
@@ -26,6 +29,7 @@ from celery.worker.request import Request
 
 from executus_worker.worker.messages import split_args, valid_run_id
 from executus_worker.worker.reporting import RunCancelled
+from executus_worker.worker.transport import settle_spec
 
 # A request bigger than this is not parsed just to show its agent (the run id still shows).
 _MAX_SHOWN_REQUEST_BYTES = 1 << 20
@@ -35,6 +39,8 @@ _WITH_TRACEBACK: type[Any] = getattr(einfo, "ExceptionWithTraceback")  # noqa: B
 # Set on the task context a cancelled run's REVOKED announcement carries to ``task_revoked``
 # receivers: the revoke hook has nothing left to cancel.
 CANCELLED_MARK = "executus_run_cancelled"
+# The task request field that carries ``transport.settle_spec`` of the message to the task.
+SETTLE_KEY = "executus_settle"
 
 
 def run_and_agent(args: Any, kwargs: Any, task_id: str | None = None) -> tuple[str, str]:
@@ -78,6 +84,13 @@ class ShownArgs(str):
 
 
 class RunDelivery(Request):
+    def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(message, *args, **kwargs)
+        spec = settle_spec(message)
+        if spec is not None:
+            request_dict: dict[str, Any] = getattr(self, "_request_dict")  # noqa: B009 -- private
+            request_dict[SETTLE_KEY] = spec
+
     @cached_property
     def _shown_args(self) -> list[Any]:
         run_id, agent = run_and_agent(self.args, self.kwargs, self.id)

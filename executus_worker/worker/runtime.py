@@ -18,6 +18,7 @@ import redis
 from executus_worker.broker_publish import run_publisher
 from executus_worker.checkpoint.handle import StoreCheckpointerFactory
 from executus_worker.checkpoint.redis_store import RedisStore
+from executus_worker.checkpoint.settle import Settle
 from executus_worker.core.agents import AgentRegistry
 from executus_worker.core.executor import execute
 from executus_worker.core.ports import Deps
@@ -33,6 +34,7 @@ from executus_worker.observability.instruments import (
 )
 from executus_worker.redis_connect import StateClient, connect, connect_state
 from executus_worker.settings import Settings
+from executus_worker.worker import transport
 from executus_worker.worker.heartbeat import Heartbeats
 from executus_worker.worker.messages import run_id_of
 from executus_worker.worker.recovery import Recovery, ScanLock
@@ -177,6 +179,23 @@ class Runtime:
                 logs.unbind(token)
         observe_delivery(handled, self._metrics())
         return handled
+
+    def settle_for(self, spec: object) -> Settle | None:
+        """The ``Settle`` of a delivery's ``transport.settle_spec``, if the run's ending can
+        settle that message: the broker is this store's Redis server and database (on a
+        cluster, or another server, the message is acked as usual)."""
+        if not isinstance(spec, list) or len(spec) != 7 or not transport.SETTLED.here():
+            return None
+        tag, index_key, hash_key, *address = spec
+        if not all(isinstance(x, str) for x in (tag, index_key, hash_key)):
+            return None
+        client = self.client()
+        if (
+            not isinstance(client, redis.Redis)
+            or transport.server_address(client.connection_pool) != address
+        ):
+            return None
+        return Settle(tag, index_key, hash_key, settled=transport.SETTLED.add)
 
     def _build_handler(self, store: RedisStore) -> RunHandler:
         s = self.settings

@@ -14,10 +14,11 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task
 
+from executus_worker.checkpoint.settle import settling
 from executus_worker.core.models import RunRecord
 from executus_worker.errors import ExecutusError, StoreError
 from executus_worker.publish import TASK_RECOVER, TASK_RUN
-from executus_worker.worker.delivery import RunDelivery
+from executus_worker.worker.delivery import SETTLE_KEY, RunDelivery
 from executus_worker.worker.messages import read_delivery
 from executus_worker.worker.reporting import RunFailed, report
 from executus_worker.worker.runs import Handled, record_unhandled
@@ -56,7 +57,9 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         task_id = self.request.id
         try:
             try:
-                handled = runtime.handle(args, kwargs, task_id=task_id)
+                settle = runtime.settle_for(getattr(self.request, SETTLE_KEY, None))
+                with settling(settle):
+                    handled = runtime.handle(args, kwargs, task_id=task_id)
             except (StoreError, SoftTimeLimitExceeded):
                 raise
             except Exception as exc:

@@ -27,6 +27,10 @@ Stock kombu 5.7 has three ways to take a whole worker down that this module clos
 
 Only the envelope is checked here; a well-formed envelope with a bad *task* body is left to
 Celery (it logs and acks it) and to our task (which validates its arguments).
+
+One addition: a run's ending may remove its message's unacked entry in the same write
+(``checkpoint/settle.py``); the ack of such a message then skips its own round trip
+(``SettledTags``, ``SettlingQoS``).
 """
 
 from __future__ import annotations
@@ -35,12 +39,15 @@ import base64
 import binascii
 import json
 import logging
+import os
+import threading
 from queue import Empty  # what kombu's channels raise for 'nothing to read'
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from redis.sentinel import Sentinel
 
 from executus_worker.core.models import DEFAULT_MAX_PAYLOAD_BYTES
@@ -136,9 +143,91 @@ def describe(message: object) -> str:
     return text[:120] + ("..." if len(text) > 120 else "")
 
 
+class SettledTags:
+    """Delivery tags whose unacked entry a run's ending already removed (checkpoint/settle.py),
+    so that the ack of that message, in this process, need not remove it again.
+
+    Only a process that consumes (``consuming``) settles: there the task's ack happens in the
+    same process as its FINISH (solo and threads pools). A prefork child inherits the parent's
+    pid here and so never settles: its parent would ack with a round trip all the same.
+    """
+
+    # A tag stays until its ack; one that never comes (the connection dropped first) is a
+    # leftover. Past this many, tags are not added: those messages are acked as usual.
+    MAX_TAGS = 100_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tags: set[str] = set()
+        self._consumer_pid = 0
+
+    def consuming(self) -> None:
+        self._consumer_pid = os.getpid()
+
+    def here(self) -> bool:
+        """True in a process that consumes messages (where their acks happen)."""
+        return self._consumer_pid == os.getpid()
+
+    def add(self, tag: str) -> None:
+        with self._lock:
+            if len(self._tags) < self.MAX_TAGS:
+                self._tags.add(tag)
+
+    def take(self, tag: str) -> bool:
+        """True (once) if ``tag`` was settled by its run's ending."""
+        with self._lock:
+            if tag in self._tags:
+                self._tags.remove(tag)
+                return True
+            return False
+
+
+SETTLED = SettledTags()
+
+
+class SettlingQoS(kombu_redis.QoS):
+    """kombu's Redis QoS, minus the ack round trip of a message its run's ending settled."""
+
+    def ack(self, delivery_tag: str) -> None:
+        if SETTLED.take(delivery_tag):
+            virtual.QoS.ack(self, delivery_tag)  # kombu's in-memory bookkeeping only
+            return
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        # Settled or not, kombu's own handling is right (a settled message has nothing left
+        # to restore); only forget the tag.
+        SETTLED.take(delivery_tag)
+        super().reject(delivery_tag, requeue=requeue)
+
+
+def settle_spec(message: Any) -> list[Any] | None:
+    """What a run's ending needs to settle ``message`` (its tag, kombu's unacked index and hash
+    keys, and the broker's address to compare with the store's), or None when it cannot: not
+    our Redis channel, not a consuming process, no ack emulation, or a Sentinel broker."""
+    channel = getattr(message, "channel", None)
+    tag = getattr(message, "delivery_tag", None)
+    if not isinstance(channel, Channel) or not isinstance(tag, str) or not SETTLED.here():
+        return None
+    target = channel.settle_target()
+    return None if target is None else [tag, *target]
+
+
+def server_address(pool: Any) -> list[Any] | None:
+    """(host, port, db, path) of a redis-py pool, None when resolved per connection."""
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict) or not (kwargs.get("host") or kwargs.get("path")):
+        return None  # Sentinel: the master is asked for per connection
+    return [kwargs.get("host"), kwargs.get("port"), int(kwargs.get("db") or 0), kwargs.get("path")]
+
+
 class Channel(kombu_redis.Channel):
+    QoS = SettlingQoS
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._params_by_mode: dict[bool, dict[str, Any]] = {}
+        self._settle_target: list[Any] | None = None
+        self._settle_known = False  # _settle_target computed (it may be None)
         super().__init__(*args, **kwargs)  # computes the async parameters (its first PING)
         # And the synchronous ones now, while the transport still knows its connection:
         # the close path and late acks need them after Celery has let go of it.
@@ -172,6 +261,21 @@ class Channel(kombu_redis.Channel):
             cached = super()._create_client(asynchronous=False)  # type: ignore[misc]
             self.__dict__["_executus_sync_client"] = cached
         return cached
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        SETTLED.consuming()
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def settle_target(self) -> list[Any] | None:
+        """[unacked index key, unacked hash key, *server_address] for ``settle_spec``."""
+        if not self._settle_known:
+            address = server_address(self.pool) if self.ack_emulation else None
+            if address is not None:
+                prefix = self.global_keyprefix or ""
+                keys = [prefix + self.unacked_index_key, prefix + self.unacked_key]
+                self._settle_target = [*keys, *address]
+            self._settle_known = True
+        return self._settle_target
 
     def close(self) -> None:
         try:

@@ -1,0 +1,80 @@
+"""A run's ending settles its Redis broker message (checkpoint/settle.py), with real workers.
+
+On the solo and threads pools the FINISH script removes the message's unacked entry and the
+consumer's ack needs no round trip; on prefork the parent acks as before. Either way no
+finished run leaves an unacked message behind.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from executus_worker.core.models import RunStatus
+
+from .harness import Cluster, counter_transcript
+
+pytestmark = pytest.mark.e2e
+
+RUNS = 30
+
+
+def _execs(client: redis.Redis) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get("cmdstat_exec", {}).get("calls", 0))
+
+
+def _unacked_for(cluster: Cluster) -> list[str]:
+    assert cluster.broker is not None
+    return [
+        tag.decode()
+        for tag, raw in cluster.broker.hgetall("unacked").items()
+        if json.loads(raw)[2] == cluster.queue
+    ]
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads", "prefork"])
+def test_finished_runs_leave_no_unacked_message(cluster: Cluster, pool: str) -> None:
+    assert cluster.broker is not None
+    cluster.start(pool, concurrency=2)
+    before = _execs(cluster.broker)
+    run_ids = [cluster.submit("e2e.counter", steps=1, step_s=0) for _ in range(RUNS)]
+    failing = cluster.submit("e2e.counter", steps="not a number")
+    for run_id in run_ids:
+        cluster.wait_status(run_id, RunStatus.COMPLETED)
+    assert cluster.wait_status(failing, RunStatus.FAILED).error
+    execs = _execs(cluster.broker) - before
+
+    assert _unacked_for(cluster) == []
+    for run_id in run_ids:
+        assert cluster.transcript(run_id) == counter_transcript(1)
+    # kombu records each message as unacked with one MULTI/EXEC and acks it with another.
+    # Settled in FINISH, the ack's is gone; a few more come from the worker's own
+    # bookkeeping (its directory entry).
+    if pool == "prefork":
+        assert execs >= 2 * (RUNS + 1), execs
+    else:
+        assert RUNS + 1 <= execs < 1.5 * (RUNS + 1), execs
+
+
+def test_a_separate_broker_is_acked_as_usual(cluster: Cluster, redis_url: str) -> None:
+    """State and broker on different databases of one server: not the same place, so FINISH
+    settles nothing and kombu acks every message itself."""
+    other = redis_url.rsplit("/", 1)[0] + "/5"
+    broker = redis.Redis.from_url(other)
+    (cluster.tmp_path / "separate").mkdir()
+    world = Cluster(redis_url, cluster.tmp_path / "separate", broker_url=other)
+    try:
+        world.start("solo")
+        before = _execs(broker)
+        run_ids = [world.submit("e2e.counter", steps=1, step_s=0) for _ in range(10)]
+        for run_id in run_ids:
+            world.wait_status(run_id, RunStatus.COMPLETED)
+        assert _execs(broker) - before >= 20
+        assert _unacked_for(world) == []
+    finally:
+        world.close()
+        broker.close()

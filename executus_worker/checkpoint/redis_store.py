@@ -76,6 +76,18 @@ class EnqueuedEvent:
     ttl_ms: int
 
 
+@dataclass(frozen=True)
+class ClaimCall:
+    """One CLAIM script call: EVALSHA ``sha`` with ``keys`` and ``args``; ``token`` is the fence
+    it claims with."""
+
+    run_id: str
+    token: str
+    sha: str
+    keys: list[str]
+    args: list[Any]
+
+
 class RedisStore:
     """RunStore on Redis. Thread-safe to the extent the given client is (redis-py pools are)."""
 
@@ -205,8 +217,18 @@ class RedisStore:
     def claim(
         self, run_id: str, *, owner: str, lease_ttl_s: float, max_attempts: int, now: float
     ) -> ClaimResult:
-        token = Fence.new().token
+        call = self.claim_call(
+            run_id, owner=owner, lease_ttl_s=lease_ttl_s, max_attempts=max_attempts, now=now
+        )
+        return self.claim_result(call, self._run("claim", run_id, call.keys, call.args))
+
+    def claim_call(
+        self, run_id: str, *, owner: str, lease_ttl_s: float, max_attempts: int, now: float
+    ) -> ClaimCall:
+        """The CLAIM script call ``claim`` sends, for a caller that sends it in its own
+        transaction (worker/preclaim.py); decode its reply with ``claim_result``."""
         grace = _REFUND_GRACE_LEASES * lease_ttl_s
+        token = Fence.new().token
         args = [
             run_id,
             now,
@@ -218,7 +240,12 @@ class RedisStore:
             grace,
             CHECKPOINT_FORMAT_VERSION,  # a run parked for a newer format is deferred
         ]
-        reply = self._run("claim", run_id, self.keys.run(run_id).all(), args)
+        return ClaimCall(run_id, token, _SHA["claim"], self.keys.run(run_id).all(), args)
+
+    def claim_result(self, call: ClaimCall, reply: Any) -> ClaimResult:
+        """What the reply to ``call`` means (CorruptCheckpointError for a record that does not
+        decode and was not claimed)."""
+        run_id, token = call.run_id, call.token
         status = ClaimStatus(codec.text(reply[0]))
         if len(reply) < 2:
             return ClaimResult(status)

@@ -23,6 +23,7 @@ from executus_worker.observability import logs
 from executus_worker.observability.process import Observability
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings, redact_url
+from executus_worker.worker import preclaim
 from executus_worker.worker.advertise import start_advertising
 from executus_worker.worker.bootsteps import ControlCommand, drain_step, remote_control_step
 from executus_worker.worker.messages import MAX_PAYLOAD_OPTION, run_id_of
@@ -275,6 +276,9 @@ class WorkerHooks:
             print(f"executus worker: {refusing}{exc}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_CONFIG if wrong else EXIT_UNAVAILABLE) from None
         self.active = True
+        if _pool_name(sender) == "solo":
+            # The solo pool runs each message as it arrives: claim it in the same round trip.
+            preclaim.PRECLAIMS = self.runtime.preclaims()
         self.shutdown.on_worker_init(sender)
         # Before the pool forks: children inherit the metrics directory.
         self.observability.start_main(
@@ -383,3 +387,10 @@ def _consumed_queues(worker: Any, settings: Settings) -> list[str]:
     queues = getattr(selected, "queues", None)
     names = sorted(queues.consume_from) if queues is not None and queues.consume_from else []
     return names or list(dict.fromkeys([settings.default_queue, *settings.tier_queues.values()]))
+
+
+def _pool_name(worker: Any) -> str:
+    """The pool's short name (solo, prefork, threads, ...) from a WorkController."""
+    pool = getattr(worker, "pool_cls", None)
+    module = getattr(pool, "__module__", "") if not isinstance(pool, str) else pool
+    return str(module).rsplit(".", 1)[-1].rsplit(":", 1)[0]

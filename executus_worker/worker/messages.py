@@ -226,12 +226,18 @@ def _is_run_task(message: Mapping[str, Any]) -> bool:
 def notice_run_id(message: Mapping[str, Any]) -> str | None:
     """The run a broken ``executus.run`` message names: its first argument (read from the
     body's first bytes, never by parsing the body), else its task id."""
-    body = decoded_body(message)
-    found = _FIRST_ARG.match(body[:512]) if body else None
-    if found is not None:
-        text = (found.group(1) or found.group(2)).decode()
-        run_id = valid_run_id(text)
-        if run_id is not None:
-            return run_id
+    run_id = first_arg_run_id(message)
+    if run_id is not None:
+        return run_id
     headers = message.get("headers")
     return valid_run_id(headers.get("id")) if isinstance(headers, dict) else None
+
+
+def first_arg_run_id(message: Mapping[str, Any]) -> str | None:
+    """The valid run id an ``executus.run`` envelope's first argument names, read from the
+    body's first bytes without parsing the body; None if it names none."""
+    body = decoded_body(message)
+    found = _FIRST_ARG.match(body[:512]) if body else None
+    if found is None:
+        return None
+    return valid_run_id((found.group(1) or found.group(2)).decode())

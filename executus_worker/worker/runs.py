@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 
 Execute = Callable[[Agent, RunInfo, Deps, StopToken], RunOutcome]
+# (run id, owner) -> a claim already made for this delivery and when it was sent, or None
+# (worker/preclaim.py: on a solo worker the claim rides with the message's receipt).
+Preclaimed = Callable[[str, str], tuple[ClaimResult, float] | None]
 
 
 class Agents(Protocol):
@@ -112,12 +115,16 @@ class RunRecorder:
         owner: Callable[[], str] = default_owner,
         clock: Callable[[], float] = time.time,
         audit: Audit | None = None,
+        preclaimed: Preclaimed | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.settings = settings
         self.owner = owner
         self.clock = clock
         self.audit = audit or NullAudit()
+        self.preclaimed = preclaimed
+        self.monotonic = monotonic
 
     def event(
         self,
@@ -143,14 +150,22 @@ class RunRecorder:
         except Exception:
             log.exception("audit failed for run %s (ignored)", run.run_id)
 
-    def try_claim(self, run_id: str, owner: str) -> ClaimResult:
-        return self.store.claim(
+    def try_claim(self, run_id: str, owner: str) -> tuple[ClaimResult, float]:
+        """The claim, and the monotonic time it was sent (when its lease certainly started).
+        A claim made when the message was received (worker/preclaim.py) is taken, not made
+        again."""
+        early = self.preclaimed(run_id, owner) if self.preclaimed is not None else None
+        if early is not None:
+            return early
+        sent_at = self.monotonic()
+        claim = self.store.claim(
             run_id,
             owner=owner,
             lease_ttl_s=self.settings.lease_ttl_s,
             max_attempts=self.settings.max_recovery_attempts,
             now=self.clock(),
         )
+        return claim, sent_at
 
     def known(self, run_id: str) -> bool:
         try:
@@ -199,10 +214,10 @@ class RunRecorder:
             log.error("dropped an executus.run message without a usable run id: %s", error)
             return Handled("rejected", None, detail=error)
         owner = self.owner()
-        claim = self.try_claim(run_id, owner)
+        claim, _ = self.try_claim(run_id, owner)
         if claim.status is ClaimStatus.GONE and not self.known(run_id):
             self.register(run_id, Delivery(run_id, None, error, delivery.agent))
-            claim = self.try_claim(run_id, owner)
+            claim, _ = self.try_claim(run_id, owner)
         if claim.status is ClaimStatus.CLAIMED and claim.fence is not None:
             self.fail(run_id, claim.fence, error, claim.record.request if claim.record else None)
             return Handled("failed", run_id, OutcomeKind.FAILED, error)
@@ -237,6 +252,7 @@ class RunHandler:
         clock: Callable[[], float] = time.time,
         heartbeats: Heartbeats | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        preclaimed: Preclaimed | None = None,
     ) -> None:
         self._store = store
         self._agents = agents
@@ -247,7 +263,10 @@ class RunHandler:
         self._owner = owner
         self._clock = clock
         self._monotonic = monotonic
-        self._records = RunRecorder(store, settings, owner=owner, clock=clock, audit=deps.audit)
+        self._records = RunRecorder(
+            store, settings, owner=owner, clock=clock, audit=deps.audit,
+            preclaimed=preclaimed, monotonic=monotonic,
+        )  # fmt: skip
         self._heartbeats = heartbeats or Heartbeats(store, lease_ttl_s=settings.lease_ttl_s)
         # Per-process tallies (duplicates above all): logged, and handy in tests and `inspect`.
         self.counts: collections.Counter[str] = collections.Counter()
@@ -359,12 +378,10 @@ class RunHandler:
         """
         records = self._records
         owner = self._owner()
-        sent_at = self._monotonic()
-        claim = records.try_claim(run_id, owner)
+        claim, sent_at = records.try_claim(run_id, owner)
         if claim.status is ClaimStatus.GONE and not records.known(run_id):
             records.register(run_id, delivery)
-            sent_at = self._monotonic()
-            claim = records.try_claim(run_id, owner)
+            claim, sent_at = records.try_claim(run_id, owner)
         elif delivery.problem is not None:
             # The run exists: the message is only a wake-up, its body is never used.
             log.warning(

@@ -19,6 +19,7 @@ from executus_worker.broker_publish import run_publisher
 from executus_worker.checkpoint.handle import StoreCheckpointerFactory
 from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.settle import Settle
+from executus_worker.checkpoint.store import ClaimResult
 from executus_worker.core.agents import AgentRegistry
 from executus_worker.core.executor import execute
 from executus_worker.core.ports import Deps
@@ -34,11 +35,11 @@ from executus_worker.observability.instruments import (
 )
 from executus_worker.redis_connect import StateClient, connect, connect_state
 from executus_worker.settings import Settings
-from executus_worker.worker import transport
+from executus_worker.worker import preclaim, transport
 from executus_worker.worker.heartbeat import Heartbeats
 from executus_worker.worker.messages import run_id_of
 from executus_worker.worker.recovery import Recovery, ScanLock
-from executus_worker.worker.runs import Handled, RunHandler, RunRecorder
+from executus_worker.worker.runs import Handled, RunHandler, RunRecorder, default_owner
 from executus_worker.worker.wiring import Batteries, build_batteries
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,17 @@ class Runtime:
 
     def recorder(self) -> RunRecorder:
         """What records a run's failure with the store alone (see tasks.py)."""
-        return RunRecorder(self.store(), self.settings)
+        return RunRecorder(self.store(), self.settings, preclaimed=_take_preclaimed)
+
+    def preclaims(self) -> preclaim.Preclaims | None:
+        """Claims on receipt for a solo worker whose broker is this store's Redis (the
+        transport checks the broker side), or None when the run state is not one plain
+        Redis (Sentinel, a cluster)."""
+        store, client = self.store(), self.client()
+        address = transport.server_address(getattr(client, "connection_pool", None))
+        if not isinstance(client, redis.Redis) or address is None:
+            return None
+        return preclaim.Preclaims(store, self.settings, default_owner, address=address)
 
     def handler(self) -> RunHandler:
         """Built once per process, on its first delivery; every later call is a lookup."""
@@ -217,6 +228,7 @@ class Runtime:
         )
         log.info("run handler ready in pid %d (agents: %s)", os.getpid(), registry.names())
         return RunHandler(
+            preclaimed=_take_preclaimed,
             store=store,
             agents=registry,
             deps=deps,
@@ -270,3 +282,10 @@ class Runtime:
             lock=ScanLock(client, scan_lock_key(s.key_prefix), ttl_ms=_SCAN_LOCK_TTL_MS),
             metrics=self._metrics(),
         )
+
+
+def _take_preclaimed(run_id: str, owner: str) -> tuple[ClaimResult, float] | None:
+    """The claim this process made when it received the current delivery (preclaim.py)."""
+    claims = preclaim.PRECLAIMS
+    found = claims.take(preclaim.current_tag(), run_id, owner) if claims is not None else None
+    return None if found is None else (found.result, found.sent_at)

@@ -20,6 +20,7 @@ from executus_worker.errors import ExecutusError, StoreError
 from executus_worker.publish import TASK_RECOVER, TASK_RUN
 from executus_worker.worker.delivery import SETTLE_KEY, RunDelivery
 from executus_worker.worker.messages import read_delivery
+from executus_worker.worker.preclaim import delivering
 from executus_worker.worker.reporting import RunFailed, report
 from executus_worker.worker.runs import Handled, record_unhandled
 from executus_worker.worker.runtime import Runtime
@@ -57,8 +58,9 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         task_id = self.request.id
         try:
             try:
-                settle = runtime.settle_for(getattr(self.request, SETTLE_KEY, None))
-                with settling(settle):
+                spec = getattr(self.request, SETTLE_KEY, None)
+                tag = spec[0] if isinstance(spec, list) and spec else None
+                with settling(runtime.settle_for(spec)), delivering(tag):
                     handled = runtime.handle(args, kwargs, task_id=task_id)
             except (StoreError, SoftTimeLimitExceeded):
                 raise
@@ -71,7 +73,8 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
                 delivery = read_delivery(
                     args, kwargs, task_id=task_id, max_bytes=runtime.settings.max_payload_bytes
                 )
-                handled = record_unhandled(runtime.recorder(), delivery, exc)
+                with delivering(tag):
+                    handled = record_unhandled(runtime.recorder(), delivery, exc)
         except SoftTimeLimitExceeded:
             # The shutdown escalation landed outside the run loop (claim, bookkeeping): the
             # lease expires and recovery resumes the run. Ack it; Celery shows RETRY.

@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import threading
+import time
 from queue import Empty  # what kombu's channels raise for 'nothing to read'
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,9 +49,11 @@ from urllib.parse import urlsplit
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils import json as kombu_json
 from redis.sentinel import Sentinel
 
 from executus_worker.core.models import DEFAULT_MAX_PAYLOAD_BYTES
+from executus_worker.worker import preclaim
 from executus_worker.worker.messages import (
     MAX_PAYLOAD_OPTION,
     run_body_problem,
@@ -186,9 +189,39 @@ SETTLED = SettledTags()
 
 
 class SettlingQoS(kombu_redis.QoS):
-    """kombu's Redis QoS, minus the ack round trip of a message its run's ending settled."""
+    """kombu's Redis QoS, minus the ack round trip of a message its run's ending settled, and
+    with the run's claim in the unacked record's transaction on a solo worker (preclaim.py)."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        claims = preclaim.PRECLAIMS
+        call = claims.plan(message) if claims is not None and self._same_store(claims) else None
+        if claims is None or call is None:
+            super().append(message, delivery_tag)
+            return
+        delivery = message.delivery_info
+        record = kombu_json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        with self.pipe_or_acquire() as pipe:
+            # kombu's unacked record, exactly as kombu writes it, then the claim.
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, record)
+            pipe.execute_command("EVALSHA", call.sha, len(call.keys), *call.keys, *call.args)
+            sent_at = time.monotonic()
+            replies = pipe.execute(raise_on_error=False)
+            virtual.QoS.append(self, message, delivery_tag)
+        for reply in replies[:2]:
+            if isinstance(reply, Exception):
+                raise reply  # what kombu's own append raises: the message was not recorded
+        claims.received(delivery_tag, call, replies[2], sent_at)
+
+    def _same_store(self, claims: preclaim.Preclaims) -> bool:
+        channel = self.channel
+        target = channel.settle_target() if isinstance(channel, Channel) else None
+        prefixed = getattr(channel, "global_keyprefix", "")  # kombu would prefix our keys too
+        return target is not None and target[2:] == claims.address and not prefixed
 
     def ack(self, delivery_tag: str) -> None:
+        if preclaim.PRECLAIMS is not None:
+            preclaim.PRECLAIMS.release(delivery_tag)  # a claim made on receipt nobody took
         if SETTLED.take(delivery_tag):
             virtual.QoS.ack(self, delivery_tag)  # kombu's in-memory bookkeeping only
             return
@@ -197,6 +230,8 @@ class SettlingQoS(kombu_redis.QoS):
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         # Settled or not, kombu's own handling is right (a settled message has nothing left
         # to restore); only forget the tag.
+        if preclaim.PRECLAIMS is not None:
+            preclaim.PRECLAIMS.release(delivery_tag)
         SETTLED.take(delivery_tag)
         super().reject(delivery_tag, requeue=requeue)
 

@@ -8,6 +8,7 @@ finished run leaves an unacked message behind.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -78,3 +79,23 @@ def test_a_separate_broker_is_acked_as_usual(cluster: Cluster, redis_url: str) -
     finally:
         world.close()
         broker.close()
+
+
+def test_a_solo_worker_claims_on_receipt_and_still_runs_each_run_once(cluster: Cluster) -> None:
+    """worker/preclaim.py: the claim rides in the unacked record's transaction. Duplicates
+    are still turned away, and each run is claimed (and executed) exactly once."""
+    cluster.start("solo")
+    request = cluster.register("e2e.counter", steps=3, step_s=0.2)
+    run_id = request.run_id
+    assert run_id is not None
+    cluster.publish(request, times=3)
+    others = [cluster.submit("e2e.counter", steps=1, step_s=0) for _ in range(10)]
+    record = cluster.wait_status(run_id, RunStatus.COMPLETED)
+    for other in others:
+        assert cluster.wait_status(other, RunStatus.COMPLETED).attempts == 1
+    time.sleep(0.5)  # the duplicates are handled after the run: no second execution
+    assert record.attempts == 1 and record.epoch == 1
+    assert cluster.ended(run_id) == counter_transcript(3)
+    assert len({e["pid"] for e in cluster.steps(run_id, "start")}) == 1
+    assert _unacked_for(cluster) == []
+    assert cluster.record(run_id).status is RunStatus.COMPLETED

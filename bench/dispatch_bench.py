@@ -578,6 +578,14 @@ sent once the previous one finished; executus from `time.time()` before `Client.
 (register + `enqueued` event + publish; the agent check on, as a user calls it) to the run's
 first model call, plain Celery from before `app.send_task` to the first line of the task.
 
+Round trips per no-op message on the worker (broker = the state Redis). Plain Celery: BRPOP,
+kombu's unacked record (MULTI/EXEC), the ack (MULTI/EXEC). executus on solo: BRPOP, the
+unacked record with the run's CLAIM in the same transaction (`worker/preclaim.py`), FINISH,
+which also removes the unacked entry so the ack is in memory only (`checkpoint/settle.py`).
+On prefork: BRPOP, unacked record and ack in the main process, CLAIM and FINISH in the child
+(a claim made on receipt would name the main process as owner; see `worker/preclaim.py`).
+Audit events go in batches every `AUDIT_LINGER_MS` (20 ms) from a background thread.
+
 {pools}
 Where the worker's time goes, measured in-process without Celery (`RunHandler.handle` in a
 loop over {args.runs:,} runs, wired as `worker/runtime.py` does; fastest of \

@@ -27,6 +27,7 @@ from typing import Any
 from billiard import einfo
 from celery.worker.request import Request
 
+from executus_worker.worker import preclaim
 from executus_worker.worker.messages import split_args, valid_run_id
 from executus_worker.worker.reporting import RunCancelled
 from executus_worker.worker.transport import settle_spec
@@ -88,8 +89,26 @@ class RunDelivery(Request):
         super().__init__(message, *args, **kwargs)
         spec = settle_spec(message)
         if spec is not None:
-            request_dict: dict[str, Any] = getattr(self, "_request_dict")  # noqa: B009 -- private
-            request_dict[SETTLE_KEY] = spec
+            self._request_fields()[SETTLE_KEY] = spec
+
+    def revoked(self) -> bool:
+        # Celery asks this right before it hands the message to the pool (and nowhere it does
+        # not): a claim made on the message's receipt goes with it, the task's to take
+        # (worker/preclaim.py). A message that never gets here is acked or rejected, and its
+        # claim released then. (Celery builds a subclass that replaces execute_using_pool.)
+        if super().revoked():
+            return True
+        claims = preclaim.PRECLAIMS
+        tag = getattr(getattr(self, "_message", None), "delivery_tag", None)
+        forwarded = claims.forward(tag) if claims is not None and isinstance(tag, str) else None
+        if forwarded is not None:
+            self._request_fields()[preclaim.PRECLAIM_KEY] = forwarded
+        return False
+
+    def _request_fields(self) -> dict[str, Any]:
+        # Celery's private request dict: the task sees its keys as ``self.request.<key>``.
+        fields: dict[str, Any] = getattr(self, "_request_dict")  # noqa: B009 -- not in stubs
+        return fields
 
     @cached_property
     def _shown_args(self) -> list[Any]:

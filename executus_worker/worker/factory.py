@@ -277,7 +277,8 @@ class WorkerHooks:
             raise SystemExit(EXIT_CONFIG if wrong else EXIT_UNAVAILABLE) from None
         self.active = True
         if _pool_name(sender) == "solo":
-            # The solo pool runs each message as it arrives: claim it in the same round trip.
+            # The solo pool runs each message as it arrives, in the process that received it:
+            # claim it in the same round trip (preclaim.py says why not prefork).
             preclaim.PRECLAIMS = self.runtime.preclaims()
         self.shutdown.on_worker_init(sender)
         # Before the pool forks: children inherit the metrics directory.

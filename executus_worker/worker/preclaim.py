@@ -1,21 +1,30 @@
 """Claiming a run in the round trip that receives its message (solo pool, Redis broker).
 
 A solo worker executes a message the moment it receives it: kombu records the message as
-unacked (``MULTI ZADD HSET EXEC``), Celery calls the task, and the task's first act is the
-CLAIM script -- two round trips back to back, and on a busy machine each costs far more than
-the work in it (bench/RESULTS.md, Dispatch). When the broker is the run store's own Redis
-server and database, the claim goes into kombu's transaction instead, so the unacked record
-and the claim are written atomically in one round trip; the handler then takes that result
-(``take``) instead of claiming again. Nothing else about a claim changes: the same script, the
-same fence, the lease counted from when it was sent.
+unacked (``MULTI ZADD HSET EXEC``), Celery calls the task, and the task's first act is the CLAIM
+script -- two round trips back to back, and on a busy machine each costs far more than the work
+in it (bench/RESULTS.md, Dispatch). When the broker is the run store's own Redis server and
+database, the claim goes into kombu's transaction instead: the unacked record and the claim are
+written atomically in one round trip (``transport.SettlingQoS.append``). When Celery hands the
+message to the pool, the claim's raw reply goes with it in the task request
+(``RunDelivery.revoked``, ``PRECLAIM_KEY``), and the task's handler takes it
+(``delivering``/``take``) instead of claiming. It is the same script with the same fence and
+the same owner (this process), and the lease counts from when it was sent.
 
 Only a message Celery will execute at once is claimed early: ``executus.run`` with no ETA and
-no expiry, not revoked, the run id readable from its first argument. A claim the task did not
-take (the task never ran, or the handler could not read the message the same way) is released
-when the message is acked or rejected: the run goes back to ``interrupted`` -- re-published by
-the next sweep, not counted as a crash. If the process dies first, the lease expires as it
-does for any crash. Prefork and threads pools claim in the task as before: there the message
-may wait for a free process or thread after it is received.
+no expiry, not revoked, the run id readable from its first argument. A claim whose message
+never reached the pool (revoked after receipt) is released when the message is acked or
+rejected, and one the task did not take (the handler could not be built, or read another run
+id) when the task ends: the run goes back to ``interrupted`` -- re-published by the next sweep,
+not counted as a crash. If the process dies first, the lease expires as it does for any crash.
+A claim whose reply is an error (NOSCRIPT after a Redis restart) is dropped and the task claims
+as usual.
+
+Not on prefork: there the message is received by the main process and run by a child, and a
+claim names its owner so that a restarted worker can prove that owner dead
+(``worker/identity.py``). A claim in the main process's name would let a restart take back a
+run that an orphaned child is still executing (a SIGKILLed main process leaves its children
+to finish their step). Nor on threads pools, where a message may wait for a free thread.
 """
 
 from __future__ import annotations
@@ -53,12 +62,20 @@ class Preclaimed:
     sent_at: float  # monotonic time the claim was sent: when its lease certainly started
 
 
-class Preclaims:
-    """The claims made on receipt in this (consuming, solo-pool) process, by delivery tag."""
+# What travels to the task in its request (``PRECLAIM_KEY``): [run id, owner, fence token,
+# the CLAIM script's raw reply, monotonic send time]. Raw, so the consuming process does not
+# decode records it hands to a prefork child; CLOCK_MONOTONIC is the same in every process.
+Forwarded = list[Any]
+PRECLAIM_KEY = "executus_preclaim"
 
-    # Claims are taken within a millisecond; more than this many waiting means they are not
-    # being taken (a bug): stop claiming early rather than hold leases nobody runs.
-    MAX_PENDING = 64
+
+class Preclaims:
+    """The claims this consuming process made on receipt, by delivery tag, until the message
+    is handed to the pool (``forward``) or acked without ever being (``release``)."""
+
+    # Claims are handed on within a millisecond; more than this many waiting means they are
+    # not (a bug): stop claiming early rather than hold leases nobody runs.
+    MAX_PENDING = 256
 
     def __init__(
         self,
@@ -68,16 +85,14 @@ class Preclaims:
         *,
         address: list[Any],
         clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.settings = settings
         self.owner = owner
         self.address = address  # the state Redis (transport.server_address)
         self._clock = clock
-        self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._pending: dict[str, Preclaimed] = {}
+        self._pending: dict[str, Forwarded] = {}
 
     def plan(self, message: Any) -> ClaimCall | None:
         """The claim to send with ``message``'s unacked record, or None to claim in the task."""
@@ -100,69 +115,90 @@ class Preclaims:
         )
 
     def received(self, tag: str, call: ClaimCall, reply: object, sent_at: float) -> None:
-        """Keep the claim's outcome for the task. A claim that failed (a reply that is an
-        error, a record that does not decode) is left for the task's own claim to meet."""
+        """Keep the claim for the message's task. A claim that failed (an error reply: NOSCRIPT
+        after a Redis restart, say) is dropped: the task claims as usual."""
         if isinstance(reply, Exception):
             log.debug("run %s: claim on receipt failed (%s); claiming in the task",
                       call.run_id, reply)  # fmt: skip
             return
-        try:
-            result = self.store.claim_result(call, reply)
-        except ExecutusError as exc:
-            log.debug("run %s: claim on receipt unreadable (%s)", call.run_id, exc)
-            return
-        owner = call.args[2]
         with self._lock:
-            self._pending[tag] = Preclaimed(call.run_id, owner, result, sent_at)
+            self._pending[tag] = [call.run_id, call.args[2], call.token, reply, sent_at]
 
-    def take(self, tag: str | None, run_id: str, owner: str) -> Preclaimed | None:
-        """The claim made on receipt of delivery ``tag``, if it is for ``run_id`` and ``owner``
-        (it is then the caller's, to execute or end)."""
-        if tag is None:
-            return None
+    def forward(self, tag: str) -> Forwarded | None:
+        """The claim made on receipt of ``tag``, now handed with the message to the pool (the
+        task's to take or release: ``delivering``)."""
         with self._lock:
-            found = self._pending.get(tag)
-            if found is None or found.run_id != run_id or found.owner != owner:
-                return None
-            del self._pending[tag]
-            return found
+            return self._pending.pop(tag, None)
 
     def release(self, tag: str) -> None:
-        """The message is being acked or rejected: a claim made on its receipt that nobody took
-        gives the run back (``interrupted``), so the sweep re-publishes it."""
+        """The message is acked or rejected without ever reaching the pool (revoked after
+        receipt, say): give the run back."""
         with self._lock:
             found = self._pending.pop(tag, None)
-        if found is None:
-            return
-        fence = found.result.fence
-        if found.result.status is not ClaimStatus.CLAIMED or fence is None:
-            return
-        log.warning("run %s: claimed on receipt but not started; releasing it", found.run_id)
-        try:
-            self.store.interrupt(
-                found.run_id, fence=fence, now=self._clock(), reason=RELEASE_REASON
-            )
-        except Exception as exc:  # a lost fence, an outage: the lease expires instead
-            log.warning("run %s: releasing the unstarted claim failed: %s", found.run_id, exc)
+        if found is not None:
+            _release(self.store, decode(self.store, found), self._clock())
 
 
-# The delivery tag of the message the current task is handling (set by the task shell).
-_current_tag: ContextVar[str | None] = ContextVar("executus_delivery_tag", default=None)
+def decode(store: RedisStore, forwarded: Forwarded) -> Preclaimed | None:
+    """A forwarded claim, decoded; None if it is not one (or its record does not decode:
+    the task's own claim then meets the run as it is)."""
+    try:
+        run_id, owner, token, reply, sent_at = forwarded
+        call = ClaimCall(str(run_id), str(token), "", [], [])
+        result = store.claim_result(call, reply)
+        return Preclaimed(call.run_id, str(owner), result, float(sent_at))
+    except (ValueError, TypeError, IndexError, ExecutusError) as exc:
+        log.warning("a claim made on receipt is unreadable (%s); claiming in the task", exc)
+        return None
+
+
+def _release(store: RedisStore, claim: Preclaimed | None, now: float) -> None:
+    fence = claim.result.fence if claim is not None else None
+    if claim is None or claim.result.status is not ClaimStatus.CLAIMED or fence is None:
+        return
+    log.warning("run %s: claimed on receipt but not started; releasing it", claim.run_id)
+    try:
+        store.interrupt(claim.run_id, fence=fence, now=now, reason=RELEASE_REASON)
+    except Exception as exc:  # a lost fence, an outage: the lease expires instead
+        log.warning("run %s: releasing the unstarted claim failed: %s", claim.run_id, exc)
+
+
+class _Holder:
+    def __init__(self, claim: Preclaimed) -> None:
+        self.claim = claim
+        self.taken = False
+
+
+_current: ContextVar[_Holder | None] = ContextVar("executus_preclaim", default=None)
 
 
 @contextlib.contextmanager
-def delivering(tag: str | None) -> Iterator[None]:
-    token = _current_tag.set(tag)
+def delivering(store: Callable[[], RedisStore], forwarded: object) -> Iterator[None]:
+    """Run a task with the claim its message was received with (if any) for ``take``; one the
+    handler did not take is released when the task ends."""
+    claim = None
+    if isinstance(forwarded, list):
+        claim = decode(store(), forwarded)
+    holder = _Holder(claim) if claim is not None else None
+    token = _current.set(holder)
     try:
         yield
     finally:
-        _current_tag.reset(token)
+        _current.reset(token)
+        if holder is not None and not holder.taken:
+            _release(store(), holder.claim, time.time())
 
 
-def current_tag() -> str | None:
-    return _current_tag.get()
+def take(run_id: str) -> Preclaimed | None:
+    """The claim this task's message was received with, if it is for ``run_id`` (it is then
+    the caller's, to execute or end)."""
+    holder = _current.get()
+    if holder is None or holder.taken or holder.claim.run_id != run_id:
+        return None
+    holder.taken = True
+    return holder.claim
 
 
 # The consuming solo-pool process's claims on receipt (set by the worker at start; None
-# elsewhere: prefork children, threads pools, other brokers).
+# elsewhere: prefork and threads pools, other brokers).
 PRECLAIMS: Preclaims | None = None

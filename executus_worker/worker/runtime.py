@@ -284,8 +284,8 @@ class Runtime:
         )
 
 
-def _take_preclaimed(run_id: str, owner: str) -> tuple[ClaimResult, float] | None:
-    """The claim this process made when it received the current delivery (preclaim.py)."""
-    claims = preclaim.PRECLAIMS
-    found = claims.take(preclaim.current_tag(), run_id, owner) if claims is not None else None
-    return None if found is None else (found.result, found.sent_at)
+def _take_preclaimed(run_id: str, owner: str) -> tuple[ClaimResult, float, str] | None:
+    """The claim the current delivery was received with (preclaim.py): its result, when it was
+    sent, and the owner it claimed as (the consuming process, on prefork)."""
+    found = preclaim.take(run_id)
+    return None if found is None else (found.result, found.sent_at, found.owner)

@@ -20,7 +20,7 @@ from executus_worker.errors import ExecutusError, StoreError
 from executus_worker.publish import TASK_RECOVER, TASK_RUN
 from executus_worker.worker.delivery import SETTLE_KEY, RunDelivery
 from executus_worker.worker.messages import read_delivery
-from executus_worker.worker.preclaim import delivering
+from executus_worker.worker.preclaim import PRECLAIM_KEY, delivering
 from executus_worker.worker.reporting import RunFailed, report
 from executus_worker.worker.runs import Handled, record_unhandled
 from executus_worker.worker.runtime import Runtime
@@ -58,9 +58,9 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         task_id = self.request.id
         try:
             try:
-                spec = getattr(self.request, SETTLE_KEY, None)
-                tag = spec[0] if isinstance(spec, list) and spec else None
-                with settling(runtime.settle_for(spec)), delivering(tag):
+                settle = runtime.settle_for(getattr(self.request, SETTLE_KEY, None))
+                claimed = getattr(self.request, PRECLAIM_KEY, None)
+                with settling(settle), delivering(runtime.store, claimed):
                     handled = runtime.handle(args, kwargs, task_id=task_id)
             except (StoreError, SoftTimeLimitExceeded):
                 raise
@@ -73,8 +73,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
                 delivery = read_delivery(
                     args, kwargs, task_id=task_id, max_bytes=runtime.settings.max_payload_bytes
                 )
-                with delivering(tag):
-                    handled = record_unhandled(runtime.recorder(), delivery, exc)
+                handled = record_unhandled(runtime.recorder(), delivery, exc)
         except SoftTimeLimitExceeded:
             # The shutdown escalation landed outside the run loop (claim, bookkeeping): the
             # lease expires and recovery resumes the run. Ack it; Celery shows RETRY.

@@ -16,7 +16,7 @@ import redis
 
 from executus_worker.core.models import RunStatus
 
-from .harness import Cluster, counter_transcript
+from .harness import Cluster, counter_transcript, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -37,19 +37,28 @@ def _unacked_for(cluster: Cluster) -> list[str]:
     ]
 
 
+def _claimed_owner_pid(cluster: Cluster, run_id: str) -> int:
+    entries = cluster.client.xrange(cluster.store.keys.events(run_id))
+    claimed = [json.loads(f[b"data"]) for _, f in entries if f[b"event"] == b"claimed"]
+    return int(claimed[0]["owner"].split(":")[1])
+
+
 @pytest.mark.parametrize("pool", ["solo", "threads", "prefork"])
 def test_finished_runs_leave_no_unacked_message(cluster: Cluster, pool: str) -> None:
     assert cluster.broker is not None
-    cluster.start(pool, concurrency=2)
+    worker = cluster.start(pool, concurrency=2)
     before = _execs(cluster.broker)
     run_ids = [cluster.submit("e2e.counter", steps=1, step_s=0) for _ in range(RUNS)]
     failing = cluster.submit("e2e.counter", steps="not a number")
     for run_id in run_ids:
         cluster.wait_status(run_id, RunStatus.COMPLETED)
     assert cluster.wait_status(failing, RunStatus.FAILED).error
+    if pool == "prefork":
+        # The main process acks once the child's result reaches it, just after FINISH.
+        wait_for("the last acks", lambda: _unacked_for(cluster) == [], 10)
     execs = _execs(cluster.broker) - before
 
-    assert _unacked_for(cluster) == []
+    assert _unacked_for(cluster) == []  # on solo and threads: gone with FINISH itself
     for run_id in run_ids:
         assert cluster.transcript(run_id) == counter_transcript(1)
     # kombu records each message as unacked with one MULTI/EXEC and acks it with another.
@@ -57,6 +66,10 @@ def test_finished_runs_leave_no_unacked_message(cluster: Cluster, pool: str) -> 
     # bookkeeping (its directory entry).
     if pool == "prefork":
         assert execs >= 2 * (RUNS + 1), execs
+        # Claimed by the child that ran it, never on receipt by the main process: the owner
+        # must name the executing process (worker/preclaim.py, worker/identity.py).
+        owner_pid = _claimed_owner_pid(cluster, run_ids[0])
+        assert owner_pid == cluster.steps(run_ids[0], "start")[0]["pid"] != worker.pid
     else:
         assert RUNS + 1 <= execs < 1.5 * (RUNS + 1), execs
 
@@ -84,7 +97,7 @@ def test_a_separate_broker_is_acked_as_usual(cluster: Cluster, redis_url: str) -
 def test_a_solo_worker_claims_on_receipt_and_still_runs_each_run_once(cluster: Cluster) -> None:
     """worker/preclaim.py: the claim rides in the unacked record's transaction. Duplicates
     are still turned away, and each run is claimed (and executed) exactly once."""
-    cluster.start("solo")
+    worker = cluster.start("solo")
     request = cluster.register("e2e.counter", steps=3, step_s=0.2)
     run_id = request.run_id
     assert run_id is not None
@@ -96,6 +109,7 @@ def test_a_solo_worker_claims_on_receipt_and_still_runs_each_run_once(cluster: C
     time.sleep(0.5)  # the duplicates are handled after the run: no second execution
     assert record.attempts == 1 and record.epoch == 1
     assert cluster.ended(run_id) == counter_transcript(3)
-    assert len({e["pid"] for e in cluster.steps(run_id, "start")}) == 1
+    assert {e["pid"] for e in cluster.steps(run_id, "start")} == {worker.pid}
+    assert _claimed_owner_pid(cluster, run_id) == worker.pid
     assert _unacked_for(cluster) == []
     assert cluster.record(run_id).status is RunStatus.COMPLETED

@@ -64,7 +64,7 @@ def _message(channel: Any, run_id: str, **headers: Any) -> Any:
     return channel.message_to_python(raw)
 
 
-def test_the_claim_rides_with_the_unacked_record_and_the_handler_takes_it(
+def test_the_claim_rides_with_the_unacked_record_and_goes_to_the_task(
     world: dict[str, Any],
 ) -> None:
     store, claims, channel, client = (
@@ -81,15 +81,47 @@ def test_the_claim_rides_with_the_unacked_record_and_the_handler_takes_it(
     assert client.hexists("unacked", tag)  # kombu's record, as kombu writes it
     record = store.get(run_id)
     assert record is not None and record.status is RunStatus.RUNNING and record.owner == OWNER
-    assert claims.take(tag, run_id, "someone else") is None  # only for this owner
-    assert claims.take(tag, "another-run", OWNER) is None  # and this run
-    taken = claims.take(tag, run_id, OWNER)
-    assert taken is not None and taken.result.status is ClaimStatus.CLAIMED
-    assert taken.result.fence is not None and taken.result.fence.epoch == 1
-    assert claims.take(tag, run_id, OWNER) is None  # once
-    channel.qos.ack(tag)  # taken: the ack releases nothing
+    forwarded = claims.forward(tag)  # handed to the pool with the message
+    assert forwarded is not None and claims.forward(tag) is None
+    claim = preclaim.decode(store, forwarded)
+    assert claim is not None and (claim.run_id, claim.owner) == (run_id, OWNER)
+    assert claim.result.status is ClaimStatus.CLAIMED
+    assert claim.result.fence is not None and claim.result.fence.epoch == 1
+    channel.qos.ack(tag)  # forwarded: the ack releases nothing
     assert store.get(run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]
     assert not client.hexists("unacked", tag)
+
+
+def test_the_task_takes_its_claim_once_and_releases_one_it_did_not_take(
+    world: dict[str, Any],
+) -> None:
+    store, claims, channel = world["store"], world["claims"], world["channel"]
+    taken_run, left_run = _registered(store), _registered(store)
+    forwarded = {}
+    for run_id in (taken_run, left_run):
+        message = _message(channel, run_id)
+        channel.qos.append(message, message.delivery_tag)
+        forwarded[run_id] = claims.forward(message.delivery_tag)
+
+    with preclaim.delivering(lambda: store, forwarded[taken_run]):
+        assert preclaim.take(left_run) is None  # only the run its message named
+        claim = preclaim.take(taken_run)
+        assert claim is not None and claim.result.status is ClaimStatus.CLAIMED
+        assert preclaim.take(taken_run) is None  # once
+    assert preclaim.take(taken_run) is None  # only inside its task
+    assert store.get(taken_run).status is RunStatus.RUNNING  # type: ignore[union-attr]
+
+    with preclaim.delivering(lambda: store, forwarded[left_run]):
+        pass  # the handler never took it (it could not be built, say)
+    record = store.get(left_run)
+    assert record is not None and record.status is RunStatus.INTERRUPTED
+    assert record.last_reason == preclaim.RELEASE_REASON
+
+
+def test_a_task_without_a_forwarded_claim_claims_as_before(world: dict[str, Any]) -> None:
+    for forwarded in (None, "junk", ["too", "short"]):
+        with preclaim.delivering(lambda: world["store"], forwarded):
+            assert preclaim.take("any-run") is None
 
 
 def test_a_claim_nobody_took_is_released_at_the_ack(world: dict[str, Any]) -> None:
@@ -113,7 +145,7 @@ def test_a_busy_run_is_a_duplicate_on_receipt_too(world: dict[str, Any]) -> None
     assert held.status is ClaimStatus.CLAIMED
     message = _message(channel, run_id)
     channel.qos.append(message, message.delivery_tag)
-    taken = claims.take(message.delivery_tag, run_id, OWNER)
+    taken = preclaim.decode(store, claims.forward(message.delivery_tag) or [])
     assert taken is not None and taken.result.status is ClaimStatus.BUSY
     channel.qos.ack(message.delivery_tag)
     assert store.get(run_id).owner == "other"  # type: ignore[union-attr]
@@ -155,11 +187,11 @@ def test_a_revoked_message_is_not_claimed(world: dict[str, Any]) -> None:
 def test_an_unknown_run_is_gone_on_receipt_and_claimed_again_after_registering(
     world: dict[str, Any],
 ) -> None:
-    claims, channel = world["claims"], world["channel"]
+    store, claims, channel = world["store"], world["claims"], world["channel"]
     run_id = f"pc-unknown-{uuid.uuid4().hex[:6]}"
     message = _message(channel, run_id)
     channel.qos.append(message, message.delivery_tag)
-    taken = claims.take(message.delivery_tag, run_id, OWNER)
+    taken = preclaim.decode(store, claims.forward(message.delivery_tag) or [])
     assert taken is not None and taken.result.status is ClaimStatus.GONE
     channel.qos.ack(message.delivery_tag)
 
@@ -178,7 +210,7 @@ def test_after_a_script_flush_the_task_claims_as_before(world: dict[str, Any]) -
     message = _message(channel, run_id)
     channel.qos.append(message, message.delivery_tag)
     assert client.hexists("unacked", message.delivery_tag)
-    assert claims.take(message.delivery_tag, run_id, OWNER) is None
+    assert claims.forward(message.delivery_tag) is None
     assert store.get(run_id).status is RunStatus.QUEUED  # type: ignore[union-attr]
     claimed = store.claim(run_id, owner=OWNER, lease_ttl_s=30, max_attempts=5, now=time.time())
     assert claimed.status is ClaimStatus.CLAIMED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -278,3 +279,24 @@ def test_a_broken_agent_factory_fails_the_run_with_its_message(store, drain, clo
     record = store.get("b1")
     assert record is not None and record.error is not None
     assert "cannot import no_such_module_here" in record.error
+
+
+def test_a_claim_made_on_receipt_is_taken_not_made_again(store, drain, clock) -> None:
+    """worker/preclaim.py: the delivery's claim was made by the process that received the
+    message; the handler runs the attempt on it, under that owner, without claiming again."""
+    args = enqueue(store, counter(steps=2), clock)
+    early = store.claim("r1", owner="host:main", lease_ttl_s=30, max_attempts=5, now=clock())
+    asked: list[tuple[str, str]] = []
+
+    def preclaimed(run_id: str, owner: str) -> Any:
+        asked.append((run_id, owner))
+        return (early, time.monotonic(), "host:main") if len(asked) == 1 else None
+
+    handler = make_handler(store, drain, clock)
+    handler._records.preclaimed = preclaimed
+    result = handler.handle(args, {})
+    assert (result.action, result.outcome) == ("executed", OutcomeKind.COMPLETED)
+    assert asked == [("r1", "host:1")]
+    record = store.get("r1")
+    assert record is not None and record.attempts == 1 and record.epoch == 1
+    assert [m.content for m in store.transcript("r1")] == ["step 1", "step 2"]

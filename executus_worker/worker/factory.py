@@ -23,7 +23,7 @@ from executus_worker.observability import logs
 from executus_worker.observability.process import Observability
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings, redact_url
-from executus_worker.worker import preclaim
+from executus_worker.worker import preclaim, transport
 from executus_worker.worker.advertise import start_advertising
 from executus_worker.worker.bootsteps import ControlCommand, drain_step, remote_control_step
 from executus_worker.worker.messages import MAX_PAYLOAD_OPTION, run_id_of
@@ -276,7 +276,11 @@ class WorkerHooks:
             print(f"executus worker: {refusing}{exc}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_CONFIG if wrong else EXIT_UNAVAILABLE) from None
         self.active = True
-        if _pool_name(sender) == "solo":
+        pool = _pool_name(sender)
+        if pool in {"solo", "thread"}:
+            # Tasks run in this process: a run's ending can settle its message (settle.py).
+            transport.SETTLED.consuming()
+        if pool == "solo":
             # The solo pool runs each message as it arrives, in the process that received it:
             # claim it in the same round trip (preclaim.py says why not prefork).
             preclaim.PRECLAIMS = self.runtime.preclaims()

@@ -38,6 +38,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery.worker import state as worker_state
 
 from executus_worker.checkpoint.redis_store import ClaimCall, RedisStore
@@ -62,10 +63,8 @@ class Preclaimed:
     sent_at: float  # monotonic time the claim was sent: when its lease certainly started
 
 
-# What travels to the task in its request (``PRECLAIM_KEY``): [run id, owner, fence token,
-# the CLAIM script's raw reply, monotonic send time]. Raw, so the consuming process does not
-# decode records it hands to a prefork child; CLOCK_MONOTONIC is the same in every process.
-Forwarded = list[Any]
+# The task request field that carries the ``Preclaimed`` of a message to its task (in this
+# process: solo only).
 PRECLAIM_KEY = "executus_preclaim"
 
 
@@ -92,7 +91,7 @@ class Preclaims:
         self.address = address  # the state Redis (transport.server_address)
         self._clock = clock
         self._lock = threading.Lock()
-        self._pending: dict[str, Forwarded] = {}
+        self._pending: dict[str, Preclaimed] = {}
 
     def plan(self, message: Any) -> ClaimCall | None:
         """The claim to send with ``message``'s unacked record, or None to claim in the task."""
@@ -116,15 +115,20 @@ class Preclaims:
 
     def received(self, tag: str, call: ClaimCall, reply: object, sent_at: float) -> None:
         """Keep the claim for the message's task. A claim that failed (an error reply: NOSCRIPT
-        after a Redis restart, say) is dropped: the task claims as usual."""
-        if isinstance(reply, Exception):
+        after a Redis restart, say) or whose record does not decode is dropped: the task claims
+        as usual and meets the run as it is."""
+        try:
+            if isinstance(reply, Exception):
+                raise reply
+            result = self.store.claim_result(call, reply)
+        except (redis.RedisError, ExecutusError) as exc:
             log.debug("run %s: claim on receipt failed (%s); claiming in the task",
-                      call.run_id, reply)  # fmt: skip
+                      call.run_id, exc)  # fmt: skip
             return
         with self._lock:
-            self._pending[tag] = [call.run_id, call.args[2], call.token, reply, sent_at]
+            self._pending[tag] = Preclaimed(call.run_id, call.args[2], result, sent_at)
 
-    def forward(self, tag: str) -> Forwarded | None:
+    def forward(self, tag: str) -> Preclaimed | None:
         """The claim made on receipt of ``tag``, now handed with the message to the pool (the
         task's to take or release: ``delivering``)."""
         with self._lock:
@@ -136,25 +140,12 @@ class Preclaims:
         with self._lock:
             found = self._pending.pop(tag, None)
         if found is not None:
-            _release(self.store, decode(self.store, found), self._clock())
+            _release(self.store, found, self._clock())
 
 
-def decode(store: RedisStore, forwarded: Forwarded) -> Preclaimed | None:
-    """A forwarded claim, decoded; None if it is not one (or its record does not decode:
-    the task's own claim then meets the run as it is)."""
-    try:
-        run_id, owner, token, reply, sent_at = forwarded
-        call = ClaimCall(str(run_id), str(token), "", [], [])
-        result = store.claim_result(call, reply)
-        return Preclaimed(call.run_id, str(owner), result, float(sent_at))
-    except (ValueError, TypeError, IndexError, ExecutusError) as exc:
-        log.warning("a claim made on receipt is unreadable (%s); claiming in the task", exc)
-        return None
-
-
-def _release(store: RedisStore, claim: Preclaimed | None, now: float) -> None:
-    fence = claim.result.fence if claim is not None else None
-    if claim is None or claim.result.status is not ClaimStatus.CLAIMED or fence is None:
+def _release(store: RedisStore, claim: Preclaimed, now: float) -> None:
+    fence = claim.result.fence
+    if claim.result.status is not ClaimStatus.CLAIMED or fence is None:
         return
     log.warning("run %s: claimed on receipt but not started; releasing it", claim.run_id)
     try:
@@ -176,10 +167,7 @@ _current: ContextVar[_Holder | None] = ContextVar("executus_preclaim", default=N
 def delivering(store: Callable[[], RedisStore], forwarded: object) -> Iterator[None]:
     """Run a task with the claim its message was received with (if any) for ``take``; one the
     handler did not take is released when the task ends."""
-    claim = None
-    if isinstance(forwarded, list):
-        claim = decode(store(), forwarded)
-    holder = _Holder(claim) if claim is not None else None
+    holder = _Holder(forwarded) if isinstance(forwarded, Preclaimed) else None
     token = _current.set(holder)
     try:
         yield
@@ -189,11 +177,13 @@ def delivering(store: Callable[[], RedisStore], forwarded: object) -> Iterator[N
             _release(store(), holder.claim, time.time())
 
 
-def take(run_id: str) -> Preclaimed | None:
-    """The claim this task's message was received with, if it is for ``run_id`` (it is then
-    the caller's, to execute or end)."""
+def take(run_id: str, owner: str) -> Preclaimed | None:
+    """The claim this task's message was received with, if it is ``owner``'s claim of
+    ``run_id`` (it is then the caller's, to execute or end)."""
     holder = _current.get()
-    if holder is None or holder.taken or holder.claim.run_id != run_id:
+    if holder is None or holder.taken:
+        return None
+    if holder.claim.run_id != run_id or holder.claim.owner != owner:
         return None
     holder.taken = True
     return holder.claim

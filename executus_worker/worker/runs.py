@@ -55,9 +55,9 @@ log = logging.getLogger(__name__)
 
 
 Execute = Callable[[Agent, RunInfo, Deps, StopToken], RunOutcome]
-# (run id, owner) -> a claim already made for this delivery, when it was sent and the owner it
-# claimed as; or None (worker/preclaim.py: the claim rode with the message's receipt).
-Preclaimed = Callable[[str, str], tuple[ClaimResult, float, str] | None]
+# (run id, owner) -> the owner's claim already made for this delivery and when it was sent, or
+# None (worker/preclaim.py: on a solo worker the claim rides with the message's receipt).
+Preclaimed = Callable[[str, str], tuple[ClaimResult, float] | None]
 
 
 class Agents(Protocol):
@@ -150,10 +150,10 @@ class RunRecorder:
         except Exception:
             log.exception("audit failed for run %s (ignored)", run.run_id)
 
-    def try_claim(self, run_id: str, owner: str) -> tuple[ClaimResult, float, str]:
-        """The claim, the monotonic time it was sent (when its lease certainly started) and
-        the owner it claimed as. A claim made when the message was received
-        (worker/preclaim.py) is taken, not made again."""
+    def try_claim(self, run_id: str, owner: str) -> tuple[ClaimResult, float]:
+        """The claim and the monotonic time it was sent (when its lease certainly started). A
+        claim made when the message was received (worker/preclaim.py) is taken, not made
+        again."""
         early = self.preclaimed(run_id, owner) if self.preclaimed is not None else None
         if early is not None:
             return early
@@ -165,7 +165,7 @@ class RunRecorder:
             max_attempts=self.settings.max_recovery_attempts,
             now=self.clock(),
         )
-        return claim, sent_at, owner
+        return claim, sent_at
 
     def known(self, run_id: str) -> bool:
         try:
@@ -214,10 +214,10 @@ class RunRecorder:
             log.error("dropped an executus.run message without a usable run id: %s", error)
             return Handled("rejected", None, detail=error)
         owner = self.owner()
-        claim, _, _ = self.try_claim(run_id, owner)
+        claim, _ = self.try_claim(run_id, owner)
         if claim.status is ClaimStatus.GONE and not self.known(run_id):
             self.register(run_id, Delivery(run_id, None, error, delivery.agent))
-            claim, _, _ = self.try_claim(run_id, owner)
+            claim, _ = self.try_claim(run_id, owner)
         if claim.status is ClaimStatus.CLAIMED and claim.fence is not None:
             self.fail(run_id, claim.fence, error, claim.record.request if claim.record else None)
             return Handled("failed", run_id, OutcomeKind.FAILED, error)
@@ -377,10 +377,11 @@ class RunHandler:
         another service is registered here, on first sight (see executus_worker.client).
         """
         records = self._records
-        claim, sent_at, owner = records.try_claim(run_id, self._owner())
+        owner = self._owner()
+        claim, sent_at = records.try_claim(run_id, owner)
         if claim.status is ClaimStatus.GONE and not records.known(run_id):
             records.register(run_id, delivery)
-            claim, sent_at, owner = records.try_claim(run_id, owner)
+            claim, sent_at = records.try_claim(run_id, owner)
         elif delivery.problem is not None:
             # The run exists: the message is only a wake-up, its body is never used.
             log.warning(

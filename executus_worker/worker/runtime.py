@@ -106,6 +106,7 @@ class Runtime:
         self._store: RedisStore | None = None
         self._handler: RunHandler | None = None
         self._batteries: Batteries | None = None
+        self._address: tuple[list[Any] | None] | None = None  # _state_address, once computed
         # Loaded once, in the MainProcess when the worker starts (``agents()``), and inherited by
         # forked children: a worker with a broken agents file refuses to start instead of
         # failing every delivery, and a file changed later cannot break a running worker.
@@ -119,6 +120,7 @@ class Runtime:
             self._store = None
             self._handler = None
             self._batteries = None
+            self._address = None
 
     def client(self) -> StateClient:
         with self._lock:
@@ -162,11 +164,20 @@ class Runtime:
         """Claims on receipt for a solo worker whose broker is this store's Redis (the
         transport checks the broker side), or None when the run state is not one plain
         Redis (Sentinel, a cluster)."""
-        store, client = self.store(), self.client()
-        address = transport.server_address(getattr(client, "connection_pool", None))
-        if not isinstance(client, redis.Redis) or address is None:
+        address = self._state_address()
+        if address is None:
             return None
-        return preclaim.Preclaims(store, self.settings, default_owner, address=address)
+        return preclaim.Preclaims(self.store(), self.settings, default_owner, address=address)
+
+    def _state_address(self) -> list[Any] | None:
+        """(host, port, db, path) of the run state's Redis, None unless it is one plain Redis
+        (Sentinel resolves the master per connection; a cluster is many). Per process."""
+        with self._lock:
+            client = self.client()  # refreshes after a fork first
+            if self._address is None:
+                pool = client.connection_pool if isinstance(client, redis.Redis) else None
+                self._address = (transport.server_address(pool),)
+            return self._address[0]
 
     def handler(self) -> RunHandler:
         """Built once per process, on its first delivery; every later call is a lookup."""
@@ -200,11 +211,7 @@ class Runtime:
         tag, index_key, hash_key, *address = spec
         if not all(isinstance(x, str) for x in (tag, index_key, hash_key)):
             return None
-        client = self.client()
-        if (
-            not isinstance(client, redis.Redis)
-            or transport.server_address(client.connection_pool) != address
-        ):
+        if address != self._state_address():
             return None
         return Settle(tag, index_key, hash_key, settled=transport.SETTLED.add)
 
@@ -284,8 +291,7 @@ class Runtime:
         )
 
 
-def _take_preclaimed(run_id: str, owner: str) -> tuple[ClaimResult, float, str] | None:
-    """The claim the current delivery was received with (preclaim.py): its result, when it was
-    sent, and the owner it claimed as (the consuming process, on prefork)."""
-    found = preclaim.take(run_id)
-    return None if found is None else (found.result, found.sent_at, found.owner)
+def _take_preclaimed(run_id: str, owner: str) -> tuple[ClaimResult, float] | None:
+    """The claim this process made when it received the current delivery (preclaim.py)."""
+    found = preclaim.take(run_id, owner)
+    return None if found is None else (found.result, found.sent_at)

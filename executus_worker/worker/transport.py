@@ -150,9 +150,10 @@ class SettledTags:
     """Delivery tags whose unacked entry a run's ending already removed (checkpoint/settle.py),
     so that the ack of that message, in this process, need not remove it again.
 
-    Only a process that consumes (``consuming``) settles: there the task's ack happens in the
-    same process as its FINISH (solo and threads pools). A prefork child inherits the parent's
-    pid here and so never settles: its parent would ack with a round trip all the same.
+    Only the process of a worker whose pool runs tasks in it (solo, threads: ``consuming``,
+    called at worker start) settles: there a task's ack happens in the process of its FINISH.
+    A prefork worker never calls it -- its children could not tell the main process to skip
+    an ack -- and a forked process would not match the recorded pid anyway.
     """
 
     # A tag stays until its ack; one that never comes (the connection dropped first) is a
@@ -239,7 +240,8 @@ class SettlingQoS(kombu_redis.QoS):
 def settle_spec(message: Any) -> list[Any] | None:
     """What a run's ending needs to settle ``message`` (its tag, kombu's unacked index and hash
     keys, and the broker's address to compare with the store's), or None when it cannot: not
-    our Redis channel, not a consuming process, no ack emulation, or a Sentinel broker."""
+    our Redis channel, not a process whose pool runs its tasks, no ack emulation, or a
+    Sentinel broker."""
     channel = getattr(message, "channel", None)
     tag = getattr(message, "delivery_tag", None)
     if not isinstance(channel, Channel) or not isinstance(tag, str) or not SETTLED.here():
@@ -296,10 +298,6 @@ class Channel(kombu_redis.Channel):
             cached = super()._create_client(asynchronous=False)  # type: ignore[misc]
             self.__dict__["_executus_sync_client"] = cached
         return cached
-
-    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
-        SETTLED.consuming()
-        return super().basic_consume(queue, *args, **kwargs)
 
     def settle_target(self) -> list[Any] | None:
         """[unacked index key, unacked hash key, *server_address] for ``settle_spec``."""

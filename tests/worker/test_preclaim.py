@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ OWNER = "host:1:test"
 
 
 @pytest.fixture
-def world(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def world(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
     client = redis.Redis.from_url(redis_url)
     client.script_load(scripts.WITH_LIB["claim"])  # as after any claim since Redis started
     store = RedisStore(client, key_prefix=PREFIX)
@@ -44,7 +45,7 @@ def world(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     monkeypatch.setattr(transport, "SETTLED", settled)
     connection = Connection(redis_url, transport=Transport)
     channel = connection.channel()
-    yield {"client": client, "store": store, "claims": claims, "channel": channel}
+    yield SimpleNamespace(client=client, store=store, claims=claims, channel=channel)
     channel.close()
     connection.release()
     client.close()
@@ -65,13 +66,13 @@ def _message(channel: Any, run_id: str, **headers: Any) -> Any:
 
 
 def test_the_claim_rides_with_the_unacked_record_and_goes_to_the_task(
-    world: dict[str, Any],
+    world: SimpleNamespace,
 ) -> None:
     store, claims, channel, client = (
-        world["store"],
-        world["claims"],
-        world["channel"],
-        world["client"],
+        world.store,
+        world.claims,
+        world.channel,
+        world.client,
     )
     run_id = _registered(store)
     message = _message(channel, run_id)
@@ -81,9 +82,8 @@ def test_the_claim_rides_with_the_unacked_record_and_goes_to_the_task(
     assert client.hexists("unacked", tag)  # kombu's record, as kombu writes it
     record = store.get(run_id)
     assert record is not None and record.status is RunStatus.RUNNING and record.owner == OWNER
-    forwarded = claims.forward(tag)  # handed to the pool with the message
-    assert forwarded is not None and claims.forward(tag) is None
-    claim = preclaim.decode(store, forwarded)
+    claim = claims.forward(tag)  # handed to the pool with the message
+    assert claim is not None and claims.forward(tag) is None
     assert claim is not None and (claim.run_id, claim.owner) == (run_id, OWNER)
     assert claim.result.status is ClaimStatus.CLAIMED
     assert claim.result.fence is not None and claim.result.fence.epoch == 1
@@ -93,9 +93,9 @@ def test_the_claim_rides_with_the_unacked_record_and_goes_to_the_task(
 
 
 def test_the_task_takes_its_claim_once_and_releases_one_it_did_not_take(
-    world: dict[str, Any],
+    world: SimpleNamespace,
 ) -> None:
-    store, claims, channel = world["store"], world["claims"], world["channel"]
+    store, claims, channel = world.store, world.claims, world.channel
     taken_run, left_run = _registered(store), _registered(store)
     forwarded = {}
     for run_id in (taken_run, left_run):
@@ -104,11 +104,12 @@ def test_the_task_takes_its_claim_once_and_releases_one_it_did_not_take(
         forwarded[run_id] = claims.forward(message.delivery_tag)
 
     with preclaim.delivering(lambda: store, forwarded[taken_run]):
-        assert preclaim.take(left_run) is None  # only the run its message named
-        claim = preclaim.take(taken_run)
+        assert preclaim.take(left_run, OWNER) is None  # only the run its message named
+        assert preclaim.take(taken_run, "another owner") is None  # and only its owner
+        claim = preclaim.take(taken_run, OWNER)
         assert claim is not None and claim.result.status is ClaimStatus.CLAIMED
-        assert preclaim.take(taken_run) is None  # once
-    assert preclaim.take(taken_run) is None  # only inside its task
+        assert preclaim.take(taken_run, OWNER) is None  # once
+    assert preclaim.take(taken_run, OWNER) is None  # only inside its task
     assert store.get(taken_run).status is RunStatus.RUNNING  # type: ignore[union-attr]
 
     with preclaim.delivering(lambda: store, forwarded[left_run]):
@@ -118,14 +119,14 @@ def test_the_task_takes_its_claim_once_and_releases_one_it_did_not_take(
     assert record.last_reason == preclaim.RELEASE_REASON
 
 
-def test_a_task_without_a_forwarded_claim_claims_as_before(world: dict[str, Any]) -> None:
-    for forwarded in (None, "junk", ["too", "short"]):
-        with preclaim.delivering(lambda: world["store"], forwarded):
-            assert preclaim.take("any-run") is None
+def test_a_task_without_a_forwarded_claim_claims_as_before(world: SimpleNamespace) -> None:
+    for forwarded in (None, "junk", ["a", "list"]):
+        with preclaim.delivering(lambda: world.store, forwarded):
+            assert preclaim.take("any-run", OWNER) is None
 
 
-def test_a_claim_nobody_took_is_released_at_the_ack(world: dict[str, Any]) -> None:
-    store, channel = world["store"], world["channel"]
+def test_a_claim_nobody_took_is_released_at_the_ack(world: SimpleNamespace) -> None:
+    store, channel = world.store, world.channel
     run_id = _registered(store)
     message = _message(channel, run_id)
     channel.qos.append(message, message.delivery_tag)
@@ -138,14 +139,14 @@ def test_a_claim_nobody_took_is_released_at_the_ack(world: dict[str, Any]) -> No
     assert again.status is ClaimStatus.CLAIMED
 
 
-def test_a_busy_run_is_a_duplicate_on_receipt_too(world: dict[str, Any]) -> None:
-    store, claims, channel = world["store"], world["claims"], world["channel"]
+def test_a_busy_run_is_a_duplicate_on_receipt_too(world: SimpleNamespace) -> None:
+    store, claims, channel = world.store, world.claims, world.channel
     run_id = _registered(store)
     held = store.claim(run_id, owner="other", lease_ttl_s=30, max_attempts=5, now=time.time())
     assert held.status is ClaimStatus.CLAIMED
     message = _message(channel, run_id)
     channel.qos.append(message, message.delivery_tag)
-    taken = preclaim.decode(store, claims.forward(message.delivery_tag) or [])
+    taken = claims.forward(message.delivery_tag)
     assert taken is not None and taken.result.status is ClaimStatus.BUSY
     channel.qos.ack(message.delivery_tag)
     assert store.get(run_id).owner == "other"  # type: ignore[union-attr]
@@ -157,13 +158,13 @@ def test_a_busy_run_is_a_duplicate_on_receipt_too(world: dict[str, Any]) -> None
     ids=["eta", "expires", "another-task"],
 )
 def test_messages_that_may_not_run_at_once_are_claimed_in_the_task(
-    world: dict[str, Any], headers: dict[str, str]
+    world: SimpleNamespace, headers: dict[str, str]
 ) -> None:
     store, claims, channel, client = (
-        world["store"],
-        world["claims"],
-        world["channel"],
-        world["client"],
+        world.store,
+        world.claims,
+        world.channel,
+        world.client,
     )
     run_id = _registered(store)
     message = _message(channel, run_id, **headers)
@@ -174,8 +175,8 @@ def test_messages_that_may_not_run_at_once_are_claimed_in_the_task(
     channel.qos.ack(message.delivery_tag)
 
 
-def test_a_revoked_message_is_not_claimed(world: dict[str, Any]) -> None:
-    store, claims, channel = world["store"], world["claims"], world["channel"]
+def test_a_revoked_message_is_not_claimed(world: SimpleNamespace) -> None:
+    store, claims, channel = world.store, world.claims, world.channel
     message = _message(channel, _registered(store))
     worker_state.revoked.add(message.headers["id"])
     try:
@@ -185,25 +186,25 @@ def test_a_revoked_message_is_not_claimed(world: dict[str, Any]) -> None:
 
 
 def test_an_unknown_run_is_gone_on_receipt_and_claimed_again_after_registering(
-    world: dict[str, Any],
+    world: SimpleNamespace,
 ) -> None:
-    store, claims, channel = world["store"], world["claims"], world["channel"]
+    claims, channel = world.claims, world.channel
     run_id = f"pc-unknown-{uuid.uuid4().hex[:6]}"
     message = _message(channel, run_id)
     channel.qos.append(message, message.delivery_tag)
-    taken = preclaim.decode(store, claims.forward(message.delivery_tag) or [])
+    taken = claims.forward(message.delivery_tag)
     assert taken is not None and taken.result.status is ClaimStatus.GONE
     channel.qos.ack(message.delivery_tag)
 
 
-def test_after_a_script_flush_the_task_claims_as_before(world: dict[str, Any]) -> None:
+def test_after_a_script_flush_the_task_claims_as_before(world: SimpleNamespace) -> None:
     """A restarted Redis has no scripts: the claim on receipt fails and is dropped, kombu's
     record is written all the same, and the task's own claim loads the script again."""
     store, claims, channel, client = (
-        world["store"],
-        world["claims"],
-        world["channel"],
-        world["client"],
+        world.store,
+        world.claims,
+        world.channel,
+        world.client,
     )
     client.script_flush()
     run_id = _registered(store)

@@ -10,11 +10,15 @@ command packed by hand took 34 us and a ``PING`` 43 us, on the same server).
 So each thread checks one connection out of the client's pool once and keeps it. That is safe
 because a command here is always sent and its reply read completely before the call returns;
 any other outcome disconnects the connection (it reconnects on its next use), so no reply is
-ever left unread on it. Before each command the connection gets the probe the pool gives it
-on every checkout (a closed or dirty socket is replaced); errors and retries are redis-py's
-own: the connection's ``retry`` policy, exactly as ``Redis.execute_command`` applies it.
-After a fork the kept connection belongs to the parent and is dropped unused (redis-py's pool
-resets itself the same way). When the thread ends, its connection goes back to the pool.
+ever left unread on it. The one exception, ``send``, leaves its reply for later (a task sends
+its CLAIM as it starts and reads the reply when its handler claims): the next command on the
+connection reads that reply first and keeps it for its owner.
+
+Before each command the connection gets the probe the pool gives it on every checkout (a
+closed or dirty socket is replaced); errors and retries are redis-py's own: the connection's
+``retry`` policy, exactly as ``Redis.execute_command`` applies it. After a fork the kept
+connection belongs to the parent and is dropped unused (redis-py's pool resets itself the
+same way). When the thread ends, its connection goes back to the pool.
 
 Only for a plain ``redis.Redis`` (Sentinel's master client included); clients without a single
 connection pool (Redis Cluster) take redis-py's normal path.
@@ -56,11 +60,12 @@ def evalsha(sha: str, keys: Iterable[str], args: Iterable[object]) -> bytes:
 class _Kept:
     """A thread's connection; gives it back to the pool when the thread's locals go."""
 
-    __slots__ = ("__weakref__", "conn", "pid")
+    __slots__ = ("__weakref__", "conn", "pending", "pid")
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.conn: Any = pool.get_connection()
         self.pid = os.getpid()
+        self.pending: Pending | None = None  # a command sent by ``send``, its reply unread
         weakref.finalize(self, _give_back, weakref.ref(pool), self.conn, self.pid)
 
 
@@ -98,7 +103,66 @@ def call_many(client: redis.Redis, payload: bytes, count: int) -> list[Any]:
     return replies
 
 
-def _exchange(client: redis.Redis, payload: bytes, count: int | None) -> Any:
+def send(client: redis.Redis, payload: bytes) -> Pending:
+    """Send one packed command on this thread's kept connection and return without its reply,
+    so the caller can overlap the round trip with work of its own; ``Pending.read`` gives the
+    reply. A later command on this connection reads it first and keeps it for ``read``, so
+    the connection stays in step whatever happens in between.
+
+    No retry: a failed send raises (the connection is disconnected) and the caller does the
+    work the ordinary way instead."""
+    kept = _kept(client)
+    conn = kept.conn
+    try:
+        conn.send_packed_command([payload])
+    except BaseException:
+        conn.disconnect()
+        raise
+    pending = kept.pending = Pending(kept)
+    return pending
+
+
+class Pending:
+    """A command ``send`` sent, whose reply is read once: by ``read``, or by the next command
+    on the same connection (which needs it in step), whichever comes first."""
+
+    __slots__ = ("_error", "_kept", "_read", "_reply")
+
+    def __init__(self, kept: _Kept) -> None:
+        self._kept = kept
+        self._read = False
+        self._reply: Any = None
+        self._error: BaseException | None = None
+
+    def read(self) -> Any:
+        """The reply; an error reply raises as redis-py raises it, a connection error too."""
+        self._drain()
+        if self._error is not None:
+            raise self._error
+        return self._reply
+
+    def _drain(self) -> None:
+        if self._read:
+            return
+        self._read = True
+        kept = self._kept
+        if kept.pending is self:
+            kept.pending = None
+        try:
+            self._reply = kept.conn.read_response()
+        except redis.ResponseError as exc:
+            self._error = exc  # a complete error reply: the connection is in step
+        except Exception as exc:
+            kept.conn.disconnect()  # a reply cut short must not be read by the next command
+            self._error = exc
+        except BaseException:
+            kept.conn.disconnect()
+            self._error = redis.ConnectionError("the reply was not read (interrupted)")
+            raise
+
+
+def _kept(client: redis.Redis) -> _Kept:
+    """This thread's kept connection, checked and in step, ready for a command."""
     pool: ConnectionPool = client.connection_pool
     local = _LOCALS.get(pool)
     if local is None:
@@ -107,6 +171,8 @@ def _exchange(client: redis.Redis, payload: bytes, count: int | None) -> Any:
     kept: _Kept | None = getattr(local, "kept", None)
     if kept is None or kept.pid != os.getpid():
         kept = local.kept = _Kept(pool)
+    if kept.pending is not None:
+        kept.pending._drain()  # an earlier send's reply first: it is on the wire before ours
     conn = kept.conn
     # The pool's own check before it hands out a connection: one non-blocking read. Readable
     # means the server closed it (a Redis restart, an idle timeout) or it holds stray bytes;
@@ -122,6 +188,11 @@ def _exchange(client: redis.Redis, payload: bytes, count: int | None) -> Any:
         stale = True
     if stale:
         conn.disconnect()
+    return kept
+
+
+def _exchange(client: redis.Redis, payload: bytes, count: int | None) -> Any:
+    conn = _kept(client).conn
 
     def once() -> Any:
         conn.send_packed_command([payload])

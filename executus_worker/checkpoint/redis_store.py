@@ -242,6 +242,15 @@ class RedisStore:
         ]
         return ClaimCall(run_id, token, _SHA["claim"], self.keys.run(run_id).all(), args)
 
+    def send_claim(self, call: ClaimCall) -> hotpath.Pending | None:
+        """Send ``call`` and return without reading its reply (``hotpath.send``; decode
+        ``Pending.read()`` with ``claim_result``); None where the client has no single
+        connection pool (a cluster). No retry and no script load: a failed send raises
+        ``redis.RedisError``, and a NOSCRIPT reply is the caller's cue to ``claim``."""
+        if self._packed is None:
+            return None
+        return hotpath.send(self._packed, hotpath.evalsha(call.sha, call.keys, call.args))
+
     def claim_result(self, call: ClaimCall, reply: Any) -> ClaimResult:
         """What the reply to ``call`` means (CorruptCheckpointError for a record that does not
         decode and was not claimed)."""

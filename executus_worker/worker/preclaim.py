@@ -1,4 +1,5 @@
-"""Claiming a run in the round trip that receives its message (solo pool, Redis broker).
+"""Claiming a run before its handler asks: on receipt (solo pool, Redis broker), or sent
+as the task starts (every pool, ``Ahead``).
 
 A solo worker executes a message the moment it receives it: kombu records the message as
 unacked (``MULTI ZADD HSET EXEC``), Celery calls the task, and the task's first act is the CLAIM
@@ -25,6 +26,13 @@ claim names its owner so that a restarted worker can prove that owner dead
 (``worker/identity.py``). A claim in the main process's name would let a restart take back a
 run that an orphaned child is still executing (a SIGKILLed main process leaves its children
 to finish their step). Nor on threads pools, where a message may wait for a free thread.
+
+Everywhere else the executing process sends the claim itself, first thing in the task, and
+reads its reply only when the handler claims (``Ahead``, ``hotpath.send``): the round trip
+overlaps Celery's own set-up of the task, the message's validation and the handler's, instead
+of following them. Same script, same fence, same owner (the executing process, so safe on
+prefork), the same rules for one nobody took; any failure (a cluster client, a failed send,
+NOSCRIPT, a lost reply) leaves the claim to the handler as before.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from typing import Any
 import redis
 from celery.worker import state as worker_state
 
+from executus_worker.checkpoint.hotpath import Pending
 from executus_worker.checkpoint.redis_store import ClaimCall, RedisStore
 from executus_worker.checkpoint.store import ClaimResult, ClaimStatus
 from executus_worker.errors import ExecutusError
@@ -154,8 +163,64 @@ def _release(store: RedisStore, claim: Preclaimed, now: float) -> None:
         log.warning("run %s: releasing the unstarted claim failed: %s", claim.run_id, exc)
 
 
+class Ahead:
+    """A CLAIM the executing process sent as its task started, its reply not read yet: the
+    round trip overlaps the task's own start (Celery's, message validation, the handler's
+    set-up) instead of following it. The owner is the process that executes the run, so this
+    is safe on every pool. ``resolve`` reads the reply when the handler claims."""
+
+    def __init__(
+        self, store: RedisStore, call: ClaimCall, pending: Pending, owner: str, sent_at: float
+    ) -> None:
+        self.run_id = call.run_id
+        self.owner = owner
+        self._store = store
+        self._call = call
+        self._pending = pending
+        self._sent_at = sent_at
+
+    def resolve(self) -> Preclaimed | None:
+        """The claim, or None when it did not work out (NOSCRIPT after a Redis restart, a lost
+        connection, a record that does not decode and was not claimed): the handler then claims
+        as usual and meets the run as it is -- BUSY if a claim whose reply was lost did apply,
+        exactly as a retried claim would."""
+        try:
+            result = self._store.claim_result(self._call, self._pending.read())
+        except (redis.RedisError, OSError, ExecutusError) as exc:
+            log.debug("run %s: claim sent ahead failed (%s); claiming again", self.run_id, exc)
+            return None
+        return Preclaimed(self.run_id, self.owner, result, self._sent_at)
+
+
+def send_ahead(
+    store: RedisStore,
+    settings: Settings,
+    run_id: str,
+    owner: str,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Ahead | None:
+    """Send the CLAIM the handler would make for ``run_id`` now, its reply read when the handler
+    claims (``delivering``/``take``). None where the store cannot (a cluster) or the send
+    failed: the handler claims as usual."""
+    call = store.claim_call(
+        run_id,
+        owner=owner,
+        lease_ttl_s=settings.lease_ttl_s,
+        max_attempts=settings.max_recovery_attempts,
+        now=clock(),
+    )
+    sent_at = time.monotonic()
+    try:
+        pending = store.send_claim(call)
+    except (redis.RedisError, OSError) as exc:
+        log.debug("run %s: could not send the claim ahead (%s)", run_id, exc)
+        return None
+    return None if pending is None else Ahead(store, call, pending, owner, sent_at)
+
+
 class _Holder:
-    def __init__(self, claim: Preclaimed) -> None:
+    def __init__(self, claim: Preclaimed | Ahead) -> None:
         self.claim = claim
         self.taken = False
 
@@ -165,16 +230,20 @@ _current: ContextVar[_Holder | None] = ContextVar("executus_preclaim", default=N
 
 @contextlib.contextmanager
 def delivering(store: Callable[[], RedisStore], forwarded: object) -> Iterator[None]:
-    """Run a task with the claim its message was received with (if any) for ``take``; one the
-    handler did not take is released when the task ends."""
-    holder = _Holder(forwarded) if isinstance(forwarded, Preclaimed) else None
+    """Run a task with the claim its message was received with, or the one its task sent
+    ahead (if any), for ``take``; one the handler did not take is released when the task
+    ends."""
+    holder = _Holder(forwarded) if isinstance(forwarded, Preclaimed | Ahead) else None
     token = _current.set(holder)
     try:
         yield
     finally:
         _current.reset(token)
         if holder is not None and not holder.taken:
-            _release(store(), holder.claim, time.time())
+            claim = holder.claim
+            found = claim.resolve() if isinstance(claim, Ahead) else claim
+            if found is not None:
+                _release(store(), found, time.time())
 
 
 def take(run_id: str, owner: str) -> Preclaimed | None:
@@ -186,7 +255,8 @@ def take(run_id: str, owner: str) -> Preclaimed | None:
     if holder.claim.run_id != run_id or holder.claim.owner != owner:
         return None
     holder.taken = True
-    return holder.claim
+    claim = holder.claim
+    return claim.resolve() if isinstance(claim, Ahead) else claim
 
 
 # The consuming solo-pool process's claims on receipt (set by the worker at start; None

@@ -169,6 +169,20 @@ class Runtime:
             return None
         return preclaim.Preclaims(self.store(), self.settings, default_owner, address=address)
 
+    def claim_ahead(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> preclaim.Ahead | None:
+        """Send the CLAIM for the run this delivery names as its task starts, its reply read
+        when the handler claims (preclaim.Ahead); None if the message names no valid run id or
+        the store cannot (a cluster, an outage: the handler then claims, and retries, as usual).
+        The run id is the one the handler claims (``read_delivery`` reads it the same way)."""
+        run_id = run_id_of(args, kwargs)
+        if run_id is None:
+            return None
+        try:
+            store = self.store()
+        except StoreError:
+            return None
+        return preclaim.send_ahead(store, self.settings, run_id, default_owner())
+
     def _state_address(self) -> list[Any] | None:
         """(host, port, db, path) of the run state's Redis, None unless it is one plain Redis
         (Sentinel resolves the master per connection; a cluster is many). Per process."""

@@ -57,23 +57,27 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
     def run(self: Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
         try:
-            try:
-                settle = runtime.settle_for(getattr(self.request, SETTLE_KEY, None))
-                claimed = getattr(self.request, PRECLAIM_KEY, None)
-                with settling(settle), delivering(runtime.store, claimed):
-                    handled = runtime.handle(args, kwargs, task_id=task_id)
-            except (StoreError, SoftTimeLimitExceeded):
-                raise
-            except Exception as exc:
-                # The handler itself never raises (a StoreError aside), so this process could
-                # not build its handler. The message is consumed all the same: the run's record
-                # must say why rather than stay `queued` (needs the store only). The worker
-                # refuses to start on the usual cause, a bad agents file (factory.py).
-                log.exception("task %s: the run handler cannot be built", task_id)
-                delivery = read_delivery(
-                    args, kwargs, task_id=task_id, max_bytes=runtime.settings.max_payload_bytes
-                )
-                handled = record_unhandled(runtime.recorder(), delivery, exc)
+            # First, so that its round trip overlaps what follows (preclaim.Ahead).
+            claimed = getattr(self.request, PRECLAIM_KEY, None) or runtime.claim_ahead(args, kwargs)
+            # Around the fallback too: recording an unhandled delivery takes the same claim.
+            with delivering(runtime.store, claimed):
+                try:
+                    settle = runtime.settle_for(getattr(self.request, SETTLE_KEY, None))
+                    with settling(settle):
+                        handled = runtime.handle(args, kwargs, task_id=task_id)
+                except (StoreError, SoftTimeLimitExceeded):
+                    raise
+                except Exception as exc:
+                    # The handler itself never raises (a StoreError aside), so this process
+                    # could not build its handler. The message is consumed all the same: the
+                    # run's record must say why rather than stay `queued` (needs the store
+                    # only). The worker refuses to start on the usual cause, a bad agents file
+                    # (factory.py).
+                    log.exception("task %s: the run handler cannot be built", task_id)
+                    delivery = read_delivery(
+                        args, kwargs, task_id=task_id, max_bytes=runtime.settings.max_payload_bytes
+                    )
+                    handled = record_unhandled(runtime.recorder(), delivery, exc)
         except SoftTimeLimitExceeded:
             # The shutdown escalation landed outside the run loop (claim, bookkeeping): the
             # lease expires and recovery resumes the run. Ack it; Celery shows RETRY.

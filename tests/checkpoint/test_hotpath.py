@@ -13,6 +13,7 @@ import redis
 from redis.connection import Encoder
 
 from executus_worker.checkpoint import hotpath
+from executus_worker.embedded import free_port
 
 ECHO = "return ARGV"
 SLOW = "local t = redis.call('TIME'); local s = t[1] + t[2] / 1e6\n" \
@@ -138,3 +139,54 @@ def test_after_a_fork_the_child_uses_its_own_connection(redis_client: redis.Redi
 
 def test_clients_without_one_pool_are_not_supported() -> None:
     assert not hotpath.supported(object())
+
+
+def _send(client: redis.Redis, source: str, *args: object) -> hotpath.Pending:
+    sha = client.script_load(source)
+    return hotpath.send(client, hotpath.evalsha(sha, [], args))
+
+
+def test_a_sent_command_is_read_later_on_the_kept_connection(redis_client: redis.Redis) -> None:
+    pending = _send(redis_client, ECHO, "ahead")
+    assert pending.read() == [b"ahead"]
+    assert pending.read() == [b"ahead"], "read once from the wire, kept after"
+    assert _call(redis_client, ECHO, "next") == [b"next"]
+
+
+def test_a_command_after_a_send_reads_the_sent_reply_first_and_keeps_it(
+    redis_client: redis.Redis,
+) -> None:
+    pending = _send(redis_client, ECHO, "first")
+    # The next command on the same connection must get its own reply, not the pending one.
+    assert _call(redis_client, ECHO, "second") == [b"second"]
+    assert pending.read() == [b"first"]
+    later = _send(redis_client, ECHO, "third")
+    newer = _send(redis_client, ECHO, "fourth")
+    assert newer.read() == [b"fourth"] and later.read() == [b"third"]
+
+
+def test_a_sent_command_s_error_reply_raises_on_read_and_leaves_the_connection_usable(
+    redis_client: redis.Redis,
+) -> None:
+    pending = hotpath.send(redis_client, hotpath.evalsha("0" * 40, [], []))
+    with pytest.raises(redis.exceptions.NoScriptError):
+        pending.read()
+    assert _call(redis_client, ECHO, "after") == [b"after"]
+
+
+def test_a_sent_command_whose_reply_times_out_never_leaves_it_for_the_next(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.1, retry=None)
+    try:
+        pending = _send(client, SLOW, 0.4, "late")
+        with pytest.raises(redis.TimeoutError):
+            pending.read()
+        time.sleep(0.5)  # the late reply waits on the old socket, which was dropped
+        assert _call(client, ECHO, "next") == [b"next"]
+    finally:
+        client.close()
+
+
+def test_a_send_to_an_unreachable_server_raises_at_once() -> None:
+    client = redis.Redis(port=free_port(), socket_connect_timeout=1, retry=None)
+    with pytest.raises(redis.ConnectionError):
+        hotpath.send(client, hotpath.evalsha("0" * 40, [], []))

@@ -94,10 +94,15 @@ def test_a_separate_broker_is_acked_as_usual(cluster: Cluster, redis_url: str) -
         broker.close()
 
 
-def test_a_solo_worker_claims_on_receipt_and_still_runs_each_run_once(cluster: Cluster) -> None:
-    """worker/preclaim.py: the claim rides in the unacked record's transaction. Duplicates
-    are still turned away, and each run is claimed (and executed) exactly once."""
-    worker = cluster.start("solo")
+@pytest.mark.parametrize("pool", ["solo", "threads", "prefork"])
+def test_early_claims_still_run_each_run_once_by_its_executing_process(
+    cluster: Cluster, pool: str
+) -> None:
+    """A solo worker claims on receipt (the claim rides in the unacked record's transaction);
+    the others send the claim as the task starts and read it when the handler claims
+    (preclaim.Ahead). Duplicates are still turned away, each run is claimed and executed
+    exactly once, and the claim names the process that executes it."""
+    worker = cluster.start(pool, concurrency=2)
     request = cluster.register("e2e.counter", steps=3, step_s=0.2)
     run_id = request.run_id
     assert run_id is not None
@@ -107,9 +112,12 @@ def test_a_solo_worker_claims_on_receipt_and_still_runs_each_run_once(cluster: C
     for other in others:
         assert cluster.wait_status(other, RunStatus.COMPLETED).attempts == 1
     time.sleep(0.5)  # the duplicates are handled after the run: no second execution
+    if pool == "prefork":
+        wait_for("the last acks", lambda: _unacked_for(cluster) == [], 10)
     assert record.attempts == 1 and record.epoch == 1
     assert cluster.ended(run_id) == counter_transcript(3)
-    assert {e["pid"] for e in cluster.steps(run_id, "start")} == {worker.pid}
-    assert _claimed_owner_pid(cluster, run_id) == worker.pid
+    (executor,) = {e["pid"] for e in cluster.steps(run_id, "start")}
+    assert (executor == worker.pid) is (pool != "prefork")
+    assert _claimed_owner_pid(cluster, run_id) == executor
     assert _unacked_for(cluster) == []
     assert cluster.record(run_id).status is RunStatus.COMPLETED

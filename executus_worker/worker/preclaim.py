@@ -52,7 +52,7 @@ from celery.worker import state as worker_state
 from executus_worker.checkpoint.hotpath import Pending
 from executus_worker.checkpoint.redis_store import ClaimCall, RedisStore
 from executus_worker.checkpoint.store import ClaimResult, ClaimStatus
-from executus_worker.errors import ExecutusError
+from executus_worker.errors import ExecutusError, StoreError
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings
 from executus_worker.worker.messages import first_arg_run_id
@@ -180,12 +180,15 @@ class Ahead:
         self._sent_at = sent_at
 
     def resolve(self) -> Preclaimed | None:
-        """The claim, or None when it did not work out (NOSCRIPT after a Redis restart, a lost
-        connection, a record that does not decode and was not claimed): the handler then claims
-        as usual and meets the run as it is -- BUSY if a claim whose reply was lost did apply,
-        exactly as a retried claim would."""
+        """The claim, or None when it did not work out (NOSCRIPT after a Redis restart, a
+        dropped connection, a record that does not decode and was not claimed): the handler
+        then claims as usual and meets the run as it is -- BUSY if a claim whose reply was lost
+        did apply, exactly as a retried claim would. A reply that timed out raises StoreError,
+        as the handler's own claim would have after the same wait (the task retries)."""
         try:
             result = self._store.claim_result(self._call, self._pending.read())
+        except redis.TimeoutError as exc:
+            raise StoreError(f"redis claim for run {self.run_id!r} failed: {exc}") from exc
         except (redis.RedisError, OSError, ExecutusError) as exc:
             log.debug("run %s: claim sent ahead failed (%s); claiming again", self.run_id, exc)
             return None
@@ -240,10 +243,17 @@ def delivering(store: Callable[[], RedisStore], forwarded: object) -> Iterator[N
     finally:
         _current.reset(token)
         if holder is not None and not holder.taken:
-            claim = holder.claim
-            found = claim.resolve() if isinstance(claim, Ahead) else claim
-            if found is not None:
-                _release(store(), found, time.time())
+            _release_untaken(store, holder.claim)
+
+
+def _release_untaken(store: Callable[[], RedisStore], claim: Preclaimed | Ahead) -> None:
+    try:
+        found = claim.resolve() if isinstance(claim, Ahead) else claim
+    except StoreError as exc:  # the reply never came: if the claim applied, its lease expires
+        log.warning("run %s: reading the unstarted claim failed: %s", claim.run_id, exc)
+        return
+    if found is not None:
+        _release(store(), found, time.time())
 
 
 def take(run_id: str, owner: str) -> Preclaimed | None:

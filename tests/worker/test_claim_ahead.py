@@ -18,6 +18,7 @@ from executus_worker.checkpoint.redis_store import RedisStore
 from executus_worker.checkpoint.store import ClaimResult, ClaimStatus
 from executus_worker.core.models import RunRequest, RunStatus
 from executus_worker.core.stop import StopToken
+from executus_worker.errors import StoreError
 from executus_worker.publish import TASK_RUN
 from executus_worker.settings import Settings
 from executus_worker.worker import preclaim
@@ -180,3 +181,39 @@ def test_a_store_that_cannot_send_ahead_leaves_the_claim_to_the_handler(
     run_id, request = _registered(store)
     assert app.tasks[TASK_RUN](run_id, request) == {"run_id": run_id, "status": "completed"}
     assert claims.count == 2
+
+
+def test_a_claim_whose_reply_times_out_is_a_store_outage_and_never_misread(
+    redis_url: str, settings: Settings, store: RedisStore
+) -> None:
+    """Redis holds the command (CLIENT PAUSE) past the socket timeout: reading the claim
+    raises StoreError, as the handler's own claim would (the task retries); an untaken one is
+    only logged. The late replies are never read as another command's."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.2, retry=None)
+    slow = RedisStore(client, key_prefix=settings.key_prefix)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        taken_run, _ = _registered(store)
+        left_run, _ = _registered(store)
+        warm = slow.claim("ta-warm", owner="w", lease_ttl_s=30, max_attempts=5, now=time.time())
+        assert warm.status is ClaimStatus.GONE  # the kept connection exists before the pause
+        admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        taken = preclaim.send_ahead(slow, settings, taken_run, "me")
+        assert taken is not None
+        with preclaim.delivering(lambda: slow, taken), pytest.raises(StoreError):
+            preclaim.take(taken_run, "me")
+        left = preclaim.send_ahead(slow, settings, left_run, "me")
+        with preclaim.delivering(lambda: slow, left):
+            pass  # not taken: reading it times out, which is logged, not raised
+        time.sleep(1.6)  # the pause is over
+        for run_id in (taken_run, left_run):
+            # Applied, or dropped with the closed connection; either way never a lost update.
+            record = store.get(run_id)
+            assert record is not None and record.status in {RunStatus.QUEUED, RunStatus.RUNNING}
+        fresh, _ = _registered(store)
+        after = slow.claim(fresh, owner="me", lease_ttl_s=30, max_attempts=5, now=time.time())
+        assert after.status is ClaimStatus.CLAIMED  # its own reply, not a late one
+        assert after.record is not None and after.record.run_id == fresh
+    finally:
+        client.close()
+        admin.close()

@@ -110,8 +110,10 @@ def send(client: redis.Redis, payload: bytes) -> Pending:
     the connection stays in step whatever happens in between.
 
     No retry: a failed send raises (the connection is disconnected) and the caller does the
-    work the ordinary way instead."""
-    kept = _kept(client)
+    work the ordinary way instead. Nor the probe: a connection the server closed, or one to a
+    Sentinel master that is no longer one, answers with an error at ``read``, and the caller
+    again does the work the ordinary way, probe included."""
+    kept = _kept(client, probe=False)
     conn = kept.conn
     try:
         conn.send_packed_command([payload])
@@ -161,8 +163,8 @@ class Pending:
             raise
 
 
-def _kept(client: redis.Redis) -> _Kept:
-    """This thread's kept connection, checked and in step, ready for a command."""
+def _kept(client: redis.Redis, *, probe: bool = True) -> _Kept:
+    """This thread's kept connection, in step (and checked: ``probe``), ready for a command."""
     pool: ConnectionPool = client.connection_pool
     local = _LOCALS.get(pool)
     if local is None:
@@ -174,6 +176,8 @@ def _kept(client: redis.Redis) -> _Kept:
     if kept.pending is not None:
         kept.pending._drain()  # an earlier send's reply first: it is on the wire before ours
     conn = kept.conn
+    if not probe:
+        return kept
     # The pool's own check before it hands out a connection: one non-blocking read. Readable
     # means the server closed it (a Redis restart, an idle timeout) or it holds stray bytes;
     # either way start over on a fresh socket rather than fail the first command after.

@@ -190,3 +190,27 @@ def test_a_send_to_an_unreachable_server_raises_at_once() -> None:
     client = redis.Redis(port=free_port(), socket_connect_timeout=1, retry=None)
     with pytest.raises(redis.ConnectionError):
         hotpath.send(client, hotpath.evalsha("0" * 40, [], []))
+
+
+def test_a_send_on_a_connection_the_server_closed_fails_at_read_and_the_next_call_works(
+    redis_url: str,
+) -> None:
+    # send skips the probe: the failure shows at read, and the caller falls back to a call.
+    client = redis.Redis.from_url(redis_url, retry=None)
+    try:
+        assert _call(client, ECHO, "1") == [b"1"]
+        admin = redis.Redis.from_url(redis_url)
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        admin.close()
+        time.sleep(0.05)
+        sha = client.script_load(ECHO)  # on a pool connection of its own, not the kept one
+        try:
+            pending = hotpath.send(client, hotpath.evalsha(sha, [], ["lost"]))
+        except redis.ConnectionError:
+            pass  # refused at once: as good
+        else:
+            with pytest.raises(redis.ConnectionError):
+                pending.read()
+        assert _call(client, ECHO, "2") == [b"2"]
+    finally:
+        client.close()

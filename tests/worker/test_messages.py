@@ -18,6 +18,8 @@ from executus_worker.worker.messages import (
     body_problem,
     notice_run_id,
     read_delivery,
+    read_run_id,
+    run_id_of,
 )
 from executus_worker.worker.transport import Transport
 
@@ -144,3 +146,22 @@ def test_a_good_run_message_passes_untouched(
     message = json.loads(build_envelope(TASK_RUN, ["r1", GOOD], queue="q"))
     transport._deliver(message, "q")
     assert received == [message]
+
+
+@pytest.mark.parametrize(
+    "first",
+    ["run-1", "a" * 200, "a" * 201, "", "run 1", "run-1\n", "ü", "x:y+z.w_-", 7, None, ["a"]],
+)
+@pytest.mark.parametrize("shape", ["contract", "one-arg", "kwargs"])
+def test_run_id_of_reads_what_read_delivery_reads(first: object, shape: str) -> None:
+    """Its fast path for the contract's shape must agree with the validator everywhere."""
+    if shape == "contract":
+        args, kwargs = [first, "{}"], {}
+    elif shape == "one-arg":
+        args, kwargs = [first], {"request": "{}"}
+    else:
+        args, kwargs = [], {"run_id": first, "request": "{}"}
+    expected = read_run_id(first)[0]
+    assert run_id_of(args, kwargs) == expected
+    delivery = read_delivery(args, kwargs, task_id=None, max_bytes=1 << 20)
+    assert delivery.run_id == expected

@@ -54,7 +54,10 @@ def encode(value: object) -> bytes:
 def evalsha(sha: str, keys: Iterable[str], args: Iterable[object]) -> bytes:
     """``EVALSHA sha numkeys key... arg...`` as one RESP command."""
     names = [k.encode() for k in keys]
-    return resp.command(b"EVALSHA", sha.encode(), b"%d" % len(names), *names, *map(encode, args))
+    # Most arguments are str: encoded inline, the rest through ``encode`` (a profile of a
+    # prefork child put this packing at 8% of its CPU with a call per argument).
+    packed = [a.encode() if a.__class__ is str else encode(a) for a in args]
+    return resp.command(b"EVALSHA", sha.encode(), b"%d" % len(names), *names, *packed)
 
 
 class _Kept:

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
-from executus_worker.core.models import Checkpoint, Message, RunInfo, ToolCall
+from executus_worker.core.models import (
+    CHECKPOINT_FORMAT_VERSION,
+    Checkpoint,
+    Message,
+    RunInfo,
+    ToolCall,
+)
 from executus_worker.core.ports import Tools, ToolSpec
 from executus_worker.core.toolctx import ToolContext, tool_context
 
@@ -57,7 +63,9 @@ class RunState:
         frozen messages already, and validating them again would make each save O(transcript).
         The list is copied (references only) so later steps never mutate a saved checkpoint.
         """
+        # Every field given: model_construct then looks up no defaults (three per run).
         return Checkpoint.model_construct(
+            format_version=CHECKPOINT_FORMAT_VERSION,
             run_id=self.run_id,
             epoch=self.epoch,
             iteration=self.iteration,
@@ -68,6 +76,7 @@ class RunState:
             phase_outputs=dict(self.phase_outputs),
             critic_state=dict(self.critic_state),
             updated_at=time.time() if now is None else now,
+            write_seq="",
         )
 
     # -- phases ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from executus_worker.core.jsoncap import MAX_DEPTH, loads_capped, text_depth
+from executus_worker.core.jsoncap import MAX_DEPTH, deeper_than, loads_capped
 from executus_worker.core.models import AgentName, RunId, RunRequest
 from executus_worker.errors import PayloadError
 from executus_worker.publish import TASK_RUN, build_envelope
@@ -181,7 +181,7 @@ def body_problem(body: bytes, *, max_bytes: int) -> str | None:
     limit = max_bytes * _BODY_SIZE_FACTOR + _BODY_SLACK_BYTES
     if len(body) > limit:
         return f"message body is {len(body)} bytes, over the {limit}-byte limit"
-    if text_depth(body, limit=_BODY_DEPTH) > _BODY_DEPTH:
+    if deeper_than(body, _BODY_DEPTH):
         return f"message body nests deeper than {_BODY_DEPTH} levels"
     return None
 

@@ -70,15 +70,16 @@ def envelope_problem(message: object) -> str | None:
     properties = message.get("properties")
     if not isinstance(properties, dict):
         return "no properties object"
+    body = _body(message.get("body"), properties)  # once: the task check reads it too
     checks = (
         (isinstance(properties.get("delivery_tag"), str), "no delivery_tag"),
         (isinstance(properties.get("delivery_info", {}), dict), "delivery_info is not an object"),
         (isinstance(message.get("headers") or {}, dict), "headers is not an object"),
-        (_body(message.get("body"), properties) is not _BAD, "body is not valid base64"),
+        (body is not _BAD, "body is not valid base64"),
     )
     problem = next((problem for ok, problem in checks if not ok), None)
     if problem is None and "task" in (message.get("headers") or {}):
-        problem = _task_problem(message)
+        problem = _task_problem(message, body)
     return problem
 
 
@@ -113,15 +114,15 @@ def _body(body: object, properties: dict[str, Any]) -> object:
         return _BAD
 
 
-def _task_problem(message: dict[str, Any]) -> str | None:
-    """Celery task protocol 2: headers name the task and id; a JSON body is
-    ``[args, kwargs, embed]``. Celery unpacks that body outside any error handling."""
+def _task_problem(message: dict[str, Any], raw: object) -> str | None:
+    """Celery task protocol 2 (``raw``: the body as ``_body`` decoded it): headers name the
+    task and id; a JSON body is ``[args, kwargs, embed]``. Celery unpacks that body outside
+    any error handling."""
     headers = message["headers"]
     if not isinstance(headers.get("task"), str) or not isinstance(headers.get("id"), str):
         return "task message without a task name and id"
     if message.get("content-type") != "application/json":
         return None  # Celery refuses content types it does not accept, and survives that
-    raw = _body(message.get("body"), message["properties"])
     try:
         body = json.loads(raw) if isinstance(raw, str | bytes) else raw
     except ValueError:

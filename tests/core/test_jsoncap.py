@@ -10,6 +10,7 @@ import pytest
 from executus_worker.core.jsoncap import (
     MAX_DEPTH,
     check_text,
+    deeper_than,
     dumps_capped,
     loads_capped,
     text_depth,
@@ -79,3 +80,22 @@ def test_a_request_at_the_depth_limit_is_accepted() -> None:
     request = {"agent": "a", "input": {"x": nested(MAX_DEPTH - 2)}}
     assert RunRequest.parse(request, max_bytes=10**6).agent == "a"
     assert RunRequest.parse(json.dumps(request), max_bytes=10**6).agent == "a"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "{}",
+        "[" * 5 + "]" * 5,
+        "[" * 6 + "]" * 6,
+        '{"a": "[[[[[[[[[[", "b": 1}',
+        '"[[[[[[[[[["',
+        "[{}, {}, {}, {}, {}, {}, {}]",
+        b"[" * 7,
+        json.dumps(nested(6)),
+        json.dumps({"x": nested(4), "y": [[[[]]]]}),
+    ],
+)
+@pytest.mark.parametrize("limit", [0, 1, 5, 6, 100])
+def test_deeper_than_is_text_depth_past_the_limit(raw: str | bytes, limit: int) -> None:
+    assert deeper_than(raw, limit) is (text_depth(raw, limit=limit) > limit)

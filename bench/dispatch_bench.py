@@ -583,7 +583,9 @@ kombu's unacked record (MULTI/EXEC), the ack (MULTI/EXEC). executus on solo: BRP
 unacked record with the run's CLAIM in the same transaction (`worker/preclaim.py`), FINISH,
 which also removes the unacked entry so the ack is in memory only (`checkpoint/settle.py`).
 On prefork: BRPOP, unacked record and ack in the main process, CLAIM and FINISH in the child
-(a claim made on receipt would name the main process as owner; see `worker/preclaim.py`).
+(a claim made on receipt would name the main process as owner; see `worker/preclaim.py`); the
+child sends its CLAIM first thing in the task and reads the reply when the handler claims
+(`preclaim.Ahead`), so that round trip overlaps Celery's task set-up and the message checks.
 Audit events go in batches every `AUDIT_LINGER_MS` (20 ms) from a background thread.
 
 {pools}

@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 from celery import Celery
 from kombu import Exchange, Queue
@@ -176,11 +178,73 @@ def first_step_agent() -> Agent:
 # --------------------------------------------------------------------- the benchmark
 
 
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds per message, ms: the worker's main process, its pool processes (prefork
+    children; none on solo), and redis-server."""
+
+    main: float
+    pool: float
+    redis: float
+
+    @property
+    def total(self) -> float:
+        return self.main + self.pool + self.redis
+
+
+class CpuSampler:
+    """CPU per message in the steady middle of a throughput run: between the queue being 80%
+    and 20% full, so worker start-up and the drain at the end are left out. Wall-clock rates
+    on a shared 2-CPU box move by up to 2x between repeats; CPU per message moves far less."""
+
+    def __init__(self, url: str, queue: str, n: int) -> None:
+        self._r = redis.Redis.from_url(url)
+        self._queue = queue
+        self._n = n
+        self._pid: int | None = None
+        self._series: list[tuple[int, float, float, float]] = []  # (queued, main, pool, redis)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def attach(self, pid: int) -> None:
+        self._pid = pid
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.02):
+            if self._pid is None:
+                continue
+            try:
+                proc = psutil.Process(self._pid)
+                own = proc.cpu_times()
+                kids = sum(sum(k.cpu_times()[:2]) for k in proc.children(recursive=True))
+                info = self._r.info("cpu")
+                queued = int(self._r.llen(self._queue))
+            except (psutil.Error, redis.RedisError):
+                continue
+            server = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+            self._series.append((queued, own.user + own.system, kids, server))
+
+    def stop(self) -> Cpu | None:
+        self._stop.set()
+        self._thread.join()
+        self._r.close()
+        hi, lo = int(self._n * 0.8), int(self._n * 0.2)
+        start = next((s for s in self._series if s[0] <= hi), None)
+        end = next((s for s in self._series if s[0] <= lo), None)
+        if start is None or end is None or start[0] - end[0] < self._n // 10:
+            return None  # too few samples in the window (a tiny smoke run)
+        n = start[0] - end[0]
+        main, pool, server = ((end[k] - start[k]) * 1e3 / n for k in (1, 2, 3))
+        return Cpu(main, pool, server)
+
+
 @dataclass
 class Sample:
     side: str
     runs: int
     span_s: float
+    cpu: Cpu | None = None
 
     @property
     def per_s(self) -> float:
@@ -208,6 +272,15 @@ class PoolResult:
 
     def per_s(self, side: str) -> list[float]:
         return [s.per_s for s in self.samples if s.side == side]
+
+    def cpu(self, side: str) -> Cpu | None:
+        """The median of each part over the repeats (None if no repeat had a window)."""
+        cpus = [s.cpu for s in self.samples if s.side == side and s.cpu is not None]
+        if not cpus:
+            return None
+        return Cpu(
+            *(median([getattr(c, part) for c in cpus]) for part in ("main", "pool", "redis"))
+        )
 
     @property
     def ratio(self) -> float:
@@ -314,7 +387,9 @@ def bench_plain(url: str, n: int, pool: str, concurrency: int, timeout_s: float)
     r.flushall()
     envelopes = [build_envelope(PLAIN_TASK, [i, n], queue=PLAIN_QUEUE) for i in range(n)]
     r.lpush(PLAIN_QUEUE, *envelopes)  # LPUSH in order; kombu pops from the right: FIFO
+    sampler = CpuSampler(url, PLAIN_QUEUE, n)
     worker = _plain_worker(url, pool, concurrency)
+    sampler.attach(worker.proc.pid)
     try:
         # Done when both marks are in and nothing is waiting or unacked.
         _wait_for(
@@ -324,10 +399,11 @@ def bench_plain(url: str, n: int, pool: str, concurrency: int, timeout_s: float)
             "plain Celery",
         )
     finally:
+        cpu = sampler.stop()
         worker.stop()
     first, last = sorted(_marks(r).values())
     r.close()
-    return Sample("plain", n, last - first)
+    return Sample("plain", n, last - first, cpu)
 
 
 def bench_executus(
@@ -344,10 +420,13 @@ def bench_executus(
             for _ in range(n)
         ]
         done_key = KeySchema(client.settings.key_prefix).done
+        sampler = CpuSampler(url, client.settings.default_queue, n)
         worker = _executus_worker(url, pool, concurrency, agents_file)
+        sampler.attach(worker.proc.pid)
         try:
             _wait_for(lambda: r.zcard(done_key) >= n, worker, timeout_s, "executus runs")
         finally:
+            cpu = sampler.stop()
             worker.stop()
         records = [client.status(run_id) for run_id in run_ids]
     r.close()
@@ -355,7 +434,7 @@ def bench_executus(
     if bad:
         raise RuntimeError(f"{len(bad)} runs did not complete, e.g. {bad[:3]}")
     finished = sorted(rec.finished_at or 0.0 for rec in records)
-    return Sample("executus", n, finished[-1] - finished[0])
+    return Sample("executus", n, finished[-1] - finished[0], cpu)
 
 
 def started_at(r: redis.Redis, what: str, workers: Sequence[Worker], timeout_s: float) -> float:
@@ -544,7 +623,7 @@ Throughput, each queue pre-filled with {args.runs:,} messages:
 **{res.ratio:.0%}** |
 
 Ratio of medians: **{res.ratio:.0%}** of plain Celery{verdict}.
-
+{_cpu_table(res)}
 Latency on idle workers, {len(lat.ours)} messages per side (after {args.latency_warmup} \
 warm-up ones), ms:
 
@@ -558,6 +637,27 @@ warm-up ones), ms:
 {pct(lat.ours_send, 0.5) * 1e3:.2f} | {pct(lat.ours_pickup, 0.5) * 1e3:.2f} |
 
 p50 ratio: **{res.latency_ratio:.2f}x**{lat_goal} the ≤ {TARGET_LATENCY}x target).
+"""
+
+
+def _cpu_table(res: PoolResult) -> str:
+    plain, ours = res.cpu("plain"), res.cpu("executus")
+    if plain is None or ours is None:
+        return ""
+    rows = "\n".join(
+        f"| {name} | {c.main:.3f} | {c.pool:.3f} | {c.redis:.3f} | {c.total:.3f} |"
+        for name, c in (("plain Celery", plain), ("executus.run", ours))
+    )
+    return f"""
+CPU per message in the steady middle of the throughput runs (queue 80% -> 20% full; median of
+the repeats), ms -- the work behind the rates above, which move far less between repeats:
+
+| side | worker main process | pool processes | redis-server | total |
+|---|---:|---:|---:|---:|
+{rows}
+| **executus / plain** | {ours.main / plain.main:.2f}x | \
+{(f"{ours.pool / plain.pool:.2f}x" if plain.pool else "--")} | \
+{ours.redis / plain.redis:.2f}x | **{ours.total / plain.total:.2f}x** |
 """
 
 
@@ -664,9 +764,11 @@ def main() -> None:
                             server.url, args.runs, pool, concurrency, args.timeout_s, agents_file
                         )
                     res.samples.append(sample)
+                    cpu = sample.cpu
                     print(
                         f"{pool} c={concurrency} repeat {repeat + 1} {sample.side:>8}: "
-                        f"{sample.per_s:8.0f} /s",
+                        f"{sample.per_s:8.0f} /s"
+                        + (f", CPU {cpu.total:.3f} ms/message" if cpu is not None else ""),
                         flush=True,
                     )
             res.latency = bench_latency(

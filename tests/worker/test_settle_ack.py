@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import pytest
+import redis
+from kombu import Connection
 
 from executus_worker.checkpoint.settle import Settle
 from executus_worker.core.stop import StopToken
+from executus_worker.publish import TASK_RUN, build_envelope
 from executus_worker.settings import Settings
 from executus_worker.worker import transport
 from executus_worker.worker.runtime import Runtime
-from executus_worker.worker.transport import SettledTags, SettlingQoS, server_address
+from executus_worker.worker.transport import (
+    SettledTags,
+    SettlingQoS,
+    Transport,
+    server_address,
+)
 
 
 class _NoBroker:
     """A channel whose broker must not be touched."""
 
     def conn_or_acquire(self, client: Any = None) -> Any:
+        raise AssertionError("the ack went to the broker")
+
+    @property
+    def pool(self) -> Any:  # what the packed ack writes through
         raise AssertionError("the ack went to the broker")
 
     do_restore = False  # nothing to restore when the test's QoS is collected
@@ -99,3 +112,36 @@ def test_the_runtime_does_not_settle_outside_the_consuming_process(settled: Sett
     address = server_address(runtime.client().connection_pool)  # type: ignore[union-attr]
     settled._consumer_pid = os.getpid() + 1
     assert runtime.settle_for(["t1", "ui", "uh", *(address or [])]) is None
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("prefix", ["", "pfx:"], ids=["packed", "kombu-prefixed"])
+def test_the_unacked_record_and_the_ack_are_kombus_own_writes(
+    redis_url: str, settled: SettledTags, prefix: str
+) -> None:
+    """The record and the ack, packed by hand, write and remove exactly what kombu's pipelines
+    do; under kombu's global_keyprefix kombu's own methods run (its client prefixes keys)."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    options = {"global_keyprefix": prefix} if prefix else {}
+    connection = Connection(redis_url, transport=Transport, transport_options=options)
+    channel = connection.channel()
+    try:
+        raw = json.loads(build_envelope(TASK_RUN, ["run-1", "{}"], queue="q"))
+        raw["properties"]["delivery_info"] = {"exchange": "ex", "routing_key": "rk"}
+        message = channel.message_to_python(raw)
+        tag = message.delivery_tag
+        channel.qos.append(message, tag)
+        stored = client.hget(f"{prefix}unacked", tag)
+        assert stored is not None
+        assert json.loads(stored) == [raw, "ex", "rk"]  # what kombu restores from
+        assert client.zscore(f"{prefix}unacked_index", tag) is not None
+        assert tag in channel.qos._delivered
+        channel.qos.ack(tag)
+        assert not client.hexists(f"{prefix}unacked", tag)
+        assert client.zscore(f"{prefix}unacked_index", tag) is None
+        assert tag in channel.qos._dirty  # kombu's bookkeeping saw the ack
+    finally:
+        channel.close()
+        connection.release()
+        client.close()

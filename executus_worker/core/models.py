@@ -23,7 +23,11 @@ DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 
 # Run ids become part of Redis keys and log lines: keep them printable and bounded.
 # ':' is allowed because scheduled fires use ``sched:<job>:<iso time>``.
-RunId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:+\-]+$")]
+# A run id's characters and length; the worker reads ids from raw messages by the same rule
+# (worker/messages.py).
+RUN_ID_CHARS = r"A-Za-z0-9._:+\-"
+RUN_ID_MAX = 200
+RunId = Annotated[str, Field(min_length=1, max_length=RUN_ID_MAX, pattern=f"^[{RUN_ID_CHARS}]+$")]
 AgentName = Annotated[str, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9._\-]+$")]
 
 

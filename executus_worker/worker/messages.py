@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from executus_worker.core.jsoncap import MAX_DEPTH, deeper_than, loads_capped
-from executus_worker.core.models import AgentName, RunId, RunRequest
+from executus_worker.core.models import RUN_ID_CHARS, RUN_ID_MAX, AgentName, RunId, RunRequest
 from executus_worker.errors import PayloadError
 from executus_worker.publish import TASK_RUN, build_envelope
 
@@ -122,7 +122,7 @@ def valid_run_id(value: object) -> str | None:
 
 # What ``RunId`` accepts (core.models), as a regex: a run id the wire contract's shape carries
 # is read on every delivery's path to its claim, where the validator costs several times more.
-_RUN_ID_TEXT = re.compile(r"[A-Za-z0-9._:+\-]{1,200}")
+_RUN_ID_TEXT = re.compile(f"[{RUN_ID_CHARS}]{{1,{RUN_ID_MAX}}}")
 
 
 def run_id_of(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
@@ -172,7 +172,9 @@ _BODY_SLACK_BYTES = 64 * 1024
 # The body, its argument list and (dict form) the request add three levels to the request's.
 _BODY_DEPTH = MAX_DEPTH + 3
 # args[0] of a body, read without parsing the body: '[["run-1", ...' or '[[42, ...'.
-_FIRST_ARG = re.compile(rb'\A\s*\[\s*\[\s*(?:"([A-Za-z0-9._:+\-]{1,200})"|(-?\d{1,30}))\s*[,\]]')
+_FIRST_ARG = re.compile(
+    rb'\A\s*\[\s*\[\s*(?:"([%b]{1,%d})"|(-?\d{1,30}))\s*[,\]]' % (RUN_ID_CHARS.encode(), RUN_ID_MAX)
+)
 
 
 def body_problem(body: bytes, *, max_bytes: int) -> str | None:

@@ -113,14 +113,7 @@ class Preclaims:
         run_id = first_arg_run_id(raw) if isinstance(raw, dict) else None
         if run_id is None:
             return None
-        s = self.settings
-        return self.store.claim_call(
-            run_id,
-            owner=self.owner(),
-            lease_ttl_s=s.lease_ttl_s,
-            max_attempts=s.max_recovery_attempts,
-            now=self._clock(),
-        )
+        return _claim_call(self.store, self.settings, run_id, self.owner(), self._clock())
 
     def received(self, tag: str, call: ClaimCall, reply: object, sent_at: float) -> None:
         """Keep the claim for the message's task. A claim that failed (an error reply: NOSCRIPT
@@ -150,6 +143,19 @@ class Preclaims:
             found = self._pending.pop(tag, None)
         if found is not None:
             _release(self.store, found, self._clock())
+
+
+def _claim_call(
+    store: RedisStore, settings: Settings, run_id: str, owner: str, now: float
+) -> ClaimCall:
+    """The CLAIM the handler would make (``RunRecorder.try_claim``), to send earlier."""
+    return store.claim_call(
+        run_id,
+        owner=owner,
+        lease_ttl_s=settings.lease_ttl_s,
+        max_attempts=settings.max_recovery_attempts,
+        now=now,
+    )
 
 
 def _release(store: RedisStore, claim: Preclaimed, now: float) -> None:
@@ -206,13 +212,7 @@ def send_ahead(
     """Send the CLAIM the handler would make for ``run_id`` now, its reply read when the handler
     claims (``delivering``/``take``). None where the store cannot (a cluster) or the send
     failed: the handler claims as usual."""
-    call = store.claim_call(
-        run_id,
-        owner=owner,
-        lease_ttl_s=settings.lease_ttl_s,
-        max_attempts=settings.max_recovery_attempts,
-        now=clock(),
-    )
+    call = _claim_call(store, settings, run_id, owner, clock())
     sent_at = time.monotonic()
     try:
         pending = store.send_claim(call)
@@ -257,8 +257,9 @@ def _release_untaken(store: Callable[[], RedisStore], claim: Preclaimed | Ahead)
 
 
 def take(run_id: str, owner: str) -> Preclaimed | None:
-    """The claim this task's message was received with, if it is ``owner``'s claim of
-    ``run_id`` (it is then the caller's, to execute or end)."""
+    """The claim this task's message was received with, or the one its task sent ahead (its
+    reply read now), if it is ``owner``'s claim of ``run_id`` (it is then the caller's, to
+    execute or end). None also when a claim sent ahead did not work out: claim as usual."""
     holder = _current.get()
     if holder is None or holder.taken:
         return None

@@ -82,17 +82,22 @@ def test_unknown_script_raises_noscript(redis_client: redis.Redis) -> None:
         hotpath.call(redis_client, hotpath.evalsha("0" * 40, [], []))
 
 
+def _server_closes_the_kept_connection(client: redis.Redis, redis_url: str) -> None:
+    assert _call(client, ECHO, "1") == [b"1"]  # the kept connection exists
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+    finally:
+        admin.close()
+
+
 def test_a_connection_the_server_closed_is_replaced_before_the_next_command(
     redis_url: str,
 ) -> None:
     # No retries: the only thing that can save the next command is the probe before it.
     client = redis.Redis.from_url(redis_url, retry=None)
     try:
-        assert _call(client, ECHO, "1") == [b"1"]
-        admin = redis.Redis.from_url(redis_url)
-        killed = admin.client_kill_filter(_type="normal", skipme=True)
-        assert killed >= 1
-        admin.close()
+        _server_closes_the_kept_connection(client, redis_url)
         assert _call(client, ECHO, "2") == [b"2"]
     finally:
         client.close()
@@ -198,10 +203,7 @@ def test_a_send_on_a_connection_the_server_closed_fails_at_read_and_the_next_cal
     # send skips the probe: the failure shows at read, and the caller falls back to a call.
     client = redis.Redis.from_url(redis_url, retry=None)
     try:
-        assert _call(client, ECHO, "1") == [b"1"]
-        admin = redis.Redis.from_url(redis_url)
-        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
-        admin.close()
+        _server_closes_the_kept_connection(client, redis_url)
         time.sleep(0.05)
         sha = client.script_load(ECHO)  # on a pool connection of its own, not the kept one
         try:
